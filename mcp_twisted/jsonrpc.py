@@ -1,0 +1,179 @@
+"""JSON-RPC 2.0 envelopes: parse one JSON text into a message, encode messages.
+
+This module knows nothing about MCP, Twisted or sockets. Parsing is strict
+(the ``jsonrpc`` member, id types, params shape) because a peer that sends a
+malformed envelope deserves a precise error rather than a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+RequestId = str | int
+
+
+class RPCError(Exception):
+    """An error to answer a request with; raise it from any handler."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(code, message, data)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_dict(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.code})"
+
+
+class MessageError(RPCError):
+    """A text that is not a valid JSON-RPC message.
+
+    ``request_id`` is the id of the offending request when it could be read,
+    so that the error response can still be correlated.
+    """
+
+    def __init__(self, code: int, message: str, request_id: RequestId | None = None) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
+@dataclass(slots=True, frozen=True)
+class Request:
+    id: RequestId
+    method: str
+    params: Any = None
+
+
+@dataclass(slots=True, frozen=True)
+class Notification:
+    method: str
+    params: Any = None
+
+
+@dataclass(slots=True, frozen=True)
+class Response:
+    id: RequestId
+    result: Any
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorResponse:
+    id: RequestId | None
+    error: RPCError
+
+
+Message = Request | Notification | Response | ErrorResponse
+# A batch element is either a message or the error its element deserves.
+BatchItem = Message | MessageError
+
+
+def _is_id(value: object) -> bool:
+    # bool is an int subclass but not a valid id; floats are not allowed by MCP.
+    return (type(value) is int) or isinstance(value, str)
+
+
+def _to_message(obj: object) -> Message:
+    if not isinstance(obj, dict):
+        raise MessageError(INVALID_REQUEST, "Invalid Request: expected a JSON object")
+    raw_id = obj.get("id")
+    known_id = raw_id if _is_id(raw_id) else None
+    if obj.get("jsonrpc") != "2.0":
+        raise MessageError(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', known_id)
+    method = obj.get("method")
+    if method is not None:
+        if not isinstance(method, str):
+            raise MessageError(INVALID_REQUEST, 'Invalid Request: "method" must be a string', known_id)
+        params = obj.get("params")
+        if params is not None and not isinstance(params, (dict, list)):
+            raise MessageError(
+                INVALID_REQUEST, 'Invalid Request: "params" must be an object or array', known_id
+            )
+        if "id" not in obj:
+            return Notification(method, params)
+        if known_id is None:
+            raise MessageError(
+                INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer'
+            )
+        return Request(known_id, method, params)
+    if "result" in obj:
+        if known_id is None or "error" in obj:
+            raise MessageError(INVALID_REQUEST, "Invalid Response: bad id or both result and error")
+        return Response(known_id, obj["result"])
+    error = obj.get("error")
+    if isinstance(error, dict) and "id" in obj and (known_id is not None or raw_id is None):
+        code, message = error.get("code"), error.get("message")
+        if type(code) is int and isinstance(message, str):
+            return ErrorResponse(known_id, RPCError(code, message, error.get("data")))
+    raise MessageError(INVALID_REQUEST, "Invalid Request: not a request, notification or response")
+
+
+def parse(text: bytes | str) -> Message | list[BatchItem]:
+    """Parse one JSON text into a message, or a batch into a list.
+
+    Raises ``MessageError`` (-32700 or -32600) for text that is not a message;
+    a batch is returned with a ``MessageError`` in place of each bad element,
+    because each of those still deserves its own error response.
+    """
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise MessageError(PARSE_ERROR, "Parse error: invalid JSON") from None
+    if isinstance(obj, list):
+        if not obj:
+            raise MessageError(INVALID_REQUEST, "Invalid Request: empty batch")
+        items: list[BatchItem] = []
+        for element in obj:
+            try:
+                items.append(_to_message(element))
+            except MessageError as e:
+                items.append(e)
+        return items
+    return _to_message(obj)
+
+
+def request(request_id: RequestId, method: str, params: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def notification(method: str, params: Any = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def response(request_id: RequestId, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def error_response(request_id: RequestId | None, error: RPCError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": error.to_dict()}
+
+
+def encode(message: dict[str, Any] | list[dict[str, Any]]) -> bytes:
+    """Encode a message (or a batch) as UTF-8 JSON text.
+
+    Raises ``TypeError`` when the message holds a value JSON cannot carry.
+    """
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError as e:
+        raise TypeError(str(e)) from e

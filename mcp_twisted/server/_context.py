@@ -1,0 +1,161 @@
+"""``Context``: what a handler can do with the request it is answering."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from mcp_twisted.protocol import LOG_LEVEL_RANK, CapabilityError, Method, Notify, check_log_level
+
+if TYPE_CHECKING:
+    from mcp_twisted.server._server import MCPServer
+    from mcp_twisted.session import IncomingRequest, Session
+
+
+class Context:
+    """Handed to a handler that declares a parameter annotated ``Context``.
+
+    Progress and logging return an already-fired Deferred, so both
+    ``await ctx.log(...)`` and a plain call work. Requests to the client
+    (``sample``, ``list_roots``, ``elicit``) raise ``CapabilityError`` at once
+    when the client did not declare the capability, and fail with
+    ``RequestTimedOut`` when it does not answer within ``timeout`` seconds.
+    """
+
+    __slots__ = ("_request", "server")
+
+    def __init__(self, request: IncomingRequest, server: MCPServer) -> None:
+        self._request = request
+        self.server = server
+
+    @property
+    def request_id(self) -> str | int:
+        return self._request.id
+
+    @property
+    def session(self) -> Session:
+        return self._request.session
+
+    @property
+    def protocol_version(self) -> str:
+        return self._request.protocol_version
+
+    @property
+    def client_capabilities(self) -> dict[str, Any]:
+        return self._request.client_capabilities
+
+    @property
+    def client_info(self) -> dict[str, Any]:
+        return self._request.session.peer_info
+
+    @property
+    def identity(self) -> Any:
+        """Who the transport authenticated (token name, certificate subject), or None."""
+        return self._request.session.attributes.get("identity")
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the client cancelled this request or the session closed."""
+        return self._request.cancelled
+
+    def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> Deferred[None]:
+        """Tell the client how far along we are, if it asked to know."""
+        self._request.report_progress(progress, total, message)
+        return succeed(None)
+
+    def log(self, level: str, data: Any, logger: str | None = None) -> Deferred[None]:
+        """Send ``notifications/message`` if ``level`` passes the client's threshold."""
+        check_log_level(level)
+        threshold = self.server.log_level_for(self.session)
+        if not self.cancelled and LOG_LEVEL_RANK[level] >= LOG_LEVEL_RANK[threshold]:
+            params: dict[str, Any] = {"level": level, "data": data}
+            if logger is not None:
+                params["logger"] = logger
+            self.session.notify(Notify.MESSAGE, params)
+        return succeed(None)
+
+    def _client_request(
+        self, capability: str, method: str, params: dict[str, Any] | None, timeout: float | None
+    ) -> Deferred[Any]:
+        if capability not in self.client_capabilities:
+            raise CapabilityError(capability, f"cannot send {method}")
+        if timeout is None:
+            timeout = self.server.client_request_timeout
+        return self.session.request(method, params, timeout=timeout)
+
+    def sample(
+        self,
+        messages: str | list[dict[str, Any]],
+        max_tokens: int = 1000,
+        *,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        stop_sequences: list[str] | None = None,
+        model_preferences: dict[str, Any] | None = None,
+        include_context: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """Ask the client's model for a message (``sampling/createMessage``).
+
+        ``messages`` may be a plain string, sent as one user message. Fires
+        with the result: ``{"role", "content", "model", "stopReason"?}``.
+        """
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": {"type": "text", "text": messages}}]
+        params: dict[str, Any] = {"messages": messages, "maxTokens": max_tokens}
+        for key, value in (
+            ("systemPrompt", system_prompt), ("temperature", temperature),
+            ("stopSequences", stop_sequences), ("modelPreferences", model_preferences),
+            ("includeContext", include_context), ("metadata", metadata),
+        ):
+            if value is not None:
+                params[key] = value
+        return self._client_request("sampling", Method.SAMPLING_CREATE_MESSAGE, params, timeout)
+
+    def list_roots(self, *, timeout: float | None = None) -> Deferred[list[dict[str, Any]]]:
+        """The client's roots (``roots/list``): a list of ``{"uri", "name"?}``."""
+        d = self._client_request("roots", Method.ROOTS_LIST, None, timeout)
+        return d.addCallback(lambda result: result.get("roots", []))
+
+    def elicit(
+        self, message: str, requested_schema: dict[str, Any], *, timeout: float | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Ask the user to fill in a form (``elicitation/create``, form mode).
+
+        ``requested_schema`` is a flat object schema of primitive properties.
+        Fires with ``{"action": "accept"|"decline"|"cancel", "content"?}``.
+        """
+        params: dict[str, Any] = {"message": message, "requestedSchema": requested_schema}
+        modes = self._elicitation_modes()
+        if modes and "form" not in modes:
+            raise CapabilityError("elicitation", "the client does not accept form mode")
+        if "url" in modes:
+            params["mode"] = "form"  # only name the mode to clients that know of modes
+        return self._client_request("elicitation", Method.ELICITATION_CREATE, params, timeout)
+
+    def elicit_url(
+        self, message: str, url: str, elicitation_id: str, *, timeout: float | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Send the user to ``url`` (URL mode, 2025-11-25): for secrets, payments, OAuth.
+
+        ``accept`` means the user agreed to open the page, not that they
+        finished; call ``notify_elicitation_complete`` when they did.
+        """
+        if "elicitation" in self.client_capabilities and "url" not in self._elicitation_modes():
+            raise CapabilityError("elicitation", "the client does not accept URL mode")
+        params = {"mode": "url", "message": message, "url": url, "elicitationId": elicitation_id}
+        return self._client_request("elicitation", Method.ELICITATION_CREATE, params, timeout)
+
+    def notify_elicitation_complete(self, elicitation_id: str) -> None:
+        self.session.notify(Notify.ELICITATION_COMPLETE, {"elicitationId": elicitation_id})
+
+    def _elicitation_modes(self) -> set[str]:
+        declared = self.client_capabilities.get("elicitation")
+        if not isinstance(declared, dict):
+            return set()
+        # An empty object means form mode only (2025-06-18 shape).
+        return {mode for mode in ("form", "url") if mode in declared} or {"form"}

@@ -1,0 +1,433 @@
+"""``MCPServer``: the registries, the decorators and the method table."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.logger import Logger
+
+from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError
+from mcp_twisted.protocol import (
+    RESOURCE_NOT_FOUND,
+    Method,
+    Notify,
+    check_log_level,
+    invalid_params,
+    version_at_least,
+)
+from mcp_twisted.server._context import Context
+from mcp_twisted.server._primitives import Prompt, Resource, ResourceTemplate, Tool
+from mcp_twisted.server._signature import compile_signature
+from mcp_twisted.server._uritemplate import URITemplate
+from mcp_twisted.session import IncomingRequest, Session, State, as_deferred
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = Logger()
+
+MAX_COMPLETION_VALUES = 100
+
+
+@dataclass(slots=True)
+class _SessionState:
+    """What the server remembers per session."""
+
+    log_level: str
+    subscriptions: set[str] = field(default_factory=set)
+
+
+class MCPServer:
+    """An MCP application: declare tools, resources and prompts, then serve it.
+
+    It is the ``SessionHandler`` of every server-side session, whatever the
+    transport; it holds no socket and no reactor.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: str = "0.0.0",
+        instructions: str | None = None,
+        *,
+        title: str | None = None,
+        website_url: str | None = None,
+        icons: list[dict[str, Any]] | None = None,
+        page_size: int = 100,
+        log_level: str = "info",
+        client_request_timeout: float = 60.0,
+    ) -> None:
+        """
+        :param page_size: items per page of the ``*/list`` methods.
+        :param log_level: the ``notifications/message`` threshold of a session
+            until its client sends ``logging/setLevel``.
+        :param client_request_timeout: default seconds a handler waits for the
+            client to answer ``sample``, ``list_roots`` or ``elicit``.
+        """
+        self.name = name
+        self.version = version
+        self.instructions = instructions
+        self.title = title
+        self.website_url = website_url
+        self.icons = icons
+        self.page_size = page_size
+        self.default_log_level = check_log_level(log_level)
+        self.client_request_timeout = client_request_timeout
+        self._tools: dict[str, Tool] = {}
+        self._resources: dict[str, Resource] = {}
+        self._templates: dict[str, ResourceTemplate] = {}
+        self._prompts: dict[str, Prompt] = {}
+        # (ref type, prompt name or template, argument) -> (fn, fn takes the other arguments)
+        self._completions: dict[tuple[str, str, str], tuple[Callable[..., Any], bool]] = {}
+        self._sessions: dict[Session, _SessionState] = {}
+        self._methods: dict[str, Callable[[IncomingRequest], Any]] = {
+            Method.TOOLS_LIST: self._list_tools,
+            Method.TOOLS_CALL: self._call_tool,
+            Method.RESOURCES_LIST: self._list_resources,
+            Method.RESOURCES_TEMPLATES_LIST: self._list_templates,
+            Method.RESOURCES_READ: self._read_resource,
+            Method.RESOURCES_SUBSCRIBE: self._subscribe,
+            Method.RESOURCES_UNSUBSCRIBE: self._unsubscribe,
+            Method.PROMPTS_LIST: self._list_prompts,
+            Method.PROMPTS_GET: self._get_prompt,
+            Method.COMPLETION_COMPLETE: self._complete,
+            Method.LOGGING_SET_LEVEL: self._set_level,
+        }
+
+    # -- declaring --------------------------------------------------------
+
+    def tool(
+        self,
+        name: str | None = None,
+        *,
+        title: str | None = None,
+        description: str | None = None,
+        annotations: dict[str, Any] | None = None,
+        icons: list[dict[str, Any]] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a function as a tool; its hints give the input schema and
+        its docstring the description. A dict-like return annotation gives
+        an output schema and structured results."""
+
+        def register(fn: F) -> F:
+            self.add_tool(fn, name, title=title, description=description,
+                          annotations=annotations, icons=icons, meta=meta)
+            return fn
+
+        return register
+
+    def add_tool(self, fn: Callable[..., Any], name: str | None = None, **details: Any) -> Tool:
+        name = name or fn.__name__
+        signature = compile_signature(fn, name, output=True)
+        details["description"] = details.get("description") or signature.description
+        tool = Tool(name, signature, **details)
+        self._tools[name] = tool
+        self._list_changed(Notify.TOOLS_LIST_CHANGED)
+        return tool
+
+    def remove_tool(self, name: str) -> None:
+        del self._tools[name]
+        self._list_changed(Notify.TOOLS_LIST_CHANGED)
+
+    def resource(
+        self,
+        uri: str,
+        *,
+        name: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        mime_type: str | None = None,
+        annotations: dict[str, Any] | None = None,
+        icons: list[dict[str, Any]] | None = None,
+        size: int | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a resource, or a template when ``uri`` has ``{variables}``
+        (RFC 6570); template variables are passed as keyword arguments.
+        The function returns ``str`` (text), ``bytes`` (blob), a JSON-able
+        value (sent as JSON text) or a list of ``content.resource_contents``."""
+
+        def register(fn: F) -> F:
+            self.add_resource(fn, uri, name=name, title=title, description=description,
+                              mime_type=mime_type, annotations=annotations, icons=icons,
+                              size=size, meta=meta)
+            return fn
+
+        return register
+
+    def add_resource(
+        self, fn: Callable[..., Any], uri: str, *, name: str | None = None,
+        size: int | None = None, **details: Any,
+    ) -> Resource | ResourceTemplate:
+        name = name or fn.__name__
+        signature = compile_signature(fn, name)
+        details["description"] = details.get("description") or signature.description
+        if URITemplate.is_template(uri):
+            template = URITemplate(uri)
+            missing = set(template.variables) - {p.name for p in signature.parameters}
+            if missing:
+                raise TypeError(f"{name}: no parameter for template variables {sorted(missing)}")
+            entry: Resource | ResourceTemplate = ResourceTemplate(
+                name, signature, template=template, **details)
+            self._templates[uri] = entry  # type: ignore[assignment]
+        else:
+            entry = Resource(name, signature, uri=uri, size=size, **details)
+            self._resources[uri] = entry
+        self._list_changed(Notify.RESOURCES_LIST_CHANGED)
+        return entry
+
+    def remove_resource(self, uri: str) -> None:
+        if self._resources.pop(uri, None) is None:
+            del self._templates[uri]
+        self._list_changed(Notify.RESOURCES_LIST_CHANGED)
+
+    def prompt(
+        self,
+        name: str | None = None,
+        *,
+        title: str | None = None,
+        description: str | None = None,
+        icons: list[dict[str, Any]] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a prompt; its parameters are the prompt's arguments. It
+        returns a string (one user message), a content block, a message dict,
+        or a list of those."""
+
+        def register(fn: F) -> F:
+            self.add_prompt(fn, name, title=title, description=description, icons=icons, meta=meta)
+            return fn
+
+        return register
+
+    def add_prompt(self, fn: Callable[..., Any], name: str | None = None, **details: Any) -> Prompt:
+        name = name or fn.__name__
+        signature = compile_signature(fn, name)
+        details["description"] = details.get("description") or signature.description
+        prompt = Prompt(name, signature, **details)
+        self._prompts[name] = prompt
+        self._list_changed(Notify.PROMPTS_LIST_CHANGED)
+        return prompt
+
+    def remove_prompt(self, name: str) -> None:
+        del self._prompts[name]
+        self._list_changed(Notify.PROMPTS_LIST_CHANGED)
+
+    def completion(
+        self, argument: str, *, prompt: str | None = None, resource: str | None = None
+    ) -> Callable[[F], F]:
+        """Register completions for one argument of a prompt or resource template.
+
+        The function is called as ``fn(value)`` or, if it takes two
+        parameters, ``fn(value, arguments)`` with the other arguments already
+        filled in; it returns a list of strings (the first 100 are sent), a
+        Deferred or a coroutine of one.
+        """
+        if (prompt is None) == (resource is None):
+            raise TypeError("completion() needs exactly one of prompt= or resource=")
+        key = ("ref/prompt", prompt, argument) if prompt else ("ref/resource", resource, argument)
+
+        def register(fn: F) -> F:
+            takes_arguments = len(inspect.signature(fn).parameters) >= 2
+            self._completions[key] = (fn, takes_arguments)  # type: ignore[index]
+            return fn
+
+        return register
+
+    # -- telling clients ----------------------------------------------------
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The live sessions of this app, over every transport."""
+        return list(self._sessions)
+
+    def notify_resource_updated(self, uri: str) -> None:
+        """Tell every session subscribed to ``uri`` that it changed."""
+        for session, state in self._sessions.items():
+            if uri in state.subscriptions:
+                session.notify(Notify.RESOURCES_UPDATED, {"uri": uri})
+
+    def _list_changed(self, method: str) -> None:
+        for session in self._sessions:
+            if session.state is State.READY:
+                session.notify(method)
+
+    def log_level_for(self, session: Session) -> str:
+        state = self._sessions.get(session)
+        return state.log_level if state is not None else self.default_log_level
+
+    # -- SessionHandler ---------------------------------------------------
+
+    def describe(self, session: Session) -> dict[str, Any]:
+        self._sessions.setdefault(session, _SessionState(self.default_log_level))
+        capabilities: dict[str, Any] = {"logging": {}}
+        if self._tools:
+            capabilities["tools"] = {"listChanged": True}
+        if self._resources or self._templates:
+            capabilities["resources"] = {"subscribe": True, "listChanged": True}
+        if self._prompts:
+            capabilities["prompts"] = {"listChanged": True}
+        if self._completions and version_at_least(session.protocol_version, "2025-03-26"):
+            capabilities["completions"] = {}
+        info: dict[str, Any] = {"name": self.name, "version": self.version}
+        if version_at_least(session.protocol_version, "2025-06-18") and self.title:
+            info["title"] = self.title
+        if version_at_least(session.protocol_version, "2025-11-25"):
+            if self.website_url:
+                info["websiteUrl"] = self.website_url
+            if self.icons:
+                info["icons"] = self.icons
+        description: dict[str, Any] = {"capabilities": capabilities, "serverInfo": info}
+        if self.instructions:
+            description["instructions"] = self.instructions
+        return description
+
+    def handle_request(self, request: IncomingRequest) -> Any:
+        method = self._methods.get(request.method)
+        if method is None:
+            raise RPCError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
+        return method(request)
+
+    def handle_notification(self, session: Session, method: str, params: Any) -> None:
+        if method == Notify.ROOTS_LIST_CHANGED:
+            log.debug("Client roots changed")
+
+    def session_ready(self, session: Session) -> None:
+        self._sessions.setdefault(session, _SessionState(self.default_log_level))
+
+    def session_closed(self, session: Session) -> None:
+        self._sessions.pop(session, None)
+
+    # -- the methods --------------------------------------------------------
+
+    def _context(self, request: IncomingRequest, wanted: str | None) -> Context | None:
+        return Context(request, self) if wanted is not None else None
+
+    def _page(self, request: IncomingRequest, kind: str, items: Sequence[Any]) -> dict[str, Any]:
+        start = _decode_cursor(request.params.get("cursor"), kind, len(items))
+        end = start + self.page_size
+        version = request.protocol_version
+        page: dict[str, Any] = {kind: [item.definition(version) for item in items[start:end]]}
+        if end < len(items):
+            page["nextCursor"] = _encode_cursor(kind, end)
+        return page
+
+    def _list_tools(self, request: IncomingRequest) -> dict[str, Any]:
+        return self._page(request, "tools", list(self._tools.values()))
+
+    def _call_tool(self, request: IncomingRequest) -> Any:
+        params = request.params
+        tool = self._tools.get(params.get("name"))  # type: ignore[arg-type]
+        if tool is None:
+            raise invalid_params(f"Unknown tool: {params.get('name')!r}")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        elif not isinstance(arguments, dict):
+            raise invalid_params("tools/call arguments must be an object")
+        context = self._context(request, tool.signature.context_parameter)
+        return tool.call(arguments, context, request.protocol_version)
+
+    def _list_resources(self, request: IncomingRequest) -> dict[str, Any]:
+        return self._page(request, "resources", list(self._resources.values()))
+
+    def _list_templates(self, request: IncomingRequest) -> dict[str, Any]:
+        return self._page(request, "resourceTemplates", list(self._templates.values()))
+
+    def _read_resource(self, request: IncomingRequest) -> Any:
+        uri = _required_string(request.params, "uri")
+        resource = self._resources.get(uri)
+        if resource is not None:
+            return resource.read(uri, {}, self._context(request, resource.signature.context_parameter))
+        for template in self._templates.values():
+            variables = template.template.match(uri)  # type: ignore[union-attr]
+            if variables is not None:
+                context = self._context(request, template.signature.context_parameter)
+                return template.read(uri, variables, context)
+        raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
+
+    def _subscribe(self, request: IncomingRequest) -> dict[str, Any]:
+        uri = _required_string(request.params, "uri")
+        self._sessions[request.session].subscriptions.add(uri)
+        return {}
+
+    def _unsubscribe(self, request: IncomingRequest) -> dict[str, Any]:
+        uri = _required_string(request.params, "uri")
+        self._sessions[request.session].subscriptions.discard(uri)
+        return {}
+
+    def _list_prompts(self, request: IncomingRequest) -> dict[str, Any]:
+        return self._page(request, "prompts", list(self._prompts.values()))
+
+    def _get_prompt(self, request: IncomingRequest) -> Any:
+        name = request.params.get("name")
+        prompt = self._prompts.get(name)  # type: ignore[arg-type]
+        if prompt is None:
+            raise invalid_params(f"Unknown prompt: {name!r}")
+        arguments = request.params.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise invalid_params("prompts/get arguments must be an object")
+        return prompt.get(arguments, self._context(request, prompt.signature.context_parameter))
+
+    def _complete(self, request: IncomingRequest) -> Any:
+        if not self._completions:
+            raise RPCError(METHOD_NOT_FOUND, "This server offers no completions")
+        params = request.params
+        ref, argument = params.get("ref"), params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict):
+            raise invalid_params("completion/complete needs ref and argument objects")
+        target = ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri")
+        key = (ref.get("type"), target, argument.get("name"))
+        registered = self._completions.get(key)  # type: ignore[arg-type]
+        if registered is None:
+            return {"completion": {"values": [], "total": 0, "hasMore": False}}
+        fn, takes_arguments = registered
+        value = argument.get("value", "")
+        context = params.get("context")
+        other = (context.get("arguments") or {}) if isinstance(context, dict) else {}
+        result = fn(value, other) if takes_arguments else fn(value)
+        return as_deferred(result).addCallback(_completion_result)
+
+    def _set_level(self, request: IncomingRequest) -> dict[str, Any]:
+        level = check_log_level(request.params.get("level"))
+        self._sessions[request.session].log_level = level
+        return {}
+
+
+def _completion_result(values: Sequence[str]) -> dict[str, Any]:
+    values = list(values)
+    return {"completion": {
+        "values": values[:MAX_COMPLETION_VALUES],
+        "total": len(values),
+        "hasMore": len(values) > MAX_COMPLETION_VALUES,
+    }}
+
+
+def _required_string(params: dict[str, Any], key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str):
+        raise invalid_params(f"params.{key} must be a string")
+    return value
+
+
+def _encode_cursor(kind: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{offset}".encode()).decode()
+
+
+def _decode_cursor(cursor: object, kind: str, length: int) -> int:
+    """The offset a cursor stands for; -32602 for anything we did not issue."""
+    if cursor is None:
+        return 0
+    try:
+        label, _, offset = base64.urlsafe_b64decode(str(cursor).encode()).decode().partition(":")
+        start = int(offset)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        start = -1
+        label = ""
+    if label != kind or not 0 < start <= length:
+        raise invalid_params(f"Invalid cursor: {cursor!r}")
+    return start

@@ -1,0 +1,180 @@
+"""Turn a handler's signature into a JSON Schema and a validator, once.
+
+pydantic does the work: it reads type hints (including ``Optional``,
+``Literal``, ``Enum``, ``TypedDict``, dataclasses and its own models), emits
+JSON Schema 2020-12 and validates arguments in compiled code, converting
+them to the annotated types. Everything here runs at registration time; a
+call only pays for ``validate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pydantic
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.json_schema import GenerateJsonSchema
+
+from mcp_twisted.server._context import Context
+
+_SECTION = re.compile(
+    r"^(Args|Arguments|Parameters|Params|Returns|Return|Raises|Yields|Examples?|Notes?):\s*$"
+)
+_ARG_LINE = re.compile(r"^(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
+
+
+class _PlainSchema(GenerateJsonSchema):
+    """JSON Schema without pydantic's generated titles (noise for a model reading it)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def generate(self, schema: Any, mode: Any = "validation") -> dict[str, Any]:
+        result = super().generate(schema, mode)
+        result.pop("title", None)
+        for definition in result.get("$defs", {}).values():
+            if isinstance(definition, dict) and "properties" in definition:
+                definition.pop("title", None)
+        return result
+
+
+def json_schema(adapter: TypeAdapter[Any] | type[pydantic.BaseModel]) -> dict[str, Any]:
+    if isinstance(adapter, TypeAdapter):
+        return adapter.json_schema(schema_generator=_PlainSchema)
+    return adapter.model_json_schema(schema_generator=_PlainSchema)
+
+
+def parse_docstring(fn: Callable[..., Any]) -> tuple[str | None, dict[str, str]]:
+    """The description and per-argument text of a Google-style docstring."""
+    doc = inspect.getdoc(fn)
+    if not doc:
+        return None, {}
+    summary: list[str] = []
+    args: dict[str, str] = {}
+    section: str | None = None
+    current: str | None = None
+    for line in doc.splitlines():
+        header = _SECTION.match(line.strip()) if not line.startswith(" ") else None
+        if header:
+            section, current = header.group(1), None
+            continue
+        if section is None:
+            summary.append(line)
+        elif section in ("Args", "Arguments", "Parameters", "Params"):
+            stripped = line.strip()
+            match = _ARG_LINE.match(stripped)
+            indent = len(line) - len(line.lstrip())
+            if match and (current is None or indent <= 4):
+                current = match.group(1).lstrip("*")
+                args[current] = match.group(3).strip()
+            elif current is not None and stripped:
+                args[current] = f"{args[current]} {stripped}".strip()
+    description = "\n".join(summary).strip() or None
+    return description, args
+
+
+def _is_context(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, Context):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_context(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _is_object_type(annotation: Any) -> bool:
+    """Whether a return annotation describes a JSON object (gets an outputSchema)."""
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (dict, Mapping, typing.Mapping):
+        return True
+    if not isinstance(origin, type):
+        return False
+    return (
+        typing.is_typeddict(origin)
+        or dataclasses.is_dataclass(origin)
+        or issubclass(origin, pydantic.BaseModel)
+    )
+
+
+class ArgumentError(Exception):
+    """Arguments that do not match the handler's signature; the text says why."""
+
+
+@dataclasses.dataclass(slots=True)
+class Signature:
+    """What is known about a handler, computed once at registration."""
+
+    fn: Callable[..., Any]
+    description: str | None
+    parameters: list[inspect.Parameter]
+    parameter_docs: dict[str, str]
+    context_parameter: str | None
+    model: type[pydantic.BaseModel]
+    input_schema: dict[str, Any]
+    output_adapter: TypeAdapter[Any] | None
+    output_schema: dict[str, Any] | None
+
+    def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Check and convert arguments into keyword arguments for ``fn``."""
+        try:
+            values = self.model.model_validate(arguments).__dict__
+        except ValidationError as e:
+            raise ArgumentError(_describe_errors(e)) from None
+        return {parameter.name: values[field] for field, parameter in zip(
+            self.model.model_fields, self.parameters, strict=True)}
+
+    def bind(self, arguments: Mapping[str, Any], context: Context | None) -> dict[str, Any]:
+        kwargs = self.validate(arguments)
+        if self.context_parameter is not None:
+            kwargs[self.context_parameter] = context
+        return kwargs
+
+
+def _describe_errors(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or "arguments"
+        parts.append(f"{where}: {item['msg']}")
+    return "Invalid arguments: " + "; ".join(parts)
+
+
+def compile_signature(fn: Callable[..., Any], name: str, *, output: bool = False) -> Signature:
+    """Read ``fn`` once: parameters, Context slot, input (and output) schema."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    description, parameter_docs = parse_docstring(fn)
+    fields: dict[str, Any] = {}
+    parameters: list[inspect.Parameter] = []
+    context_parameter = None
+    for parameter in inspect.signature(fn).parameters.values():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise TypeError(f"{name}: *args and **kwargs cannot be described as a schema")
+        annotation = hints.get(parameter.name, Any)
+        if _is_context(annotation):
+            context_parameter = parameter.name
+            continue
+        parameters.append(parameter)
+        default = ... if parameter.default is parameter.empty else parameter.default
+        # Fields get neutral names and the parameter name as alias, so a
+        # parameter may be called "schema" or "json" without clashing with
+        # BaseModel's own attributes.
+        field = Field(default, alias=parameter.name, description=parameter_docs.get(parameter.name))
+        fields[f"p{len(parameters) - 1}"] = (annotation, field)
+    model = pydantic.create_model(
+        f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    input_schema = json_schema(model)
+    input_schema.setdefault("properties", {})
+    output_adapter = output_schema = None
+    returns = hints.get("return")
+    if output and returns is not None and _is_object_type(returns):
+        output_adapter = TypeAdapter(returns)
+        output_schema = json_schema(output_adapter)
+    return Signature(
+        fn, description, parameters, parameter_docs, context_parameter, model,
+        input_schema, output_adapter, output_schema,
+    )

@@ -1,0 +1,601 @@
+"""One MCP conversation, in either role, with no I/O of its own.
+
+A ``Session`` is fed JSON texts with ``receive()`` and emits JSON texts through
+the ``send`` callable it was given; every timer goes through the
+``IReactorTime`` it was given. That makes it the same object under the
+WebSocket transport, a future HTTP transport, the server and the client, and
+lets tests drive it with ``task.Clock`` and a list as the "socket".
+
+What it owns: the handshake-era lifecycle (``initialize`` negotiation and
+``notifications/initialized``), request ids, the in-flight tables in both
+directions, cancellation, progress, timeouts, batches, and ``ping``. What a
+request *means* is decided by the ``SessionHandler`` it was given (the server
+app's method table, or the client's handlers for server-initiated requests).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mcp_twisted import jsonrpc
+from mcp_twisted.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    MessageError,
+    Notification,
+    Request,
+    RequestId,
+    Response,
+    RPCError,
+)
+from mcp_twisted.protocol import (
+    BATCHING_VERSIONS,
+    REQUEST_TIMEOUT,
+    SERVER_BUSY,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    Method,
+    Notify,
+    invalid_params,
+    negotiate_version,
+    version_at_least,
+)
+
+log = Logger()
+
+
+class Role(enum.Enum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class State(enum.Enum):
+    NEW = "new"  # nothing negotiated yet
+    INITIALIZING = "initializing"  # initialize answered (server) or sent (client)
+    READY = "ready"  # notifications/initialized sent (client) or received (server)
+    CLOSED = "closed"
+
+
+class ConnectionLost(Exception):
+    """The session ended while a request was waiting for its answer."""
+
+
+class RequestTimedOut(Exception):
+    """The peer did not answer a request in time; it was sent a cancellation."""
+
+    def __init__(self, method: str, timeout: float) -> None:
+        super().__init__(f"{method!r} got no answer within {timeout:g} s")
+        self.method = method
+        self.timeout = timeout
+
+
+class SessionHandler(Protocol):
+    """What a session needs from the application above it."""
+
+    def describe(self, session: Session) -> dict[str, Any]:
+        """Server role: ``capabilities``, ``serverInfo`` and ``instructions``
+        for the ``initialize`` result (client capabilities are known by now)."""
+
+    def handle_request(self, request: IncomingRequest) -> Any:
+        """Answer a request: a result, a Deferred, or a coroutine; raise
+        ``RPCError`` for an error response."""
+
+    def handle_notification(self, session: Session, method: str, params: Any) -> None:
+        """React to a notification the session does not consume itself."""
+
+    def session_ready(self, session: Session) -> None:
+        """The handshake finished; the session may now be sent notifications."""
+
+    def session_closed(self, session: Session) -> None:
+        """The session ended; drop whatever was kept for it."""
+
+
+class IncomingRequest:
+    """A request from the peer, from arrival until it is answered or cancelled.
+
+    Protocol version and client capabilities are read through the request, not
+    the session: in the stateless 2026-07-28 revision they travel in each
+    request's ``_meta`` and this is the one place that will change.
+    """
+
+    __slots__ = (
+        "_batch", "_last_progress", "_timer", "cancelled", "deferred", "id", "method",
+        "params", "progress_token", "session", "timed_out",
+    )
+
+    def __init__(self, session: Session, message: Request, batch: _Batch | None) -> None:
+        self.session = session
+        self.id: RequestId = message.id
+        self.method = message.method
+        params = message.params
+        self.params: dict[str, Any] = params if params is not None else {}
+        meta = self.params.get("_meta") if type(params) is dict else None
+        self.progress_token = meta.get("progressToken") if type(meta) is dict else None
+        self.cancelled = False
+        self.timed_out = False
+        self.deferred: Deferred[Any] | None = None
+        self._batch = batch
+        self._timer: IDelayedCall | None = None
+        self._last_progress: float | None = None
+
+    @property
+    def protocol_version(self) -> str:
+        return self.session.protocol_version
+
+    @property
+    def client_capabilities(self) -> dict[str, Any]:
+        return self.session.peer_capabilities
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or self.session._incoming.get(self.id) is not self
+
+    def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Send ``notifications/progress`` if the peer asked for it.
+
+        Progress must grow with each notification (the spec says MUST), so a
+        value that does not is a programming error and raises ``ValueError``.
+        """
+        if self.progress_token is None or self.done:
+            return
+        if self._last_progress is not None and progress <= self._last_progress:
+            raise ValueError(f"progress must increase: {progress} after {self._last_progress}")
+        self._last_progress = progress
+        params: dict[str, Any] = {"progressToken": self.progress_token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None and version_at_least(self.protocol_version, "2025-03-26"):
+            params["message"] = message
+        self.session.notify(Notify.PROGRESS, params)
+
+
+class OutgoingRequest:
+    """A request we sent, waiting for the peer's answer."""
+
+    __slots__ = ("deferred", "id", "method", "on_progress", "timeout", "timer")
+
+    def __init__(
+        self,
+        request_id: int,
+        method: str,
+        deferred: Deferred[Any],
+        on_progress: Callable[[float, float | None, str | None], object] | None,
+        timeout: float | None,
+    ) -> None:
+        self.id = request_id
+        self.method = method
+        self.deferred = deferred
+        self.on_progress = on_progress
+        self.timeout = timeout
+        self.timer: IDelayedCall | None = None
+
+
+class _Batch:
+    """Collects the answers to one incoming batch and sends them together."""
+
+    __slots__ = ("pending", "replies", "session")
+
+    def __init__(self, session: Session, pending: int) -> None:
+        self.session = session
+        self.pending = pending
+        self.replies: list[dict[str, Any]] = []
+
+    def add(self, reply: dict[str, Any] | None) -> None:
+        if reply is not None:
+            self.replies.append(reply)
+        self.pending -= 1
+        if self.pending == 0 and self.replies:
+            self.session._write(self.replies)
+
+
+_NO_TIMEOUT: Any = object()
+
+
+class Session:
+    """An MCP peer: feed it texts with ``receive``, it answers through ``send``.
+
+    ``max_in_flight`` bounds the requests the peer may have running here at
+    once; one more gets an immediate error rather than a queue.
+    ``request_timeout`` bounds how long our own requests wait for an answer;
+    ``handler_timeout`` bounds how long a handler may run on a peer request.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[bytes], object],
+        *,
+        role: Role,
+        handler: SessionHandler,
+        clock: IReactorTime,
+        max_in_flight: int = 64,
+        request_timeout: float | None = 60.0,
+        handler_timeout: float | None = None,
+    ) -> None:
+        self.role = role
+        self.handler = handler
+        self.clock = clock
+        self.max_in_flight = max_in_flight
+        self.request_timeout = request_timeout
+        self.handler_timeout = handler_timeout
+        self.state = State.NEW
+        self.protocol_version: str = SUPPORTED_PROTOCOL_VERSIONS[-1]
+        self.peer_capabilities: dict[str, Any] = {}
+        self.peer_info: dict[str, Any] = {}
+        self.initialize_result: dict[str, Any] | None = None
+        # Free for the layers above (auth identity, per-connection data).
+        self.attributes: dict[str, Any] = {}
+        self._send = send
+        self._incoming: dict[RequestId, IncomingRequest] = {}
+        self._outgoing: dict[RequestId, OutgoingRequest] = {}
+        self._next_id = 0
+
+    # -- input ------------------------------------------------------------
+
+    def receive(self, text: bytes | str) -> None:
+        """Handle one JSON text from the peer (a message or a batch)."""
+        if self.state is State.CLOSED:
+            return
+        try:
+            message = jsonrpc.parse(text)
+        except MessageError as e:
+            log.debug("Refused message: {error}", error=e.message)
+            self._write(jsonrpc.error_response(e.request_id, e))
+            return
+        if type(message) is Request:
+            self._on_request(message, None)
+        elif type(message) is list:
+            self._on_batch(message)
+        elif type(message) is Notification:
+            self._on_notification(message)
+        else:
+            self._on_response(message)  # type: ignore[arg-type]
+
+    def _on_batch(self, items: list[jsonrpc.BatchItem]) -> None:
+        if self.protocol_version not in BATCHING_VERSIONS or self.state is State.NEW:
+            self._write(jsonrpc.error_response(
+                None, RPCError(INVALID_REQUEST, "Batches are not accepted in this protocol revision")
+            ))
+            return
+        requests = sum(1 for item in items if type(item) in (Request, MessageError))
+        batch = _Batch(self, requests) if requests else None
+        for item in items:
+            if type(item) is Request:
+                if item.method == Method.INITIALIZE:
+                    error = RPCError(INVALID_REQUEST, "initialize must not be sent in a batch")
+                    batch.add(jsonrpc.error_response(item.id, error))  # type: ignore[union-attr]
+                else:
+                    self._on_request(item, batch)
+            elif type(item) is MessageError:
+                batch.add(jsonrpc.error_response(item.request_id, item))  # type: ignore[union-attr]
+            elif type(item) is Notification:
+                self._on_notification(item)
+            else:
+                self._on_response(item)  # type: ignore[arg-type]
+
+    def _on_request(self, message: Request, batch: _Batch | None) -> None:
+        method = message.method
+        if method == Method.PING:
+            self._reply(batch, jsonrpc.response(message.id, {}))
+            return
+        if self.role is Role.SERVER and self.state is not State.READY:
+            if method == Method.INITIALIZE:
+                self._reply(batch, self._answer_initialize(message))
+                return
+            if self.state is State.NEW:
+                error = RPCError(INVALID_REQUEST, "Session not initialized: send 'initialize' first")
+                self._reply(batch, jsonrpc.error_response(message.id, error))
+                return
+        elif method == Method.INITIALIZE:
+            error = RPCError(INVALID_REQUEST, "Session already initialized")
+            self._reply(batch, jsonrpc.error_response(message.id, error))
+            return
+        if message.id in self._incoming:
+            error = RPCError(INVALID_REQUEST, "Request id is already in use by a request in flight")
+            self._reply(batch, jsonrpc.error_response(message.id, error))
+            return
+        if len(self._incoming) >= self.max_in_flight:
+            error = RPCError(
+                SERVER_BUSY,
+                f"Too many requests in flight (limit {self.max_in_flight}); retry later",
+                {"limit": self.max_in_flight},
+            )
+            self._reply(batch, jsonrpc.error_response(message.id, error))
+            return
+        request = IncomingRequest(self, message, batch)
+        try:
+            result = self.handler.handle_request(request)
+        except RPCError as e:
+            self._reply(batch, jsonrpc.error_response(message.id, e))
+            return
+        except Exception:
+            log.failure("Handler for {method!r} raised", method=method)
+            self._reply(batch, jsonrpc.error_response(
+                message.id, RPCError(INTERNAL_ERROR, "Internal error")
+            ))
+            return
+        if not isinstance(result, Deferred) and not hasattr(result, "__await__"):
+            self._reply(batch, jsonrpc.response(message.id, result))
+            return
+        d = as_deferred(result)
+        if d.called:
+            # Already settled: answer now without holding an in-flight slot.
+            d.addCallbacks(self._request_done, self._request_failed, (request,), None, (request,))
+            return
+        request.deferred = d
+        self._incoming[message.id] = request
+        if self.handler_timeout is not None:
+            request._timer = self.clock.callLater(self.handler_timeout, self._handler_expired, request)
+        d.addCallbacks(self._request_done, self._request_failed, (request,), None, (request,))
+
+    def _answer_initialize(self, message: Request) -> dict[str, Any]:
+        if self.state is not State.NEW:
+            return jsonrpc.error_response(
+                message.id, RPCError(INVALID_REQUEST, "Session already initialized")
+            )
+        params = message.params
+        if not isinstance(params, dict) or not isinstance(params.get("protocolVersion"), str):
+            return jsonrpc.error_response(
+                message.id, invalid_params("initialize needs params.protocolVersion (a string)")
+            )
+        capabilities = params.get("capabilities", {})
+        client_info = params.get("clientInfo", {})
+        if not isinstance(capabilities, dict) or not isinstance(client_info, dict):
+            return jsonrpc.error_response(
+                message.id, invalid_params("capabilities and clientInfo must be objects")
+            )
+        self.protocol_version = negotiate_version(params["protocolVersion"])
+        self.peer_capabilities = capabilities
+        self.peer_info = client_info
+        result = {"protocolVersion": self.protocol_version, **self.handler.describe(self)}
+        self.initialize_result = result
+        self.state = State.INITIALIZING
+        return jsonrpc.response(message.id, result)
+
+    def _request_done(self, result: Any, request: IncomingRequest) -> None:
+        if self._finish(request):
+            request_id = request.id
+            try:
+                encoded = jsonrpc.response(request_id, result)
+                if request._batch is None:
+                    self._send(jsonrpc.encode(encoded))
+                    return
+            except TypeError:
+                log.failure("Result of {method!r} is not JSON", method=request.method)
+                encoded = jsonrpc.error_response(
+                    request_id, RPCError(INTERNAL_ERROR, "Internal error: result is not JSON")
+                )
+            self._reply(request._batch, encoded)
+
+    def _request_failed(self, failure: Failure, request: IncomingRequest) -> None:
+        if not self._finish(request):
+            return
+        error = failure.value
+        if request.timed_out:
+            error = RPCError(
+                REQUEST_TIMEOUT,
+                f"Request {request.method!r} exceeded the handler time limit "
+                f"({self.handler_timeout:g} s) and was cancelled",
+            )
+        elif not isinstance(error, RPCError):
+            log.failure(
+                "Handler for {method!r} (request {request_id!r}) failed", failure,
+                method=request.method, request_id=request.id,
+            )
+            error = RPCError(INTERNAL_ERROR, "Internal error")
+        self._reply(request._batch, jsonrpc.error_response(request.id, error))
+
+    def _finish(self, request: IncomingRequest) -> bool:
+        """Release a request's slot; True if an answer is still owed."""
+        if request._timer is not None and request._timer.active():
+            request._timer.cancel()
+        if self._incoming.get(request.id) is request:
+            del self._incoming[request.id]
+        if request.cancelled:
+            if request._batch is not None:
+                request._batch.add(None)
+            return False
+        return self.state is not State.CLOSED
+
+    def _handler_expired(self, request: IncomingRequest) -> None:
+        request.timed_out = True
+        if request.deferred is not None:
+            request.deferred.cancel()
+
+    def _on_notification(self, message: Notification) -> None:
+        method = message.method
+        params = message.params if isinstance(message.params, dict) else {}
+        if method == Notify.CANCELLED:
+            self._peer_cancelled(params.get("requestId"))
+        elif method == Notify.PROGRESS:
+            self._peer_progress(params)
+        elif method == Notify.INITIALIZED and self.role is Role.SERVER:
+            if self.state is State.INITIALIZING:
+                self.state = State.READY
+                self.handler.session_ready(self)
+        elif self.state is not State.NEW or self.role is Role.CLIENT:
+            try:
+                self.handler.handle_notification(self, method, params)
+            except Exception:
+                log.failure("Handler for notification {method!r} raised", method=method)
+
+    def _peer_cancelled(self, request_id: object) -> None:
+        # Unknown or finished ids are ignored, as the spec allows. initialize
+        # is answered synchronously, so it can never be found here.
+        request = self._incoming.pop(request_id, None)  # type: ignore[arg-type]
+        if request is None:
+            return
+        request.cancelled = True
+        if request.deferred is not None:
+            request.deferred.cancel()
+
+    def _peer_progress(self, params: dict[str, Any]) -> None:
+        outgoing = self._outgoing.get(params.get("progressToken"))  # type: ignore[arg-type]
+        if outgoing is None or outgoing.on_progress is None:
+            return
+        if outgoing.timer is not None and outgoing.timer.active():
+            # Progress shows the peer is alive: give it a fresh timeout.
+            outgoing.timer.reset(outgoing.timeout)
+        try:
+            outgoing.on_progress(params.get("progress"), params.get("total"), params.get("message"))
+        except Exception:
+            log.failure("Progress callback for {method!r} raised", method=outgoing.method)
+
+    def _on_response(self, message: Response | jsonrpc.ErrorResponse) -> None:
+        outgoing = self._outgoing.pop(message.id, None)  # type: ignore[arg-type]
+        if outgoing is None:
+            if type(message) is jsonrpc.ErrorResponse:
+                log.warn("Peer reported an error: {error}", error=str(message.error))
+            return  # a late answer to a request we gave up on
+        if outgoing.timer is not None and outgoing.timer.active():
+            outgoing.timer.cancel()
+        if type(message) is Response:
+            outgoing.deferred.callback(message.result)
+        else:
+            outgoing.deferred.errback(message.error)  # type: ignore[union-attr]
+
+    # -- output -----------------------------------------------------------
+
+    def _write(self, message: dict[str, Any] | list[dict[str, Any]]) -> None:
+        if self.state is not State.CLOSED:
+            self._send(jsonrpc.encode(message))
+
+    def _reply(self, batch: _Batch | None, message: dict[str, Any]) -> None:
+        if batch is None:
+            self._write(message)
+        else:
+            batch.add(message)
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """Send a notification (dropped silently once the session closed)."""
+        self._write(jsonrpc.notification(method, params))
+
+    def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = _NO_TIMEOUT,
+        on_progress: Callable[[float, float | None, str | None], object] | None = None,
+    ) -> Deferred[Any]:
+        """Send a request; the Deferred fires with the result.
+
+        It fails with ``RPCError`` for an error answer, ``RequestTimedOut``
+        after ``timeout`` seconds (default: the session's ``request_timeout``),
+        and ``ConnectionLost`` if the session closes first. Cancelling it, or
+        timing out, tells the peer with ``notifications/cancelled``.
+        """
+        if self.state is State.CLOSED:
+            return fail(ConnectionLost("The session is closed"))
+        request_id = self._next_id
+        self._next_id += 1
+        if on_progress is not None:
+            params = dict(params or {})
+            params["_meta"] = {**params.get("_meta", {}), "progressToken": request_id}
+        if timeout is _NO_TIMEOUT:
+            timeout = self.request_timeout
+        d: Deferred[Any] = Deferred(lambda _: self._cancel_outgoing(request_id, "cancelled"))
+        outgoing = OutgoingRequest(request_id, method, d, on_progress, timeout)
+        self._outgoing[request_id] = outgoing
+        self._write(jsonrpc.request(request_id, method, params))
+        if timeout is not None:
+            outgoing.timer = self.clock.callLater(timeout, self._outgoing_expired, request_id)
+        return d
+
+    def _cancel_outgoing(self, request_id: int, reason: str) -> OutgoingRequest | None:
+        outgoing = self._outgoing.pop(request_id, None)
+        if outgoing is None:
+            return None
+        if outgoing.timer is not None and outgoing.timer.active():
+            outgoing.timer.cancel()
+        if outgoing.method != Method.INITIALIZE:
+            self.notify(Notify.CANCELLED, {"requestId": request_id, "reason": reason})
+        return outgoing
+
+    def _outgoing_expired(self, request_id: int) -> None:
+        outgoing = self._cancel_outgoing(request_id, "timed out")
+        if outgoing is not None:
+            outgoing.deferred.errback(RequestTimedOut(outgoing.method, outgoing.timeout or 0))
+
+    # -- client role lifecycle ------------------------------------------
+
+    def initialize(
+        self,
+        client_info: dict[str, Any],
+        capabilities: dict[str, Any],
+        protocol_version: str = SUPPORTED_PROTOCOL_VERSIONS[-1],
+    ) -> Deferred[dict[str, Any]]:
+        """Client role: run the handshake; fires with the ``initialize`` result.
+
+        Fails with ``RPCError`` when the server answers with a revision this
+        side does not speak (the caller should then disconnect).
+        """
+        self.state = State.INITIALIZING
+        params = {"protocolVersion": protocol_version, "capabilities": capabilities,
+                  "clientInfo": client_info}
+        d = self.request(Method.INITIALIZE, params)
+
+        def negotiated(result: dict[str, Any]) -> dict[str, Any]:
+            version = result.get("protocolVersion") if isinstance(result, dict) else None
+            if version not in SUPPORTED_PROTOCOL_VERSIONS:
+                raise RPCError(INVALID_REQUEST, f"Server chose unsupported revision {version!r}")
+            self.protocol_version = version
+            self.peer_capabilities = result.get("capabilities") or {}
+            self.peer_info = result.get("serverInfo") or {}
+            self.initialize_result = result
+            self.notify(Notify.INITIALIZED)
+            self.state = State.READY
+            self.handler.session_ready(self)
+            return result
+
+        return d.addCallback(negotiated)
+
+    # -- teardown ---------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Requests from the peer that are still running here."""
+        return len(self._incoming)
+
+    @property
+    def waiting(self) -> int:
+        """Our requests still waiting for the peer's answer."""
+        return len(self._outgoing)
+
+    def close(self, reason: str = "connection closed") -> None:
+        """End the session: cancel running handlers, fail waiting requests."""
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        incoming, self._incoming = self._incoming, {}
+        for request in incoming.values():
+            request.cancelled = True
+            if request._timer is not None and request._timer.active():
+                request._timer.cancel()
+            if request.deferred is not None:
+                request.deferred.cancel()
+        outgoing, self._outgoing = self._outgoing, {}
+        for waiting in outgoing.values():
+            if waiting.timer is not None and waiting.timer.active():
+                waiting.timer.cancel()
+            waiting.deferred.errback(ConnectionLost(reason))
+        try:
+            self.handler.session_closed(self)
+        except Exception:
+            log.failure("session_closed hook raised")
+
+
+def as_deferred(result: object) -> Deferred[Any]:
+    """Wrap what a handler returned (value, Deferred or coroutine) in a Deferred."""
+    if isinstance(result, Deferred):
+        return result
+    if hasattr(result, "__await__"):
+        return Deferred.fromCoroutine(result)  # type: ignore[arg-type]
+    return succeed(result)
