@@ -1,0 +1,141 @@
+"""``twistd mcpws``: options and service construction.
+
+Anything the operator can get wrong in a way only visible at start (an
+endpoint string, a certificate file, the ``--app`` path) ends the process
+with one line naming the problem instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from mcp_twisted.server import MCPServer
+from mcp_twisted.websocket import DEFAULT_MAX_MESSAGE_SIZE
+
+DEFAULT_ENDPOINT = "tcp:8080:interface=127.0.0.1"
+DEFAULT_APP = "mcp_twisted.demo:server"
+
+
+class StartupError(SystemExit):
+    """Ends twistd with a one-line message (printed to stderr, exit status 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"mcpws: error: {message}")
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _size(value: str) -> int:
+    """Bytes, with an optional K/M/G suffix (binary multiples)."""
+    value = value.strip().upper().removesuffix("B").removesuffix("I")
+    multiplier = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:], 1)
+    number = int(value[:-1] if multiplier > 1 else value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number * multiplier
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve a Model Context Protocol app over WebSocket (subprotocol 'mcp'). "
+        "Without --app it serves the built-in demo. Example: twistd -n mcpws "
+        "--endpoint ssl:8443:privateKey=key.pem:certKey=cert.pem --app mypkg.app:server"
+    )
+
+    optParameters: list[Any] = [
+        ["app", "a", DEFAULT_APP, "The MCPServer to serve, as module:attribute."],
+        ["path", None, "/mcp", "The URL path clients connect to."],
+        ["ping-interval", None, 20.0, "Seconds between WebSocket pings (0: off).", _positive_float],
+        ["ping-timeout", None, 10.0, "Seconds to wait for a pong before dropping the peer.",
+         _positive_float],
+        ["max-message-size", None, DEFAULT_MAX_MESSAGE_SIZE,
+         "Largest message in bytes (K, M suffixes allowed); larger ones close with 1009.", _size],
+        ["max-in-flight", None, 64, "Requests one session may have running at once.", int],
+        ["close-timeout", None, 5.0, "Seconds to wait for clients to close at shutdown.",
+         _positive_float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["endpoints"] = []
+        self["allowed_origins"] = []
+
+    def opt_endpoint(self, description: str) -> None:
+        """Where to listen, as a Twisted endpoint string (repeatable); default
+        tcp:8080:interface=127.0.0.1. Examples: ssl:8443:privateKey=key.pem:certKey=cert.pem,
+        unix:/run/mcp/mcp.sock:mode=660, systemd:domain=INET:index=0."""
+        self["endpoints"].append(description)
+
+    opt_e = opt_endpoint
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """A browser Origin allowed to connect besides the server's own (repeatable):
+        https://app.example.com, https://*.example.com, null, or * for any."""
+        self["allowed_origins"].append(origin)
+
+    def postOptions(self) -> None:
+        if not self["endpoints"]:
+            self["endpoints"] = [DEFAULT_ENDPOINT]
+
+
+def load_app(spec: str) -> MCPServer:
+    """Import ``module:attribute`` and check it is an ``MCPServer``."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise StartupError(f"--app {spec!r}: expected module:attribute, e.g. mypkg.app:server")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        raise StartupError(f"--app {spec!r}: cannot import {module_name!r}: {e}") from None
+    try:
+        app = getattr(module, attribute)
+    except AttributeError:
+        raise StartupError(f"--app {spec!r}: module {module_name!r} has no {attribute!r}") from None
+    if not isinstance(app, MCPServer):
+        raise StartupError(f"--app {spec!r}: {type(app).__name__} is not an MCPServer")
+    return app
+
+
+def make_endpoints(reactor: Any, descriptions: list[str]) -> list[Any]:
+    from twisted.internet.endpoints import serverFromString
+
+    endpoints = []
+    for description in descriptions:
+        try:
+            endpoints.append(serverFromString(reactor, description))
+        except Exception as e:
+            # serverFromString reads certificate files at parse time, so a
+            # missing or unreadable file shows up here too.
+            detail = str(e) or type(e).__name__
+            raise StartupError(f"--endpoint {description!r}: {detail}") from None
+    return endpoints
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from mcp_twisted.service import MCPWebSocketService
+    from mcp_twisted.websocket import MCPServerFactory
+
+    app = load_app(options["app"])
+    endpoints = make_endpoints(reactor, options["endpoints"])
+    factory = MCPServerFactory(
+        app,
+        path=options["path"],
+        allowed_origins=options["allowed_origins"],
+        max_message_size=options["max-message-size"],
+        ping_interval=options["ping-interval"],
+        ping_timeout=options["ping-timeout"],
+        max_in_flight=options["max-in-flight"],
+    )
+    return MCPWebSocketService(factory, endpoints, close_timeout=options["close-timeout"])

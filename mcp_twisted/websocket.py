@@ -1,0 +1,273 @@
+"""The WebSocket transport: Autobahn server classes that carry MCP sessions.
+
+One connection is one session: each text frame holds one JSON-RPC message
+(or a 2025-03-26 batch). The protocol class is a thin adapter; everything MCP
+happens in ``Session`` and the ``MCPServer`` app.
+
+Browser safety is checked in ``onConnect`` before the upgrade: a foreign
+``Origin`` gets HTTP 403, and on a loopback listener a ``Host`` that is not a
+loopback name gets HTTP 421 (DNS rebinding). Autobahn's own origin check is
+left open because it answers 400 and needs port-qualified patterns.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from mcp_twisted.server import MCPServer
+from mcp_twisted.session import Role, Session, State
+
+SUBPROTOCOL = "mcp"
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+
+CLOSE_UNSUPPORTED_DATA = 1003
+
+log = Logger()
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _split_host(host: str) -> tuple[str, int | None]:
+    """``"[::1]:8080"`` -> ``("::1", 8080)``; a missing port is ``None``."""
+    parsed = urlsplit("//" + host)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1  # not a port: will not match anything
+    return (parsed.hostname or "").lower(), port
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine (a name or a loopback address)."""
+    name, _ = _split_host(host)
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` lower-cased, default ports dropped."""
+    parts = urlsplit(origin.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        return origin
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+class OriginPolicy:
+    """Which browser origins may open a connection.
+
+    Allowed: requests with no ``Origin`` (non-browser clients), the server's
+    own origin (the ``Origin`` names the same host and port as ``Host``), and
+    the configured list: exact origins such as ``https://app.example.com``,
+    ``https://*.example.com`` for subdomains, ``null`` for opaque origins, or
+    ``*`` for any origin.
+    """
+
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
+        self.allow_any = False
+        self.allow_null = False
+        self.exact: set[str] = set()
+        self.suffixes: list[tuple[str, str]] = []
+        for entry in allowed:
+            if entry == "*":
+                self.allow_any = True
+            elif entry == "null":
+                self.allow_null = True
+            elif "://*." in entry:
+                scheme, _, rest = normalize_origin(entry.replace("*.", "wildcard.", 1)).partition("://")
+                self.suffixes.append((scheme, rest.removeprefix("wildcard")))
+            else:
+                self.exact.add(normalize_origin(entry))
+
+    def allows(self, origin: str | None, host: str) -> bool:
+        if origin is None or self.allow_any:
+            return True
+        if origin == "null":
+            return self.allow_null
+        normalized = normalize_origin(origin)
+        if normalized in self.exact:
+            return True
+        scheme, _, netloc = normalized.partition("://")
+        if any(scheme == s and netloc.endswith(suffix) for s, suffix in self.suffixes):
+            return True
+        # Same origin: the page was served by this very host:port.
+        origin_host, origin_port = _split_host(netloc)
+        request_host, request_port = _split_host(host)
+        default = _DEFAULT_PORTS.get(scheme)
+        return origin_host == request_host and (origin_port or default) == (request_port or default)
+
+
+class MCPServerProtocol(WebSocketServerProtocol):
+    """One WebSocket connection carrying one MCP session.
+
+    Hooks for subclasses (call ``super()`` in each):
+
+    - ``onConnect(request)``: before the upgrade; raise
+      ``autobahn.websocket.types.ConnectionDeny(401, "...")`` to refuse (auth);
+      store who connected in ``self.identity`` (handlers see ``ctx.identity``).
+    - ``onOpen()``: the upgrade is done and the session exists.
+    - ``onSessionReady()``: the client finished the MCP handshake.
+    - ``onClose(wasClean, code, reason)``: the connection is gone and the
+      session closed (running handlers cancelled, waiting requests failed).
+    """
+
+    factory: MCPServerFactory
+    session: Session | None = None
+    identity: Any = None
+    opened_at: float | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        factory = self.factory
+        if request.path != factory.path and factory.path is not None:
+            raise ConnectionDeny(404, "Not Found")
+        host = request.headers.get("host", "")
+        if self._on_loopback() and not (is_loopback_host(host) or host in factory.allowed_hosts):
+            log.info("Refused {peer}: Host {host!r} is not a loopback name", peer=request.peer, host=host)
+            raise ConnectionDeny(421, "Misdirected Request: Host not allowed")
+        origin = request.headers.get("origin")
+        if not factory.origin_policy.allows(origin, host):
+            log.info("Refused {peer}: Origin {origin!r} not allowed", peer=request.peer, origin=origin)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Forbidden: Origin not allowed")
+        # RFC 6455: select only a subprotocol the client offered.
+        return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
+
+    def _on_loopback(self) -> bool:
+        address = self.transport.getHost()
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            try:
+                return ipaddress.ip_address(address.host.split("%")[0]).is_loopback
+            except ValueError:
+                return False
+        return False  # UNIX sockets and others cannot be reached by a browser
+
+    def onOpen(self) -> None:
+        factory = self.factory
+        self.opened_at = time.monotonic()
+        self.session = Session(
+            self._send,
+            role=Role.SERVER,
+            handler=factory.app,
+            clock=factory.clock,
+            max_in_flight=factory.max_in_flight,
+            handler_timeout=factory.handler_timeout,
+            request_timeout=factory.app.client_request_timeout,
+        )
+        self.session.attributes["identity"] = self.identity
+        self.session.attributes["peer"] = self.peer
+        factory.connections.add(self)
+        self._ready_announced = False
+
+    def onSessionReady(self) -> None:
+        """The MCP handshake finished; override to react (call ``super()``)."""
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        if isBinary:
+            log.info("Closing {peer}: binary frame", peer=self.peer)
+            self.sendCloseFrame(CLOSE_UNSUPPORTED_DATA, b"MCP messages must be text frames")
+            return
+        session.receive(payload)  # type: ignore[union-attr]
+        if not self._ready_announced and session.state is State.READY:  # type: ignore[union-attr]
+            self._ready_announced = True
+            self.onSessionReady()
+
+    def _send(self, data: bytes) -> None:
+        # A handler may finish after the peer started closing; drop the answer.
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendMessage(data)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.session is not None:
+            self.session.close(f"WebSocket closed ({code}): {reason}")
+        self.factory.connections.discard(self)
+        duration = time.monotonic() - self.opened_at if self.opened_at else 0.0
+        log.info("Closed {peer} code={code} clean={clean} after {duration:.1f}s",
+                 peer=self.peer, code=code, clean=wasClean, duration=duration)
+
+
+class MCPServerFactory(WebSocketServerFactory):
+    """Serves an ``MCPServer`` app over WebSocket; listen on any endpoint.
+
+    ``connections`` holds the open connections (those past the upgrade).
+    """
+
+    protocol = MCPServerProtocol
+
+    def __init__(
+        self,
+        app: MCPServer,
+        url: str | None = None,
+        *,
+        path: str | None = "/mcp",
+        allowed_origins: Iterable[str] = (),
+        allowed_hosts: Iterable[str] = (),
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 10.0,
+        max_in_flight: int = 64,
+        handler_timeout: float | None = None,
+        open_handshake_timeout: float = 5.0,
+        close_handshake_timeout: float = 1.0,
+        max_connections: int = 0,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        """
+        :param path: the only request path upgraded (``None``: any path).
+        :param allowed_origins: browser origins allowed besides the server's
+            own (see ``OriginPolicy``).
+        :param allowed_hosts: ``Host`` values accepted on a loopback listener
+            besides loopback names (e.g. a proxy's name for this server).
+        :param max_message_size: bytes; a larger message closes with 1009.
+        :param ping_interval, ping_timeout: seconds; WebSocket ping keeps
+            idle connections alive and drops dead peers (0 turns it off).
+        :param max_in_flight: concurrent requests per session.
+        :param handler_timeout: seconds a handler may run before it is
+            cancelled and the client gets an error (``None``: no limit).
+        :param max_connections: open connections; more get HTTP 503 (0: no limit).
+        """
+        super().__init__(url, server=None)
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.app = app
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.path = path
+        self.origin_policy = OriginPolicy(allowed_origins)
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.max_in_flight = max_in_flight
+        self.handler_timeout = handler_timeout
+        self.connections: set[MCPServerProtocol] = set()
+        self.setProtocolOptions(
+            webStatus=False,
+            allowNullOrigin=True,  # our OriginPolicy decides (P1: Autobahn would flip it)
+            maxMessagePayloadSize=max_message_size,
+            maxFramePayloadSize=max_message_size,
+            failByDrop=False,  # send 1007/1009 close frames instead of dropping TCP
+            autoPingInterval=ping_interval,
+            autoPingTimeout=ping_timeout,
+            openHandshakeTimeout=open_handshake_timeout,
+            closeHandshakeTimeout=close_handshake_timeout,
+            maxConnections=max_connections,
+        )
