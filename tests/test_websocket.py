@@ -1,0 +1,228 @@
+"""The WebSocket transport over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from mcp_twisted import Context, MCPServer
+from mcp_twisted.session import State
+from mcp_twisted.websocket import MCPServerFactory, OriginPolicy, is_loopback_host
+from tests.support import ProbeClient, connect, handshake, listen, stop
+
+
+def make_app() -> tuple[MCPServer, dict[str, Any]]:
+    app = MCPServer("ws-test", "1.0")
+    seen: dict[str, Any] = {"cancelled": 0, "started": defer.Deferred()}
+
+    @app.tool()
+    def echo(text: str) -> str:
+        return text
+
+    @app.tool()
+    async def hang(ctx: Context) -> str:
+        blocker: defer.Deferred[str] = defer.Deferred()
+        seen["started"].callback(ctx.session)
+        try:
+            return await blocker
+        except defer.CancelledError:
+            seen["cancelled"] += 1
+            raise
+
+    return app, seen
+
+
+@pytest_twisted.async_yield_fixture
+async def server():
+    app, seen = make_app()
+    factory = MCPServerFactory(app, max_message_size=1000, allowed_origins=["https://app.example.com"])
+    port = await listen(factory)
+    yield factory, port.getHost().port, seen
+    await stop(port, factory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_echo_roundtrip_and_subprotocol(server):
+    factory, port, _ = server
+    client = await connect(port)
+    assert client.websocket_protocol_in_use == "mcp"
+    reply = await client.initialize()
+    assert reply["result"]["serverInfo"]["name"] == "ws-test"
+    reply = await client.request(1, "tools/call", {"name": "echo", "arguments": {"text": "hi"}})
+    assert reply == {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "hi"}]}}
+    assert len(factory.connections) == 1
+    client.sendClose(1000)
+    assert (await client.closed)[:2] == (True, 1000)
+
+
+@pytest.mark.parametrize(
+    ("offered", "expected"),
+    [("mcp", "mcp"), ("foo, mcp", "mcp"), ("foo", None), (None, None)],
+)
+@pytest_twisted.ensureDeferred
+async def test_subprotocol_selected_only_when_offered(server, offered, expected):
+    _, port, _ = server
+    headers = {"Sec-WebSocket-Protocol": offered} if offered else {}
+    status, response = await handshake(port, headers=headers)
+    assert status == 101
+    assert response.get("sec-websocket-protocol") == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_frame_closes_1003_and_spares_other_connections(server):
+    _, port, _ = server
+    bystander = await connect(port)
+    await bystander.initialize()
+    client = await connect(port)
+    client.sendMessage(b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}', isBinary=True)
+    assert (await client.closed)[1] == 1003
+    reply = await bystander.request(2, "ping")
+    assert reply["result"] == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_utf8_closes_1007(server):
+    _, port, _ = server
+    client = await connect(port)
+    client.sendMessage(b'{"x": "\xff\xfe"}')
+    assert (await client.closed)[1] == 1007
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_message_closes_1009(server):
+    _, port, _ = server
+    client = await connect(port)
+    client.send_json({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 2000}})
+    assert (await client.closed)[1] == 1009
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_json_gets_jsonrpc_errors_and_connection_survives(server):
+    _, port, _ = server
+    client = await connect(port)
+    client.sendMessage(b"{not json")
+    assert (await client.next_message())["error"]["code"] == -32700
+    client.send_json({"jsonrpc": "2.0", "id": 5})
+    reply = await client.next_message()
+    assert reply["error"]["code"] == -32600
+    await client.initialize()
+    reply = await client.request(7, "no/such/method")
+    assert reply["error"]["code"] == -32601
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [
+        (None, 101),
+        ("https://evil.example", 403),
+        ("null", 403),
+        ("https://app.example.com", 101),
+        ("SAME", 101),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_origin_allow_list(server, origin, status):
+    _, port, _ = server
+    headers = {}
+    if origin == "SAME":
+        headers["Origin"] = f"http://127.0.0.1:{port}"
+    elif origin is not None:
+        headers["Origin"] = origin
+    assert (await handshake(port, headers=headers))[0] == status
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("evil.example", 421), ("evil.example:80", 421), ("localhost", 101), ("[::1]:9", 101)],
+)
+@pytest_twisted.ensureDeferred
+async def test_dns_rebinding_host_check_on_loopback(server, host, status):
+    _, port, _ = server
+    assert (await handshake(port, host=host))[0] == status
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_path_is_404(server):
+    _, port, _ = server
+    assert (await handshake(port, path="/other"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_cancels_handlers_and_empties_registry(server):
+    factory, port, seen = server
+    client = await connect(port)
+    await client.initialize()
+    client.send_json({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                      "params": {"name": "hang", "arguments": {}}})
+    session = await seen["started"]
+    await task.deferLater(reactor, 0)  # "started" fired inside the handler call
+    assert session.in_flight == 1
+    client.transport.abortConnection()
+    await client.closed
+    while factory.connections:
+        await task.deferLater(reactor, 0.01)
+    assert seen["cancelled"] == 1
+    assert session.in_flight == 0 and session.waiting == 0
+    assert factory.app.sessions == []
+
+
+class SilentClient(ProbeClient):
+    answer_pings = False
+
+
+@pytest_twisted.ensureDeferred
+async def test_auto_ping_drops_a_silent_peer():
+    app, _ = make_app()
+    # Autobahn batches its timers in 200 ms buckets: values near that fire early.
+    factory = MCPServerFactory(app, ping_interval=0.5, ping_timeout=0.5)
+    port = await listen(factory)
+    try:
+        client = await connect(port.getHost().port, client=SilentClient)
+        await client.initialize()
+        assert len(factory.connections) == 1 and len(app.sessions) == 1
+        (session,) = app.sessions
+        was_clean, _, _ = await client.closed
+        assert session.state is State.CLOSED
+        assert app.sessions == []
+        assert not was_clean
+        assert factory.connections == set()
+    finally:
+        await stop(port, factory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_auto_ping_keeps_a_live_peer():
+    app, _ = make_app()
+    factory = MCPServerFactory(app, ping_interval=0.3, ping_timeout=1.0)
+    port = await listen(factory)
+    try:
+        client = await connect(port.getHost().port)
+        await task.deferLater(reactor, 1.2)
+        assert len(factory.connections) == 1
+        assert (await client.request(1, "ping"))["result"] == {}
+    finally:
+        await stop(port, factory)
+
+
+def test_origin_policy_rules():
+    policy = OriginPolicy(["https://app.example.com", "https://*.corp.example", "null"])
+    assert policy.allows(None, "x")
+    assert policy.allows("https://APP.example.com:443", "x")
+    assert policy.allows("https://a.corp.example", "x")
+    assert not policy.allows("https://corp.example.evil", "x")
+    assert not policy.allows("http://app.example.com", "x")
+    assert policy.allows("null", "x")
+    assert policy.allows("http://localhost:8080", "localhost:8080")
+    assert not policy.allows("http://localhost:8081", "localhost:8080")
+    assert OriginPolicy(["*"]).allows("https://anything.example", "x")
+
+
+def test_loopback_names():
+    assert is_loopback_host("127.0.0.1:8080")
+    assert is_loopback_host("[::1]")
+    assert is_loopback_host("app.localhost")
+    assert not is_loopback_host("example.com")
+    assert not is_loopback_host("127.0.0.1.nip.io")
