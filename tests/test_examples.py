@@ -1,0 +1,55 @@
+"""The examples in examples/ work as documented."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from tests.support import connect, handshake, listen, stop
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest_twisted.async_yield_fixture
+async def token_server():
+    example = load_example("token_auth")
+    ready: list[str] = []
+
+    class Recording(example.TokenProtocol):
+        def onSessionReady(self) -> None:
+            super().onSessionReady()
+            ready.append(self.identity)
+
+    factory = example.make_factory()
+    factory.protocol = Recording
+    port = await listen(factory)
+    yield port.getHost().port, ready
+    await stop(port, factory)
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic s3cret-token", "Bearer"])
+@pytest_twisted.ensureDeferred
+async def test_token_refused_with_401(token_server, header):
+    port, _ = token_server
+    headers = {"Authorization": header} if header else {}
+    assert (await handshake(port, headers=headers))[0] == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_accepted_and_identity_reaches_tools(token_server):
+    port, ready = token_server
+    client = await connect(port, headers={"Authorization": "Bearer s3cret-token"})
+    await client.initialize()
+    reply = await client.request(1, "tools/call", {"name": "whoami", "arguments": {}})
+    assert reply["result"]["content"][0]["text"] == "alice"
+    assert ready == ["alice"]
