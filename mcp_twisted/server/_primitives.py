@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -16,40 +16,12 @@ from mcp_twisted import content
 from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.protocol import invalid_params, version_at_least
 from mcp_twisted.server._context import Context
+from mcp_twisted.server._results import ToolError, ToolResult
 from mcp_twisted.server._signature import ArgumentError, Signature
 from mcp_twisted.server._uritemplate import URITemplate
 from mcp_twisted.session import as_deferred
 
 log = Logger()
-
-
-class ToolError(Exception):
-    """Raise from a tool to return ``isError: true`` with this message.
-
-    Any other exception does the same (its text is shown, its traceback only
-    logged); ``ToolError`` says the failure is expected and not worth a
-    traceback in the log.
-    """
-
-
-@dataclass(slots=True)
-class ToolResult:
-    """Full control over a ``tools/call`` result."""
-
-    content: list[dict[str, Any]] = field(default_factory=list)
-    structured_content: Any = None
-    is_error: bool = False
-    meta: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"content": self.content}
-        if self.structured_content is not None:
-            result["structuredContent"] = self.structured_content
-        if self.is_error:
-            result["isError"] = True
-        if self.meta:
-            result["_meta"] = self.meta
-        return result
 
 
 def _json_default(value: Any) -> Any:
@@ -121,7 +93,10 @@ class Tool:
         except ArgumentError as e:
             return _error_result(str(e))
         except Exception as e:
-            return self._failed(Failure(e))
+            # _failed hands RPCError and CancelledError back as a Failure: that
+            # must reach the session as a failed Deferred, not as a result.
+            outcome = self._failed(Failure(e))
+            return fail(outcome) if isinstance(outcome, Failure) else outcome
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
             d = as_deferred(result)
             return d.addCallbacks(self._shape, self._failed, (version,))
@@ -187,7 +162,8 @@ class _Readable:
         return as_deferred(self.signature.fn(**kwargs)).addCallback(self._shape, uri)
 
     def _shape(self, value: Any, uri: str) -> dict[str, Any]:
-        if isinstance(value, list) and all(isinstance(v, dict) and "uri" in v for v in value):
+        # An empty list is JSON data ("[]"), not an empty set of contents.
+        if value and isinstance(value, list) and all(isinstance(v, dict) and "uri" in v for v in value):
             return {"contents": value}
         if isinstance(value, (str, bytes)):
             mime = self.mime_type or ("text/plain" if isinstance(value, str)

@@ -30,6 +30,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = Logger()
 
 MAX_COMPLETION_VALUES = 100
+_LIST_CAPABILITY = {
+    Notify.TOOLS_LIST_CHANGED: "tools",
+    Notify.RESOURCES_LIST_CHANGED: "resources",
+    Notify.PROMPTS_LIST_CHANGED: "prompts",
+}
 
 
 @dataclass(slots=True)
@@ -252,8 +257,11 @@ class MCPServer:
                 session.notify(Notify.RESOURCES_UPDATED, {"uri": uri})
 
     def _list_changed(self, method: str) -> None:
+        # Only sessions told about the capability at initialize may hear of it.
+        capability = _LIST_CAPABILITY[method]
         for session in self._sessions:
-            if session.state is State.READY:
+            declared = (session.initialize_result or {}).get("capabilities", {})
+            if session.state is State.READY and capability in declared:
                 session.notify(method)
 
     def log_level_for(self, session: Session) -> str:

@@ -20,8 +20,10 @@ from typing import Any
 import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
+from typing_extensions import is_typeddict
 
 from mcp_twisted.server._context import Context
+from mcp_twisted.server._results import ToolResult
 
 _SECTION = re.compile(
     r"^(Args|Arguments|Parameters|Params|Returns|Return|Raises|Yields|Examples?|Notes?):\s*$"
@@ -94,8 +96,12 @@ def _is_object_type(annotation: Any) -> bool:
         return True
     if not isinstance(origin, type):
         return False
+    if issubclass(origin, ToolResult):
+        return False  # the tool shapes its own result; ToolResult is not its output
     return (
-        typing.is_typeddict(origin)
+        # typing.is_typeddict misses typing_extensions.TypedDict, which pydantic
+        # requires before Python 3.12.
+        is_typeddict(origin)
         or dataclasses.is_dataclass(origin)
         or issubclass(origin, pydantic.BaseModel)
     )
@@ -153,6 +159,9 @@ def compile_signature(fn: Callable[..., Any], name: str, *, output: bool = False
     for parameter in inspect.signature(fn).parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             raise TypeError(f"{name}: *args and **kwargs cannot be described as a schema")
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            raise TypeError(f"{name}: parameter {parameter.name!r} is positional-only; "
+                            "arguments are passed by name")
         annotation = hints.get(parameter.name, Any)
         if _is_context(annotation):
             context_parameter = parameter.name
@@ -162,7 +171,9 @@ def compile_signature(fn: Callable[..., Any], name: str, *, output: bool = False
         # Fields get neutral names and the parameter name as alias, so a
         # parameter may be called "schema" or "json" without clashing with
         # BaseModel's own attributes.
-        field = Field(default, alias=parameter.name, description=parameter_docs.get(parameter.name))
+        # A description=None would erase one given with Annotated[..., Field(description=...)].
+        doc = {"description": parameter_docs[parameter.name]} if parameter.name in parameter_docs else {}
+        field = Field(default, alias=parameter.name, **doc)
         fields[f"p{len(parameters) - 1}"] = (annotation, field)
     model = pydantic.create_model(
         f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
