@@ -82,7 +82,8 @@ Message = Request | Notification | Response | ErrorResponse
 BatchItem = Message | MessageError
 
 
-def _is_id(value: object) -> bool:
+def is_request_id(value: object) -> bool:
+    """Whether ``value`` may be a request id (also for ids quoted in notifications)."""
     # bool is an int subclass but not a valid id; floats are not allowed by MCP.
     return (type(value) is int) or isinstance(value, str)
 
@@ -91,7 +92,7 @@ def _to_message(obj: object) -> Message:
     if not isinstance(obj, dict):
         raise MessageError(INVALID_REQUEST, "Invalid Request: expected a JSON object")
     raw_id = obj.get("id")
-    known_id = raw_id if _is_id(raw_id) else None
+    known_id = raw_id if is_request_id(raw_id) else None
     if obj.get("jsonrpc") != "2.0":
         raise MessageError(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', known_id)
     method = obj.get("method")

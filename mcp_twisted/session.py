@@ -309,30 +309,27 @@ class Session:
             )
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
+        if isinstance(message.params, list):
+            # Every MCP method takes named params; handlers rely on a dict.
+            error = invalid_params("MCP requests take params as an object, not an array")
+            self._reply(batch, jsonrpc.error_response(message.id, error))
+            return
         request = IncomingRequest(self, message, batch)
+        # In flight before the handler runs, so that it can report progress at
+        # once (a coroutine runs up to its first real wait inside this call).
+        self._incoming[message.id] = request
         try:
             result = self.handler.handle_request(request)
-        except RPCError as e:
-            self._reply(batch, jsonrpc.error_response(message.id, e))
-            return
+            d = as_deferred(result)
         except Exception:
-            log.failure("Handler for {method!r} raised", method=method)
-            self._reply(batch, jsonrpc.error_response(
-                message.id, RPCError(INTERNAL_ERROR, "Internal error")
-            ))
-            return
-        if not isinstance(result, Deferred) and not hasattr(result, "__await__"):
-            self._reply(batch, jsonrpc.response(message.id, result))
-            return
-        d = as_deferred(result)
-        if d.called:
-            # Already settled: answer now without holding an in-flight slot.
-            d.addCallbacks(self._request_done, self._request_failed, (request,), None, (request,))
-            return
-        request.deferred = d
-        self._incoming[message.id] = request
-        if self.handler_timeout is not None:
-            request._timer = self.clock.callLater(self.handler_timeout, self._handler_expired, request)
+            d = fail()
+        if not d.called:
+            request.deferred = d
+            if request.cancelled:  # the session closed while the handler ran
+                d.cancel()
+            elif self.handler_timeout is not None:
+                request._timer = self.clock.callLater(self.handler_timeout, self._handler_expired, request)
+        # An already settled Deferred answers now and releases the slot at once.
         d.addCallbacks(self._request_done, self._request_failed, (request,), None, (request,))
 
     def _answer_initialize(self, message: Request) -> dict[str, Any]:
@@ -361,18 +358,7 @@ class Session:
 
     def _request_done(self, result: Any, request: IncomingRequest) -> None:
         if self._finish(request):
-            request_id = request.id
-            try:
-                encoded = jsonrpc.response(request_id, result)
-                if request._batch is None:
-                    self._send(jsonrpc.encode(encoded))
-                    return
-            except TypeError:
-                log.failure("Result of {method!r} is not JSON", method=request.method)
-                encoded = jsonrpc.error_response(
-                    request_id, RPCError(INTERNAL_ERROR, "Internal error: result is not JSON")
-                )
-            self._reply(request._batch, encoded)
+            self._answer(request, jsonrpc.response(request.id, result))
 
     def _request_failed(self, failure: Failure, request: IncomingRequest) -> None:
         if not self._finish(request):
@@ -390,7 +376,23 @@ class Session:
                 method=request.method, request_id=request.id,
             )
             error = RPCError(INTERNAL_ERROR, "Internal error")
-        self._reply(request._batch, jsonrpc.error_response(request.id, error))
+        self._answer(request, jsonrpc.error_response(request.id, error))
+
+    def _answer(self, request: IncomingRequest, reply: dict[str, Any]) -> None:
+        """Send a request's answer, encoded here even inside a batch: an answer
+        JSON cannot carry becomes an internal error instead of losing the batch."""
+        try:
+            encoded = jsonrpc.encode(reply)
+        except TypeError:
+            log.failure("Answer to {method!r} is not JSON", method=request.method)
+            reply = jsonrpc.error_response(
+                request.id, RPCError(INTERNAL_ERROR, "Internal error: result is not JSON")
+            )
+            encoded = jsonrpc.encode(reply)
+        if request._batch is None:
+            self._send(encoded)
+        else:
+            request._batch.add(reply)
 
     def _finish(self, request: IncomingRequest) -> bool:
         """Release a request's slot; True if an answer is still owed."""
@@ -428,8 +430,9 @@ class Session:
 
     def _peer_cancelled(self, request_id: object) -> None:
         # Unknown or finished ids are ignored, as the spec allows. initialize
-        # is answered synchronously, so it can never be found here.
-        request = self._incoming.pop(request_id, None)  # type: ignore[arg-type]
+        # is answered synchronously, so it can never be found here. Only a real
+        # id may match: true would hash like 1 and a list would not hash at all.
+        request = self._incoming.pop(request_id, None) if jsonrpc.is_request_id(request_id) else None
         if request is None:
             return
         request.cancelled = True
@@ -437,7 +440,8 @@ class Session:
             request.deferred.cancel()
 
     def _peer_progress(self, params: dict[str, Any]) -> None:
-        outgoing = self._outgoing.get(params.get("progressToken"))  # type: ignore[arg-type]
+        token = params.get("progressToken")
+        outgoing = self._outgoing.get(token) if jsonrpc.is_request_id(token) else None  # type: ignore[arg-type]
         if outgoing is None or outgoing.on_progress is None:
             return
         if outgoing.timer is not None and outgoing.timer.active():
@@ -535,8 +539,11 @@ class Session:
         """Client role: run the handshake; fires with the ``initialize`` result.
 
         Fails with ``RPCError`` when the server answers with a revision this
-        side does not speak (the caller should then disconnect).
+        side does not speak (the caller should then disconnect), and with
+        ``ConnectionLost`` on a closed session (which it must not reopen).
         """
+        if self.state is State.CLOSED:
+            return fail(ConnectionLost("The session is closed"))
         self.state = State.INITIALIZING
         params = {"protocolVersion": protocol_version, "capabilities": capabilities,
                   "clientInfo": client_info}

@@ -1,0 +1,1195 @@
+"""The sans-IO session: lifecycle, batches, concurrency, cancellation, timeouts,
+progress, outgoing requests, the client role, and server-to-client requests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from mcp_twisted import jsonrpc
+from mcp_twisted.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RPCError
+from mcp_twisted.protocol import (
+    LATEST_PROTOCOL_VERSION,
+    REQUEST_TIMEOUT,
+    SERVER_BUSY,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    CapabilityError,
+)
+from mcp_twisted.server import Context, MCPServer
+from mcp_twisted.session import (
+    ConnectionLost,
+    IncomingRequest,
+    RequestTimedOut,
+    Role,
+    Session,
+    State,
+)
+
+Route = Callable[[IncomingRequest], Any]
+
+
+class FakeHandler:
+    """A SessionHandler whose methods are a dict of functions, recording every call."""
+
+    def __init__(self, routes: dict[str, Route] | None = None) -> None:
+        self.routes: dict[str, Route] = {"echo": lambda request: request.params, **(routes or {})}
+        self.requests: list[IncomingRequest] = []
+        self.notifications: list[tuple[str, Any]] = []
+        self.ready: list[Session] = []
+        self.closed: list[Session] = []
+
+    def describe(self, session: Session) -> dict[str, Any]:
+        return {"capabilities": {"tools": {}}, "serverInfo": {"name": "fake", "version": "1"}}
+
+    def handle_request(self, request: IncomingRequest) -> Any:
+        self.requests.append(request)
+        route = self.routes.get(request.method)
+        if route is None:
+            raise RPCError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
+        return route(request)
+
+    def handle_notification(self, session: Session, method: str, params: Any) -> None:
+        self.notifications.append((method, params))
+
+    def session_ready(self, session: Session) -> None:
+        self.ready.append(session)
+
+    def session_closed(self, session: Session) -> None:
+        self.closed.append(session)
+
+
+class Peer:
+    """The other end of a session: a Clock, and the list the session writes to."""
+
+    def __init__(self, handler: Any = None, *, role: Role = Role.SERVER, **options: Any) -> None:
+        self.clock = Clock()
+        self.sent: list[bytes] = []
+        self.handler = handler if handler is not None else FakeHandler()
+        self.session = Session(self.sent.append, role=role, handler=self.handler, clock=self.clock, **options)
+
+    def feed(self, message: Any) -> None:
+        self.session.receive(json.dumps(message))
+
+    def call(self, request_id: str | int, method: str, params: Any = None) -> None:
+        self.feed(jsonrpc.request(request_id, method, params))
+
+    def notify(self, method: str, params: Any = None) -> None:
+        self.feed(jsonrpc.notification(method, params))
+
+    def take(self) -> list[Any]:
+        """What the session sent since the last take, decoded."""
+        out = [orjson.loads(text) for text in self.sent]
+        self.sent.clear()
+        return out
+
+    def initialize(self, version: str = LATEST_PROTOCOL_VERSION, capabilities: Any = None) -> dict[str, Any]:
+        self.call("init", "initialize", {
+            "protocolVersion": version, "capabilities": capabilities or {},
+            "clientInfo": {"name": "test-client", "version": "0"},
+        })
+        self.notify("notifications/initialized")
+        (reply,) = self.take()
+        return reply
+
+
+def result(reply: dict[str, Any]) -> Any:
+    assert "error" not in reply, reply
+    return reply["result"]
+
+
+def error_code(reply: dict[str, Any]) -> int:
+    return reply["error"]["code"]
+
+
+def failure_of(d: Deferred[Any]) -> Failure:
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    assert len(failures) == 1, "the Deferred has not failed"
+    return failures[0]
+
+
+def success_of(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert len(results) == 1, "the Deferred has not fired"
+    assert not isinstance(results[0], Failure), results[0]
+    return results[0]
+
+
+# -- lifecycle -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", SUPPORTED_PROTOCOL_VERSIONS)
+def test_initialize_echoes_a_supported_version(version: str) -> None:
+    peer = Peer()
+    peer.call(1, "initialize", {"protocolVersion": version, "capabilities": {"roots": {}},
+                                "clientInfo": {"name": "c", "version": "9"}})
+    (reply,) = peer.take()
+    assert reply["id"] == 1
+    assert result(reply) == {"protocolVersion": version, "capabilities": {"tools": {}},
+                             "serverInfo": {"name": "fake", "version": "1"}}
+    assert peer.session.protocol_version == version
+    assert peer.session.state is State.INITIALIZING
+    assert peer.session.peer_capabilities == {"roots": {}}
+    assert peer.session.peer_info == {"name": "c", "version": "9"}
+
+
+@pytest.mark.parametrize("version", ["1999-01-01", "2026-07-28", "2025-11-26", ""])
+def test_initialize_offers_the_latest_version_for_unknown_ones(version: str) -> None:
+    peer = Peer()
+    peer.call(1, "initialize", {"protocolVersion": version})
+    (reply,) = peer.take()
+    assert result(reply)["protocolVersion"] == "2025-11-25" == LATEST_PROTOCOL_VERSION
+    assert peer.session.protocol_version == "2025-11-25"
+
+
+def test_ping_is_answered_before_and_after_initialize() -> None:
+    peer = Peer()
+    peer.call("p1", "ping")
+    assert peer.take() == [{"jsonrpc": "2.0", "id": "p1", "result": {}}]
+    peer.initialize()
+    peer.call(0, "ping")
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 0, "result": {}}]
+    assert peer.handler.requests == []
+
+
+@pytest.mark.parametrize("method", ["echo", "tools/list", "nope"])
+def test_requests_before_initialize_are_refused(method: str) -> None:
+    peer = Peer()
+    peer.call(5, method, {})
+    (reply,) = peer.take()
+    assert reply["id"] == 5
+    assert error_code(reply) == INVALID_REQUEST
+    assert peer.handler.requests == []
+
+
+def test_notifications_before_initialize_do_not_reach_the_handler() -> None:
+    peer = Peer()
+    peer.notify("notifications/roots/list_changed")
+    peer.notify("notifications/initialized")  # no initialize yet: ignored
+    assert peer.session.state is State.NEW
+    assert peer.handler.notifications == []
+    assert peer.handler.ready == []
+    assert peer.take() == []
+
+
+def test_second_initialize_is_refused() -> None:
+    peer = Peer()
+    peer.call(1, "initialize", {"protocolVersion": "2025-06-18"})
+    peer.call(2, "initialize", {"protocolVersion": "2024-11-05"})  # before initialized
+    peer.notify("notifications/initialized")
+    peer.call(3, "initialize", {"protocolVersion": "2024-11-05"})  # after
+    first, second, third = peer.take()
+    assert result(first)["protocolVersion"] == "2025-06-18"
+    assert (second["id"], error_code(second)) == (2, INVALID_REQUEST)
+    assert (third["id"], error_code(third)) == (3, INVALID_REQUEST)
+    assert peer.session.protocol_version == "2025-06-18"
+
+
+def test_initialized_notification_makes_the_session_ready() -> None:
+    peer = Peer()
+    peer.call(1, "initialize", {"protocolVersion": "2025-06-18"})
+    assert peer.handler.ready == []
+    peer.notify("notifications/initialized")
+    assert peer.session.state is State.READY
+    assert peer.handler.ready == [peer.session]
+    peer.notify("notifications/initialized")  # a repeat changes nothing
+    assert peer.handler.ready == [peer.session]
+    peer.call(2, "echo", {"a": 1})
+    assert result(peer.take()[-1]) == {"a": 1}
+
+
+@pytest.mark.parametrize("params", [
+    None, [], {}, {"protocolVersion": 20250618}, {"protocolVersion": None},
+    {"protocolVersion": "2025-06-18", "capabilities": []},
+    {"protocolVersion": "2025-06-18", "capabilities": None},
+    {"protocolVersion": "2025-06-18", "clientInfo": "me"},
+])
+def test_bad_initialize_params_are_invalid_params(params: Any) -> None:
+    peer = Peer()
+    peer.call(1, "initialize", params)
+    (reply,) = peer.take()
+    assert (reply["id"], error_code(reply)) == (1, INVALID_PARAMS)
+    assert peer.session.state is State.NEW
+    peer.call(2, "initialize", {"protocolVersion": "2025-06-18"})  # a good one still works
+    assert result(peer.take()[0])["protocolVersion"] == "2025-06-18"
+
+
+def test_initialize_with_the_real_server() -> None:
+    server = MCPServer("real", "2.0", instructions="Be nice.", title="Real")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    peer = Peer(server)
+    reply = peer.initialize("2025-06-18")
+    assert result(reply) == {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {"logging": {}, "tools": {"listChanged": True}},
+        "serverInfo": {"name": "real", "version": "2.0", "title": "Real"},
+        "instructions": "Be nice.",
+    }
+    assert server.sessions == [peer.session]
+    peer.call(2, "tools/call", {"name": "add", "arguments": {"a": 2, "b": 3}})
+    assert result(peer.take()[0])["content"] == [{"type": "text", "text": "5"}]
+    peer.session.close()
+    assert server.sessions == []
+
+
+def test_array_params_are_refused_before_the_handler() -> None:
+    peer = Peer()
+    peer.initialize()
+    peer.call(1, "echo", [1, 2])
+    (reply,) = peer.take()
+    assert (reply["id"], error_code(reply)) == (1, INVALID_PARAMS)
+    assert peer.handler.requests == []
+
+
+def test_handler_errors_become_error_responses() -> None:
+    def crash(request: IncomingRequest) -> Any:
+        raise ZeroDivisionError
+
+    def refuse(request: IncomingRequest) -> Any:
+        raise RPCError(-32602, "no", {"why": "because"})
+
+    peer = Peer(FakeHandler({"crash": crash, "refuse": refuse}))
+    peer.initialize()
+    peer.call(1, "crash")
+    peer.call(2, "refuse")
+    peer.call(3, "missing")
+    crashed, refused, missing = peer.take()
+    assert (crashed["id"], error_code(crashed)) == (1, -32603)
+    assert refused == {"jsonrpc": "2.0", "id": 2,
+                       "error": {"code": -32602, "message": "no", "data": {"why": "because"}}}
+    assert (missing["id"], error_code(missing)) == (3, METHOD_NOT_FOUND)
+    assert peer.session.in_flight == 0
+
+
+def test_a_result_json_cannot_carry_becomes_an_internal_error() -> None:
+    pending: Deferred[Any] = Deferred()
+    peer = Peer(FakeHandler({"bad": lambda r: {"x": object()}, "later": lambda r: pending}))
+    peer.initialize()
+    peer.call(1, "bad")  # answered synchronously
+    peer.call(2, "later")
+    pending.callback({1, 2})  # a set: not JSON
+    first, second = peer.take()
+    assert (first["id"], error_code(first)) == (1, -32603)
+    assert (second["id"], error_code(second)) == (2, -32603)
+    assert peer.session.in_flight == 0
+
+
+# -- batches -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-06-18", "2025-11-25"])
+def test_batches_are_refused_outside_2025_03_26(version: str) -> None:
+    peer = Peer()
+    peer.initialize(version)
+    peer.feed([jsonrpc.request(1, "echo", {}), jsonrpc.request(2, "ping")])
+    (reply,) = peer.take()
+    assert reply["id"] is None
+    assert error_code(reply) == INVALID_REQUEST
+    assert peer.handler.requests == []
+
+
+def test_batches_are_refused_before_initialize() -> None:
+    peer = Peer()
+    peer.feed([jsonrpc.request(1, "ping")])
+    (reply,) = peer.take()
+    assert (reply["id"], error_code(reply)) == (None, INVALID_REQUEST)
+
+
+def test_batch_on_2025_03_26_is_answered_as_one_array() -> None:
+    peer = Peer()
+    peer.initialize("2025-03-26")
+    peer.feed([
+        jsonrpc.request(1, "echo", {"n": 1}),
+        jsonrpc.notification("notifications/roots/list_changed", {"x": 1}),
+        5,
+        jsonrpc.request("two", "ping"),
+        {"jsonrpc": "2.0", "id": 3, "method": 3},
+        jsonrpc.request(4, "missing"),
+    ])
+    assert len(peer.sent) == 1
+    (replies,) = peer.take()
+    assert isinstance(replies, list)
+    by_id = {json.dumps(reply["id"]): reply for reply in replies}
+    assert len(replies) == 5
+    assert result(by_id["1"]) == {"n": 1}
+    assert result(by_id['"two"']) == {}
+    assert error_code(by_id["3"]) == INVALID_REQUEST
+    assert error_code(by_id["4"]) == METHOD_NOT_FOUND
+    assert error_code(by_id["null"]) == INVALID_REQUEST
+    assert peer.handler.notifications == [("notifications/roots/list_changed", {"x": 1})]
+
+
+def test_batch_waits_for_its_slowest_request() -> None:
+    pending: Deferred[Any] = Deferred()
+    peer = Peer(FakeHandler({"slow": lambda r: pending}))
+    peer.initialize("2025-03-26")
+    peer.feed([jsonrpc.request(1, "slow"), jsonrpc.request(2, "echo", {"fast": True})])
+    assert peer.take() == []
+    pending.callback("done")
+    (replies,) = peer.take()
+    assert sorted((reply["id"], reply["result"]) for reply in replies) == [(1, "done"), (2, {"fast": True})]
+
+
+def test_batch_of_notifications_gets_no_reply() -> None:
+    peer = Peer()
+    peer.initialize("2025-03-26")
+    peer.feed([jsonrpc.notification("a"), jsonrpc.notification("b", {"c": 1})])
+    assert peer.take() == []
+    assert [method for method, _ in peer.handler.notifications] == ["a", "b"]
+
+
+def test_initialize_inside_a_batch_is_refused() -> None:
+    peer = Peer()
+    peer.initialize("2025-03-26")
+    initialize = jsonrpc.request(1, "initialize", {"protocolVersion": "2025-03-26"})
+    peer.feed([initialize, jsonrpc.request(2, "ping")])
+    (replies,) = peer.take()
+    by_id = {reply["id"]: reply for reply in replies}
+    assert error_code(by_id[1]) == INVALID_REQUEST
+    assert result(by_id[2]) == {}
+
+
+def test_cancelled_batch_element_is_left_out_of_the_reply() -> None:
+    pending: Deferred[Any] = Deferred()
+    peer = Peer(FakeHandler({"slow": lambda r: pending}))
+    peer.initialize("2025-03-26")
+    peer.feed([jsonrpc.request(1, "slow"), jsonrpc.request(2, "ping")])
+    peer.notify("notifications/cancelled", {"requestId": 1})
+    (replies,) = peer.take()
+    assert replies == [{"jsonrpc": "2.0", "id": 2, "result": {}}]
+
+
+def test_bad_result_in_a_batch_does_not_lose_the_batch() -> None:
+    peer = Peer(FakeHandler({"bad": lambda r: object()}))
+    peer.initialize("2025-03-26")
+    peer.feed([jsonrpc.request(1, "bad"), jsonrpc.request(2, "ping")])
+    (replies,) = peer.take()
+    by_id = {reply["id"]: reply for reply in replies}
+    assert error_code(by_id[1]) == -32603
+    assert result(by_id[2]) == {}
+
+
+# -- concurrency -------------------------------------------------------------------
+
+
+def test_no_head_of_line_blocking() -> None:
+    deferreds: dict[str, Deferred[Any]] = {}
+
+    def wait(request: IncomingRequest) -> Deferred[Any]:
+        deferreds[request.params["name"]] = Deferred()
+        return deferreds[request.params["name"]]
+
+    peer = Peer(FakeHandler({"wait": wait}))
+    peer.initialize()
+    peer.call(1, "wait", {"name": "first"})
+    peer.call(2, "wait", {"name": "second"})
+    assert peer.take() == []
+    assert peer.session.in_flight == 2
+    deferreds["second"].callback("b")
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 2, "result": "b"}]
+    deferreds["first"].callback("a")
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 1, "result": "a"}]
+    assert peer.session.in_flight == 0
+
+
+def test_max_in_flight_refuses_the_request_over_the_limit() -> None:
+    deferreds: list[Deferred[Any]] = []
+
+    def wait(request: IncomingRequest) -> Deferred[Any]:
+        deferreds.append(Deferred())
+        return deferreds[-1]
+
+    peer = Peer(FakeHandler({"wait": wait}), max_in_flight=2)
+    peer.initialize()
+    peer.call(1, "wait")
+    peer.call(2, "wait")
+    peer.call(3, "wait")
+    (busy,) = peer.take()
+    assert busy["id"] == 3
+    assert error_code(busy) == SERVER_BUSY == -32000
+    assert busy["error"]["data"] == {"limit": 2}
+    assert len(deferreds) == 2  # the third never reached the handler
+    peer.call(4, "ping")  # ping needs no slot
+    assert result(peer.take()[0]) == {}
+    deferreds[0].callback("one")
+    deferreds[1].callback("two")
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 1, "result": "one"},
+                           {"jsonrpc": "2.0", "id": 2, "result": "two"}]
+    # The slots were released: two more are accepted.
+    peer.call(5, "wait")
+    peer.call(6, "wait")
+    assert peer.take() == []
+    assert peer.session.in_flight == 2
+    assert len(deferreds) == 4
+
+
+def test_failed_and_cancelled_requests_release_their_slots() -> None:
+    deferreds: list[Deferred[Any]] = []
+
+    def wait(request: IncomingRequest) -> Deferred[Any]:
+        deferreds.append(Deferred())
+        return deferreds[-1]
+
+    peer = Peer(FakeHandler({"wait": wait}), max_in_flight=1)
+    peer.initialize()
+    peer.call(1, "wait")
+    deferreds[0].errback(RPCError(-32602, "bad"))
+    peer.call(2, "wait")
+    peer.notify("notifications/cancelled", {"requestId": 2})
+    peer.call(3, "wait")
+    assert peer.session.in_flight == 1
+    assert [reply["id"] for reply in peer.take()] == [1]
+
+
+def test_duplicate_id_in_flight_is_refused() -> None:
+    pending: Deferred[Any] = Deferred()
+    peer = Peer(FakeHandler({"wait": lambda r: pending}))
+    peer.initialize()
+    peer.call(7, "wait")
+    peer.call(7, "echo", {})
+    (reply,) = peer.take()
+    assert (reply["id"], error_code(reply)) == (7, INVALID_REQUEST)
+    peer.call("7", "echo", {"s": 1})  # a string id is a different id
+    assert result(peer.take()[0]) == {"s": 1}
+    pending.callback(1)
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 7, "result": 1}]
+
+
+# -- cancellation ------------------------------------------------------------------
+
+
+def test_cancelled_notification_cancels_the_handler_and_suppresses_the_answer() -> None:
+    cancelled: list[Deferred[Any]] = []
+    pending: Deferred[Any] = Deferred(cancelled.append)
+    peer = Peer(FakeHandler({"wait": lambda r: pending}))
+    peer.initialize()
+    peer.call("job", "wait")
+    peer.notify("notifications/cancelled", {"requestId": "job", "reason": "user"})
+    assert cancelled == [pending]
+    assert peer.handler.requests[0].cancelled
+    assert peer.session.in_flight == 0
+    assert peer.take() == []
+
+
+def test_no_answer_even_if_the_handler_finishes_after_cancellation() -> None:
+    # A canceller may fire the Deferred with a result; that is still no answer.
+    pending: Deferred[Any] = Deferred(lambda d: d.callback("result anyway"))
+    peer = Peer(FakeHandler({"wait": lambda r: pending}))
+    peer.initialize()
+    peer.call(1, "wait")
+    peer.notify("notifications/cancelled", {"requestId": 1})
+    assert pending.called
+    assert peer.take() == []
+    assert peer.session.in_flight == 0
+
+
+def test_handler_that_ignores_cancellation_is_not_answered() -> None:
+    async def stubborn(request: IncomingRequest) -> str:
+        try:
+            await gate
+        except CancelledError:
+            await second
+        return "finished anyway"
+
+    gate: Deferred[Any] = Deferred()
+    second: Deferred[Any] = Deferred()
+    peer = Peer(FakeHandler({"stubborn": stubborn}))
+    peer.initialize()
+    peer.call(1, "stubborn")
+    peer.notify("notifications/cancelled", {"requestId": 1})
+    second.callback(None)
+    assert peer.take() == []
+
+
+@pytest.mark.parametrize("request_id", [2, "1", None, True, 1.0, [1], {"id": 1}])
+def test_cancelling_unknown_ids_is_ignored(request_id: Any) -> None:
+    pending: Deferred[Any] = Deferred()
+    peer = Peer(FakeHandler({"wait": lambda r: pending}))
+    peer.initialize()
+    peer.call(1, "wait")
+    peer.notify("notifications/cancelled", {"requestId": request_id})
+    peer.notify("notifications/cancelled", {})
+    peer.notify("notifications/cancelled", [1])
+    assert peer.take() == []
+    assert peer.session.in_flight == 1
+    pending.callback("ok")
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 1, "result": "ok"}]
+
+
+def test_coroutine_handler_sees_cancelled_error() -> None:
+    seen: list[str] = []
+    gate: Deferred[Any] = Deferred()
+
+    async def handler(request: IncomingRequest) -> str:
+        try:
+            await gate
+        except CancelledError:
+            seen.append("cancelled")
+            raise
+        return "never"
+
+    peer = Peer(FakeHandler({"coro": handler}))
+    peer.initialize()
+    peer.call(1, "coro")
+    assert seen == []
+    peer.notify("notifications/cancelled", {"requestId": 1})
+    assert seen == ["cancelled"]
+    assert peer.take() == []
+    assert peer.session.in_flight == 0
+
+
+def test_cancelled_tool_of_the_real_server_is_not_answered() -> None:
+    server = MCPServer("real")
+    seen: list[str] = []
+    gate: Deferred[Any] = Deferred()
+
+    @server.tool()
+    async def slow() -> str:
+        try:
+            await gate
+        except CancelledError:
+            seen.append("cancelled")
+            raise
+        return "never"
+
+    peer = Peer(server)
+    peer.initialize()
+    peer.call(1, "tools/call", {"name": "slow"})
+    peer.notify("notifications/cancelled", {"requestId": 1})
+    assert seen == ["cancelled"]
+    assert peer.take() == []
+
+
+# -- handler timeout -----------------------------------------------------------------
+
+
+def test_handler_timeout_cancels_and_answers_request_timeout() -> None:
+    cancelled: list[Deferred[Any]] = []
+    peer = Peer(FakeHandler({"wait": lambda r: Deferred(cancelled.append)}), handler_timeout=5)
+    peer.initialize()
+    peer.call("t", "wait")
+    peer.clock.advance(4.9)
+    assert peer.take() == []
+    assert cancelled == []
+    peer.clock.advance(0.2)
+    assert len(cancelled) == 1
+    (reply,) = peer.take()
+    assert reply["id"] == "t"
+    assert error_code(reply) == REQUEST_TIMEOUT == -32001
+    assert peer.session.in_flight == 0
+
+
+def test_handler_timeout_timer_is_stopped_when_the_handler_finishes() -> None:
+    pending: Deferred[Any] = Deferred()
+    peer = Peer(FakeHandler({"wait": lambda r: pending}), handler_timeout=5)
+    peer.initialize()
+    peer.call(1, "wait")
+    assert len(peer.clock.getDelayedCalls()) == 1
+    pending.callback("quick")
+    assert peer.clock.getDelayedCalls() == []
+    peer.clock.advance(10)
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 1, "result": "quick"}]
+
+
+def test_handler_timeout_cancels_a_coroutine() -> None:
+    seen: list[str] = []
+
+    async def handler(request: IncomingRequest) -> str:
+        try:
+            await Deferred()
+        except CancelledError:
+            seen.append("cancelled")
+            raise
+        return "never"
+
+    peer = Peer(FakeHandler({"coro": handler}), handler_timeout=1)
+    peer.initialize()
+    peer.call(1, "coro")
+    peer.clock.advance(1)
+    assert seen == ["cancelled"]
+    (reply,) = peer.take()
+    assert error_code(reply) == REQUEST_TIMEOUT
+
+
+# -- progress ------------------------------------------------------------------------
+
+
+def test_report_progress_uses_the_requests_token() -> None:
+    requests: list[IncomingRequest] = []
+
+    def wait(request: IncomingRequest) -> Deferred[Any]:
+        requests.append(request)
+        return Deferred()
+
+    peer = Peer(FakeHandler({"wait": wait}))
+    peer.initialize("2025-03-26")
+    peer.call(1, "wait", {"_meta": {"progressToken": "tok"}})
+    (request,) = requests
+    assert request.progress_token == "tok"
+    request.report_progress(1, 10, "started")
+    request.report_progress(2.5)
+    assert peer.take() == [
+        {"jsonrpc": "2.0", "method": "notifications/progress",
+         "params": {"progressToken": "tok", "progress": 1, "total": 10, "message": "started"}},
+        {"jsonrpc": "2.0", "method": "notifications/progress",
+         "params": {"progressToken": "tok", "progress": 2.5}},
+    ]
+
+
+@pytest.mark.parametrize("token", [0, 17, ""])
+def test_integer_and_empty_tokens_are_echoed(token: str | int) -> None:
+    requests: list[IncomingRequest] = []
+    peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or Deferred()}))
+    peer.initialize()
+    peer.call(1, "wait", {"_meta": {"progressToken": token}})
+    requests[0].report_progress(1)
+    (notification,) = peer.take()
+    assert notification["params"]["progressToken"] == token
+
+
+def test_progress_must_increase() -> None:
+    requests: list[IncomingRequest] = []
+    peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or Deferred()}))
+    peer.initialize()
+    peer.call(1, "wait", {"_meta": {"progressToken": 9}})
+    requests[0].report_progress(5)
+    with pytest.raises(ValueError):
+        requests[0].report_progress(5)
+    with pytest.raises(ValueError):
+        requests[0].report_progress(4)
+    assert len(peer.take()) == 1
+    requests[0].report_progress(6)
+    assert peer.take()[0]["params"]["progress"] == 6
+
+
+def test_no_token_no_progress() -> None:
+    requests: list[IncomingRequest] = []
+    peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or Deferred()}))
+    peer.initialize()
+    peer.call(1, "wait", {"_meta": {}})
+    peer.call(2, "wait")
+    for request in requests:
+        assert request.progress_token is None
+        request.report_progress(1)
+        request.report_progress(1)  # not even checked: nothing was sent
+    assert peer.take() == []
+
+
+def test_progress_message_only_from_2025_03_26() -> None:
+    requests: list[IncomingRequest] = []
+    peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or Deferred()}))
+    peer.initialize("2024-11-05")
+    peer.call(1, "wait", {"_meta": {"progressToken": "t"}})
+    requests[0].report_progress(1, 2, "hidden")
+    (notification,) = peer.take()
+    assert notification["params"] == {"progressToken": "t", "progress": 1, "total": 2}
+
+
+def test_no_progress_after_cancellation_or_answer() -> None:
+    requests: list[IncomingRequest] = []
+    deferreds: list[Deferred[Any]] = []
+
+    def wait(request: IncomingRequest) -> Deferred[Any]:
+        requests.append(request)
+        deferreds.append(Deferred())
+        return deferreds[-1]
+
+    peer = Peer(FakeHandler({"wait": wait}))
+    peer.initialize()
+    peer.call(1, "wait", {"_meta": {"progressToken": "a"}})
+    peer.call(2, "wait", {"_meta": {"progressToken": "b"}})
+    peer.notify("notifications/cancelled", {"requestId": 1})
+    deferreds[1].callback("done")
+    peer.take()
+    requests[0].report_progress(1)
+    requests[1].report_progress(1)
+    assert peer.take() == []
+
+
+def test_synchronous_handler_can_report_progress() -> None:
+    def work(request: IncomingRequest) -> str:
+        request.report_progress(1, 1)
+        return "done"
+
+    peer = Peer(FakeHandler({"work": work}))
+    peer.initialize()
+    peer.call(1, "work", {"_meta": {"progressToken": "p"}})
+    progress, reply = peer.take()
+    assert progress["params"] == {"progressToken": "p", "progress": 1, "total": 1}
+    assert result(reply) == "done"
+
+
+def test_tool_reports_progress_before_its_first_wait() -> None:
+    server = MCPServer("real")
+    gate: Deferred[Any] = Deferred()
+
+    @server.tool()
+    async def work(ctx: Context) -> str:
+        await ctx.report_progress(1, 2)
+        await gate
+        await ctx.report_progress(2, 2)
+        return "done"
+
+    peer = Peer(server)
+    peer.initialize()
+    peer.call(1, "tools/call", {"name": "work", "_meta": {"progressToken": "w"}})
+    gate.callback(None)
+    first, second, reply = peer.take()
+    assert first["params"] == {"progressToken": "w", "progress": 1, "total": 2}
+    assert second["params"] == {"progressToken": "w", "progress": 2, "total": 2}
+    assert result(reply)["content"] == [{"type": "text", "text": "done"}]
+
+
+# -- outgoing requests ---------------------------------------------------------------
+
+
+def ready_client(**options: Any) -> Peer:
+    peer = Peer(role=Role.CLIENT, **options)
+    peer.session.state = State.READY
+    return peer
+
+
+def test_outgoing_request_is_correlated_by_id() -> None:
+    peer = ready_client()
+    first = peer.session.request("tools/list")
+    second = peer.session.request("tools/call", {"name": "x"})
+    assert peer.take() == [
+        {"jsonrpc": "2.0", "id": 0, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}},
+    ]
+    peer.feed({"jsonrpc": "2.0", "id": "1", "result": "wrong"})  # a string id is not our 1
+    assert not second.called
+    peer.feed(jsonrpc.response(1, {"second": True}))
+    peer.feed(jsonrpc.response(0, {"first": True}))
+    assert success_of(second) == {"second": True}
+    assert success_of(first) == {"first": True}
+    assert peer.session.waiting == 0
+    assert peer.take() == []
+
+
+def test_error_response_fails_with_rpc_error() -> None:
+    peer = ready_client()
+    d = peer.session.request("tools/call")
+    peer.feed(jsonrpc.error_response(0, RPCError(-32602, "Unknown tool", {"name": "x"})))
+    error = failure_of(d).value
+    assert isinstance(error, RPCError)
+    assert (error.code, error.message, error.data) == (-32602, "Unknown tool", {"name": "x"})
+
+
+def test_outgoing_request_times_out_and_sends_cancelled() -> None:
+    peer = ready_client(request_timeout=30)
+    d = peer.session.request("sampling/createMessage", {"maxTokens": 5})
+    peer.take()
+    peer.clock.advance(29)
+    assert not d.called
+    peer.clock.advance(1)
+    error = failure_of(d).value
+    assert isinstance(error, RequestTimedOut)
+    assert (error.method, error.timeout) == ("sampling/createMessage", 30)
+    assert peer.take() == [{"jsonrpc": "2.0", "method": "notifications/cancelled",
+                            "params": {"requestId": 0, "reason": "timed out"}}]
+    peer.feed(jsonrpc.response(0, "late"))  # ignored
+    peer.feed(jsonrpc.error_response(0, RPCError(1, "late")))
+    assert peer.take() == []
+    assert peer.session.waiting == 0
+
+
+def test_per_request_timeout_overrides_the_default() -> None:
+    peer = ready_client(request_timeout=30)
+    short = peer.session.request("a", timeout=2)
+    endless = peer.session.request("b", timeout=None)
+    peer.clock.advance(2)
+    assert isinstance(failure_of(short).value, RequestTimedOut)
+    peer.clock.advance(10_000)
+    assert not endless.called
+    assert peer.session.waiting == 1
+
+
+def test_cancelling_an_outgoing_request_sends_cancelled() -> None:
+    peer = ready_client()
+    d = peer.session.request("roots/list")
+    peer.take()
+    d.cancel()
+    assert failure_of(d).check(CancelledError)
+    assert peer.take() == [{"jsonrpc": "2.0", "method": "notifications/cancelled",
+                            "params": {"requestId": 0, "reason": "cancelled"}}]
+    assert peer.clock.getDelayedCalls() == []
+    peer.feed(jsonrpc.response(0, {"roots": []}))  # late: ignored
+    assert peer.take() == []
+
+
+def test_answered_request_cancels_its_timer() -> None:
+    peer = ready_client()
+    d = peer.session.request("ping")
+    peer.feed(jsonrpc.response(0, {}))
+    assert success_of(d) == {}
+    assert peer.clock.getDelayedCalls() == []
+    d.cancel()  # too late: nothing happens
+    peer.take()
+    peer.clock.advance(1000)
+    assert peer.take() == []
+
+
+def test_progress_notifications_reach_on_progress_and_reset_the_timeout() -> None:
+    seen: list[tuple[Any, Any, Any]] = []
+    peer = ready_client(request_timeout=10)
+    d = peer.session.request("tools/call", {"name": "x", "_meta": {"keep": 1}},
+                             on_progress=lambda *args: seen.append(args))
+    (sent,) = peer.take()
+    assert sent["params"] == {"name": "x", "_meta": {"keep": 1, "progressToken": 0}}
+    peer.clock.advance(8)
+    peer.notify("notifications/progress", {"progressToken": 0, "progress": 1, "total": 3})
+    peer.clock.advance(8)
+    peer.notify("notifications/progress", {"progressToken": 0, "progress": 2, "message": "m"})
+    peer.notify("notifications/progress", {"progressToken": "0", "progress": 9})  # not ours
+    peer.notify("notifications/progress", {"progressToken": 77, "progress": 9})  # unknown
+    peer.clock.advance(8)
+    assert not d.called
+    assert seen == [(1, 3, None), (2, None, "m")]
+    peer.clock.advance(2)
+    assert isinstance(failure_of(d).value, RequestTimedOut)
+
+
+def test_a_raising_progress_callback_does_not_break_the_session() -> None:
+    def boom(*args: Any) -> None:
+        raise RuntimeError("callback bug")
+
+    peer = ready_client()
+    d = peer.session.request("x", on_progress=boom)
+    peer.notify("notifications/progress", {"progressToken": 0, "progress": 1})
+    peer.feed(jsonrpc.response(0, "ok"))
+    assert success_of(d) == "ok"
+
+
+# -- close ---------------------------------------------------------------------------
+
+
+def test_close_fails_waiting_requests_and_cancels_running_handlers() -> None:
+    cancelled: list[Deferred[Any]] = []
+    pending: Deferred[Any] = Deferred(cancelled.append)
+    peer = Peer(FakeHandler({"wait": lambda r: pending}), handler_timeout=5)
+    peer.initialize()
+    peer.call(1, "wait")
+    waiting = peer.session.request("roots/list")
+    peer.take()
+    peer.session.close("bye")
+    assert peer.session.state is State.CLOSED
+    assert cancelled == [pending]
+    error = failure_of(waiting).value
+    assert isinstance(error, ConnectionLost) and str(error) == "bye"
+    assert (peer.session.in_flight, peer.session.waiting) == (0, 0)
+    assert peer.handler.closed == [peer.session]
+    assert peer.clock.getDelayedCalls() == []
+    peer.session.close()  # idempotent
+    assert peer.handler.closed == [peer.session]
+
+
+def test_nothing_is_sent_after_close() -> None:
+    pending: Deferred[Any] = Deferred(lambda d: None)
+    requests: list[IncomingRequest] = []
+    peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or pending}))
+    peer.initialize()
+    peer.call(1, "wait", {"_meta": {"progressToken": 1}})
+    peer.session.close()
+    peer.call(2, "ping")
+    peer.feed("not json")
+    peer.session.notify("notifications/message", {"level": "info", "data": "x"})
+    requests[0].report_progress(1)
+    late = peer.session.request("ping")
+    assert isinstance(failure_of(late).value, ConnectionLost)
+    assert peer.take() == []
+    assert peer.handler.requests == requests
+
+
+def test_close_while_the_handler_runs_cancels_what_it_returns() -> None:
+    cancelled: list[Deferred[Any]] = []
+    returned: Deferred[Any] = Deferred(cancelled.append)
+
+    def closing(request: IncomingRequest) -> Deferred[Any]:
+        request.session.close()
+        return returned
+
+    peer = Peer(FakeHandler({"closing": closing}))
+    peer.initialize()
+    peer.call(1, "closing")
+    assert cancelled == [returned]
+    assert peer.take() == []
+
+
+# -- client role ---------------------------------------------------------------------
+
+
+def test_client_initialize_handshake() -> None:
+    peer = Peer(role=Role.CLIENT)
+    d = peer.session.initialize({"name": "cli", "version": "1"}, {"roots": {"listChanged": True}})
+    assert peer.session.state is State.INITIALIZING
+    (sent,) = peer.take()
+    assert sent == {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {"roots": {"listChanged": True}},
+        "clientInfo": {"name": "cli", "version": "1"}}}
+    server_result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": True}},
+                     "serverInfo": {"name": "srv", "version": "2"}}
+    peer.feed(jsonrpc.response(0, server_result))
+    assert success_of(d) == server_result
+    assert peer.take() == [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    assert peer.session.state is State.READY
+    assert peer.session.protocol_version == "2025-06-18"
+    assert peer.session.peer_capabilities == {"tools": {"listChanged": True}}
+    assert peer.session.peer_info == {"name": "srv", "version": "2"}
+    assert peer.session.initialize_result == server_result
+    assert peer.handler.ready == [peer.session]
+
+
+@pytest.mark.parametrize("answer", [
+    {"protocolVersion": "2026-07-28", "capabilities": {}},
+    {"protocolVersion": "1999-01-01"},
+    {"capabilities": {}},
+    "not an object",
+])
+def test_client_initialize_fails_on_an_unsupported_version(answer: Any) -> None:
+    peer = Peer(role=Role.CLIENT)
+    d = peer.session.initialize({"name": "cli", "version": "1"}, {}, "2024-11-05")
+    peer.take()
+    peer.feed(jsonrpc.response(0, answer))
+    assert failure_of(d).check(RPCError)
+    assert peer.take() == []  # no notifications/initialized
+    assert peer.session.state is not State.READY
+    assert peer.handler.ready == []
+
+
+def test_client_initialize_timeout_sends_no_cancellation() -> None:
+    peer = Peer(role=Role.CLIENT, request_timeout=5)
+    d = peer.session.initialize({"name": "cli", "version": "1"}, {})
+    peer.take()
+    peer.clock.advance(5)
+    assert failure_of(d).check(RequestTimedOut)
+    assert peer.take() == []  # initialize must never be cancelled
+
+
+def test_client_initialize_on_a_closed_session_fails() -> None:
+    peer = Peer(role=Role.CLIENT)
+    peer.session.close()
+    d = peer.session.initialize({"name": "cli", "version": "1"}, {})
+    assert failure_of(d).check(ConnectionLost)
+    assert peer.session.state is State.CLOSED
+    assert peer.take() == []
+
+
+def test_client_answers_server_requests_and_refuses_initialize() -> None:
+    peer = Peer(FakeHandler({"roots/list": lambda r: {"roots": []}}), role=Role.CLIENT)
+    peer.session.initialize({"name": "cli", "version": "1"}, {"roots": {}})
+    peer.feed(jsonrpc.response(0, {"protocolVersion": "2025-11-25", "capabilities": {}}))
+    peer.take()
+    peer.call("s1", "roots/list")
+    peer.call("s2", "initialize", {"protocolVersion": "2025-11-25"})
+    peer.call("s3", "ping")
+    peer.notify("notifications/tools/list_changed")
+    roots, init, ping = peer.take()
+    assert result(roots) == {"roots": []}
+    assert (init["id"], error_code(init)) == ("s2", INVALID_REQUEST)
+    assert result(ping) == {}
+    assert peer.handler.notifications == [("notifications/tools/list_changed", {})]
+
+
+# -- server-to-client requests through the real MCPServer -------------------------------
+
+
+def server_with_context(contexts: list[Context]) -> MCPServer:
+    server = MCPServer("ctx", client_request_timeout=20)
+
+    @server.tool()
+    def grab(ctx: Context) -> str:
+        contexts.append(ctx)
+        return "grabbed"
+
+    return server
+
+
+def context_for(capabilities: dict[str, Any], version: str = "2025-11-25") -> tuple[Peer, Context]:
+    contexts: list[Context] = []
+    peer = Peer(server_with_context(contexts))
+    peer.initialize(version, capabilities)
+    peer.call(1, "tools/call", {"name": "grab"})
+    assert result(peer.take()[0])["content"] == [{"type": "text", "text": "grabbed"}]
+    return peer, contexts[0]
+
+
+CLIENT_REQUESTS: dict[str, Callable[[Context], Deferred[Any]]] = {
+    "sample": lambda ctx: ctx.sample("hi"),
+    "list_roots": lambda ctx: ctx.list_roots(),
+    "elicit": lambda ctx: ctx.elicit("Name?", {"type": "object", "properties": {}}),
+    "elicit_url": lambda ctx: ctx.elicit_url("Pay", "https://example.com/pay", "e1"),
+}
+
+
+@pytest.mark.parametrize("name", CLIENT_REQUESTS)
+@pytest.mark.parametrize("capabilities", [{}, {"experimental": {}}])
+def test_client_requests_need_the_declared_capability(name: str, capabilities: dict[str, Any]) -> None:
+    peer, ctx = context_for(capabilities)
+    with pytest.raises(CapabilityError):
+        CLIENT_REQUESTS[name](ctx)
+    assert peer.take() == []
+    assert peer.session.waiting == 0
+
+
+@pytest.mark.parametrize(("name", "elicitation"), [
+    ("elicit", {"url": {}}),  # URL mode only: no forms
+    ("elicit_url", {}),  # the 2025-06-18 shape: forms only
+    ("elicit_url", {"form": {}}),
+])
+def test_elicitation_modes_must_be_declared(name: str, elicitation: dict[str, Any]) -> None:
+    peer, ctx = context_for({"elicitation": elicitation})
+    with pytest.raises(CapabilityError):
+        CLIENT_REQUESTS[name](ctx)
+    assert peer.take() == []
+
+
+def test_sample_is_sent_and_correlated() -> None:
+    peer, ctx = context_for({"sampling": {}})
+    d = ctx.sample("hi", 50, system_prompt="short")
+    (sent,) = peer.take()
+    assert sent["method"] == "sampling/createMessage"
+    assert sent["params"] == {"messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
+                              "maxTokens": 50, "systemPrompt": "short"}
+    answer = {"role": "assistant", "content": {"type": "text", "text": "hello"}, "model": "m"}
+    peer.feed(jsonrpc.response(sent["id"], answer))
+    assert success_of(d) == answer
+
+
+def test_list_roots_is_sent_and_correlated() -> None:
+    peer, ctx = context_for({"roots": {}})
+    d = ctx.list_roots()
+    (sent,) = peer.take()
+    assert sent["method"] == "roots/list" and "params" not in sent
+    peer.feed(jsonrpc.response(sent["id"], {"roots": [{"uri": "file:///tmp"}]}))
+    assert success_of(d) == [{"uri": "file:///tmp"}]
+
+
+@pytest.mark.parametrize(("elicitation", "mode"), [({}, None), ({"form": {}, "url": {}}, "form")])
+def test_elicit_is_sent_and_correlated(elicitation: dict[str, Any], mode: str | None) -> None:
+    peer, ctx = context_for({"elicitation": elicitation})
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    d = ctx.elicit("Name?", schema)
+    (sent,) = peer.take()
+    assert sent["method"] == "elicitation/create"
+    assert sent["params"].get("mode") == mode
+    assert sent["params"]["requestedSchema"] == schema
+    peer.feed(jsonrpc.response(sent["id"], {"action": "accept", "content": {"name": "Ada"}}))
+    assert success_of(d) == {"action": "accept", "content": {"name": "Ada"}}
+
+
+def test_elicit_url_is_sent_and_correlated() -> None:
+    peer, ctx = context_for({"elicitation": {"url": {}}})
+    d = ctx.elicit_url("Pay", "https://example.com/pay", "e1")
+    (sent,) = peer.take()
+    assert sent["params"] == {"mode": "url", "message": "Pay", "url": "https://example.com/pay",
+                              "elicitationId": "e1"}
+    peer.feed(jsonrpc.error_response(sent["id"], RPCError(-32600, "declined by policy")))
+    assert failure_of(d).value.code == -32600
+
+
+@pytest.mark.parametrize("name", CLIENT_REQUESTS)
+def test_client_requests_time_out(name: str) -> None:
+    peer, ctx = context_for({"sampling": {}, "roots": {}, "elicitation": {"form": {}, "url": {}}})
+    d = CLIENT_REQUESTS[name](ctx)
+    (sent,) = peer.take()
+    peer.clock.advance(19.9)
+    assert not d.called
+    peer.clock.advance(0.1)  # the server's client_request_timeout
+    assert failure_of(d).check(RequestTimedOut)
+    assert peer.take() == [{"jsonrpc": "2.0", "method": "notifications/cancelled",
+                            "params": {"requestId": sent["id"], "reason": "timed out"}}]
+
+
+def test_explicit_timeout_for_a_client_request() -> None:
+    peer, ctx = context_for({"roots": {}})
+    d = ctx.list_roots(timeout=3)
+    peer.clock.advance(3)
+    assert failure_of(d).check(RequestTimedOut)
+
+
+def test_tool_awaits_sampling_from_the_client() -> None:
+    server = MCPServer("real")
+
+    @server.tool()
+    async def ask(question: str, ctx: Context) -> str:
+        answer = await ctx.sample(question)
+        return answer["content"]["text"]
+
+    peer = Peer(server)
+    peer.initialize(capabilities={"sampling": {}})
+    peer.call("call", "tools/call", {"name": "ask", "arguments": {"question": "why?"}})
+    (sent,) = peer.take()
+    assert sent["method"] == "sampling/createMessage"
+    peer.feed(jsonrpc.response(sent["id"], {"role": "assistant", "model": "m",
+                                            "content": {"type": "text", "text": "because"}}))
+    (reply,) = peer.take()
+    assert reply["id"] == "call"
+    assert result(reply)["content"] == [{"type": "text", "text": "because"}]
+
+
+def test_cancelling_a_tool_cancels_its_request_to_the_client() -> None:
+    server = MCPServer("real")
+
+    @server.tool()
+    async def ask(ctx: Context) -> str:
+        await ctx.sample("why?")
+        return "never"
+
+    peer = Peer(server)
+    peer.initialize(capabilities={"sampling": {}})
+    peer.call("call", "tools/call", {"name": "ask"})
+    (sent,) = peer.take()
+    peer.notify("notifications/cancelled", {"requestId": "call"})
+    assert peer.take() == [{"jsonrpc": "2.0", "method": "notifications/cancelled",
+                            "params": {"requestId": sent["id"], "reason": "cancelled"}}]
+    assert (peer.session.in_flight, peer.session.waiting) == (0, 0)
+    peer.feed(jsonrpc.response(sent["id"], {"role": "assistant", "model": "m", "content": {}}))
+    assert peer.take() == []
+
+
+def test_closing_the_session_fails_a_tools_client_request() -> None:
+    server = MCPServer("real")
+    seen: list[BaseException] = []
+
+    @server.tool()
+    async def ask(ctx: Context) -> str:
+        try:
+            await ctx.list_roots()
+        except Exception as e:
+            seen.append(e)
+            raise
+        return "never"
+
+    peer = Peer(server)
+    peer.initialize(capabilities={"roots": {}})
+    peer.call(1, "tools/call", {"name": "ask"})
+    peer.take()
+    peer.session.close()
+    assert len(seen) == 1
+    assert isinstance(seen[0], (ConnectionLost, CancelledError))
+    assert peer.take() == []
+
+
+def test_ensure_deferred_coroutine_result_is_answered() -> None:
+    async def answer(request: IncomingRequest) -> dict[str, int]:
+        return {"n": 1}
+
+    peer = Peer(FakeHandler({"coro": answer, "wrapped": lambda r: ensureDeferred(answer(r))}))
+    peer.initialize()
+    peer.call(1, "coro")
+    peer.call(2, "wrapped")
+    assert [result(reply) for reply in peer.take()] == [{"n": 1}, {"n": 1}]
+    assert peer.session.in_flight == 0
