@@ -129,13 +129,16 @@ def makeService(options: Options) -> IService:
 
     app = load_app(options["app"])
     endpoints = make_endpoints(reactor, options["endpoints"])
-    factory = MCPServerFactory(
-        app,
-        path=options["path"],
-        allowed_origins=options["allowed_origins"],
-        max_message_size=options["max-message-size"],
-        ping_interval=options["ping-interval"],
-        ping_timeout=options["ping-timeout"],
-        max_in_flight=options["max-in-flight"],
-    )
+    try:
+        factory = MCPServerFactory(
+            app,
+            path=options["path"],
+            allowed_origins=options["allowed_origins"],
+            max_message_size=options["max-message-size"],
+            ping_interval=options["ping-interval"],
+            ping_timeout=options["ping-timeout"],
+            max_in_flight=options["max-in-flight"],
+        )
+    except ValueError as e:
+        raise StartupError(str(e)) from None
     return MCPWebSocketService(factory, endpoints, close_timeout=options["close-timeout"])

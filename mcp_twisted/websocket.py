@@ -120,6 +120,18 @@ class OriginPolicy:
         return origin_host == request_host and (origin_port or default) == (request_port or default)
 
 
+def check_ping_settings(interval: float, timeout: float) -> None:
+    """Refuse ping settings Autobahn cannot honour.
+
+    Autobahn schedules pings through txaio's batched timer, which rounds each
+    deadline down to a whole second: a 0.5 s timeout can fire at once and drop
+    a healthy peer.
+    """
+    for name, value in (("ping interval", interval), ("ping timeout", timeout)):
+        if 0 < value < 1:
+            raise ValueError(f"{name} {value:g} s: use 0 (off) or whole seconds >= 1")
+
+
 class MCPServerProtocol(WebSocketServerProtocol):
     """One WebSocket connection carrying one MCP session.
 
@@ -249,6 +261,7 @@ class MCPServerFactory(WebSocketServerFactory):
         :param max_connections: open connections; more get HTTP 503 (0: no limit).
         """
         super().__init__(url, server=None)
+        check_ping_settings(ping_interval, ping_timeout)
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.app = app

@@ -176,8 +176,8 @@ class SilentClient(ProbeClient):
 @pytest_twisted.ensureDeferred
 async def test_auto_ping_drops_a_silent_peer():
     app, _ = make_app()
-    # Autobahn batches its timers in 200 ms buckets: values near that fire early.
-    factory = MCPServerFactory(app, ping_interval=0.5, ping_timeout=0.5)
+    # Autobahn's timers round down to whole seconds, so sub-second values misfire.
+    factory = MCPServerFactory(app, ping_interval=1, ping_timeout=2)
     port = await listen(factory)
     try:
         client = await connect(port.getHost().port, client=SilentClient)
@@ -196,15 +196,21 @@ async def test_auto_ping_drops_a_silent_peer():
 @pytest_twisted.ensureDeferred
 async def test_auto_ping_keeps_a_live_peer():
     app, _ = make_app()
-    factory = MCPServerFactory(app, ping_interval=0.3, ping_timeout=1.0)
+    factory = MCPServerFactory(app, ping_interval=1, ping_timeout=2)
     port = await listen(factory)
     try:
         client = await connect(port.getHost().port)
-        await task.deferLater(reactor, 1.2)
+        await task.deferLater(reactor, 3.5)
         assert len(factory.connections) == 1
         assert (await client.request(1, "ping"))["result"] == {}
     finally:
         await stop(port, factory)
+
+
+@pytest.mark.parametrize("values", [{"ping_interval": 0.5}, {"ping_timeout": 0.2}])
+def test_sub_second_ping_settings_are_refused(values):
+    with pytest.raises(ValueError, match="whole seconds"):
+        MCPServerFactory(make_app()[0], **values)
 
 
 def test_origin_policy_rules():

@@ -1,0 +1,5 @@
+"""``python -m mcp_twisted.client``: the same as ``mcpws-call``."""
+
+from mcp_twisted.client.cli import main
+
+main()
