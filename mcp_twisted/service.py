@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, inlineCallbacks
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
@@ -18,12 +19,16 @@ log = Logger()
 
 
 class MCPWebSocketService(MultiService):
-    """Listens on every endpoint given; on stop, says goodbye to each client.
+    """Listens on every endpoint given; on stop, drains and says goodbye.
 
-    Stopping (twistd's SIGTERM path) first stops accepting connections, then
-    closes the open ones with 1001 (going away) so clients reconnect at once
-    instead of waiting for a timeout, and waits up to ``close_timeout``
-    seconds for their close handshakes.
+    Stopping (twistd's SIGTERM path) goes in three steps:
+
+    1. stop accepting connections;
+    2. drain: new requests are refused (``-32003``) while requests already
+       running may finish, for up to ``drain_timeout`` seconds;
+    3. close every connection with 1001 (going away), so clients reconnect
+       at once instead of waiting for a timeout, and wait up to
+       ``close_timeout`` seconds for the close handshakes; then drop the rest.
     """
 
     def __init__(
@@ -31,10 +36,12 @@ class MCPWebSocketService(MultiService):
         factory: MCPServerFactory,
         endpoints: Iterable[IStreamServerEndpoint],
         *,
+        drain_timeout: float = 10.0,
         close_timeout: float = 5.0,
     ) -> None:
         super().__init__()
         self.factory = factory
+        self.drain_timeout = drain_timeout
         self.close_timeout = close_timeout
         for endpoint in endpoints:
             listener = StreamServerEndpointService(endpoint, factory)
@@ -45,7 +52,17 @@ class MCPWebSocketService(MultiService):
 
     @inlineCallbacks
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        self.factory.draining = True
         yield super().stopService()
+        sessions = [c.session for c in self.factory.connections if c.session is not None]
+        running = sum(session.in_flight for session in sessions)
+        if running:
+            log.info("Draining: waiting up to {timeout}s for {count} running requests",
+                     timeout=self.drain_timeout, count=running)
+        drained = DeferredList([session.drain() for session in sessions], consumeErrors=True)
+        drained.addTimeout(self.drain_timeout, self.factory.clock)
+        with contextlib.suppress(TimeoutError):
+            yield drained
         connections = list(self.factory.connections)
         if not connections:
             return

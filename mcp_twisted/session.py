@@ -39,6 +39,7 @@ from mcp_twisted.protocol import (
     BATCHING_VERSIONS,
     REQUEST_TIMEOUT,
     SERVER_BUSY,
+    SERVER_SHUTTING_DOWN,
     SUPPORTED_PROTOCOL_VERSIONS,
     Method,
     Notify,
@@ -232,6 +233,9 @@ class Session:
         self.initialize_result: dict[str, Any] | None = None
         # Free for the layers above (auth identity, per-connection data).
         self.attributes: dict[str, Any] = {}
+        # Set by drain(): new requests are refused while running ones finish.
+        self.draining = False
+        self._idle_waiters: list[Deferred[None]] = []
         self._send = send
         self._incoming: dict[RequestId, IncomingRequest] = {}
         self._outgoing: dict[RequestId, OutgoingRequest] = {}
@@ -301,6 +305,10 @@ class Session:
             error = RPCError(INVALID_REQUEST, "Request id is already in use by a request in flight")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
+        if self.draining:
+            error = RPCError(SERVER_SHUTTING_DOWN, "Server is shutting down; reconnect and retry")
+            self._reply(batch, jsonrpc.error_response(message.id, error))
+            return
         if len(self._incoming) >= self.max_in_flight:
             error = RPCError(
                 SERVER_BUSY,
@@ -359,10 +367,24 @@ class Session:
     def _request_done(self, result: Any, request: IncomingRequest) -> None:
         if self._finish(request):
             self._answer(request, jsonrpc.response(request.id, result))
+        if self._idle_waiters:
+            self._notify_if_idle()
 
     def _request_failed(self, failure: Failure, request: IncomingRequest) -> None:
-        if not self._finish(request):
-            return
+        if self._finish(request):
+            self._answer_failure(failure, request)
+        if self._idle_waiters:
+            self._notify_if_idle()
+
+    def _notify_if_idle(self) -> None:
+        # Called after the answer went out, so a drain() waiter that closes the
+        # connection cannot cut off the last answer.
+        if not self._incoming:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _answer_failure(self, failure: Failure, request: IncomingRequest) -> None:
         error = failure.value
         if request.timed_out:
             error = RPCError(
@@ -576,6 +598,18 @@ class Session:
         """Our requests still waiting for the peer's answer."""
         return len(self._outgoing)
 
+    def drain(self) -> Deferred[None]:
+        """Refuse new requests (``-32003``); fires once none are running here.
+
+        Used for graceful shutdown: answers already owed are still sent.
+        """
+        self.draining = True
+        if not self._incoming or self.state is State.CLOSED:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
     def close(self, reason: str = "connection closed") -> None:
         """End the session: cancel running handlers, fail waiting requests."""
         if self.state is State.CLOSED:
@@ -593,6 +627,9 @@ class Session:
             if waiting.timer is not None and waiting.timer.active():
                 waiting.timer.cancel()
             waiting.deferred.errback(ConnectionLost(reason))
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for idle in waiters:
+            idle.callback(None)
         try:
             self.handler.session_closed(self)
         except Exception:

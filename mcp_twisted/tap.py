@@ -61,7 +61,18 @@ class Options(usage.Options):
         ["max-message-size", None, DEFAULT_MAX_MESSAGE_SIZE,
          "Largest message in bytes (K, M suffixes allowed); larger ones close with 1009.", _size],
         ["max-in-flight", None, 64, "Requests one session may have running at once.", int],
-        ["close-timeout", None, 5.0, "Seconds to wait for clients to close at shutdown.",
+        ["max-connections", None, 1000, "Open connections; more get HTTP 503 (0: no limit).", int],
+        ["handler-timeout", None, 0.0,
+         "Seconds a handler may run before it is cancelled and the client gets an error (0: no limit).",
+         _positive_float],
+        ["open-handshake-timeout", None, 5.0, "Seconds a client has to finish the WebSocket upgrade.",
+         _positive_float],
+        ["close-handshake-timeout", None, 1.0, "Seconds to wait for the peer's close frame.",
+         _positive_float],
+        ["drain-timeout", None, 10.0,
+         "At shutdown, seconds running requests may take to finish before connections close.",
+         _positive_float],
+        ["close-timeout", None, 5.0, "At shutdown, seconds to wait for clients to close (after draining).",
          _positive_float],
     ]
 
@@ -138,7 +149,13 @@ def makeService(options: Options) -> IService:
             ping_interval=options["ping-interval"],
             ping_timeout=options["ping-timeout"],
             max_in_flight=options["max-in-flight"],
+            max_connections=options["max-connections"],
+            handler_timeout=options["handler-timeout"] or None,
+            open_handshake_timeout=options["open-handshake-timeout"],
+            close_handshake_timeout=options["close-handshake-timeout"],
         )
     except ValueError as e:
         raise StartupError(str(e)) from None
-    return MCPWebSocketService(factory, endpoints, close_timeout=options["close-timeout"])
+    return MCPWebSocketService(
+        factory, endpoints, drain_timeout=options["drain-timeout"], close_timeout=options["close-timeout"]
+    )

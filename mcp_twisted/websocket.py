@@ -272,6 +272,8 @@ class MCPServerFactory(WebSocketServerFactory):
         self.max_in_flight = max_in_flight
         self.handler_timeout = handler_timeout
         self.connections: set[MCPServerProtocol] = set()
+        # True once the service started shutting down (health checks say so).
+        self.draining = False
         self.setProtocolOptions(
             webStatus=False,
             allowNullOrigin=True,  # our OriginPolicy decides (P1: Autobahn would flip it)

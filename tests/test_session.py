@@ -19,6 +19,7 @@ from mcp_twisted.protocol import (
     LATEST_PROTOCOL_VERSION,
     REQUEST_TIMEOUT,
     SERVER_BUSY,
+    SERVER_SHUTTING_DOWN,
     SUPPORTED_PROTOCOL_VERSIONS,
     CapabilityError,
 )
@@ -1193,3 +1194,41 @@ def test_ensure_deferred_coroutine_result_is_answered() -> None:
     peer.call(2, "wrapped")
     assert [result(reply) for reply in peer.take()] == [{"n": 1}, {"n": 1}]
     assert peer.session.in_flight == 0
+
+
+# -- draining (graceful shutdown) -----------------------------------------------------
+
+
+def test_drain_refuses_new_requests_and_fires_when_running_ones_finish() -> None:
+    deferreds: list[Deferred[Any]] = []
+
+    def wait(request: IncomingRequest) -> Deferred[Any]:
+        deferreds.append(Deferred())
+        return deferreds[-1]
+
+    peer = Peer(FakeHandler({"wait": wait}))
+    peer.initialize()
+    peer.call(1, "wait")
+    drained = peer.session.drain()
+    assert not drained.called
+    peer.call(2, "wait")
+    (refused,) = peer.take()
+    assert refused["id"] == 2 and error_code(refused) == SERVER_SHUTTING_DOWN == -32003
+    assert len(deferreds) == 1
+    peer.call(3, "ping")  # liveness checks still work while draining
+    assert result(peer.take()[0]) == {}
+    deferreds[0].callback("done")
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 1, "result": "done"}]
+    assert success_of(drained) is None
+
+
+def test_drain_of_an_idle_session_fires_at_once_and_close_releases_waiters() -> None:
+    peer = Peer(FakeHandler({"wait": lambda request: Deferred()}))
+    peer.initialize()
+    assert success_of(peer.session.drain()) is None
+    busy = Peer(FakeHandler({"wait": lambda request: Deferred()}))
+    busy.initialize()
+    busy.call(1, "wait")
+    drained = busy.session.drain()
+    busy.session.close()
+    assert success_of(drained) is None
