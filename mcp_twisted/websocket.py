@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,8 +23,9 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mcp_twisted.server import MCPServer
 from mcp_twisted.session import Role, Session, State
@@ -132,6 +134,7 @@ def check_ping_settings(interval: float, timeout: float) -> None:
             raise ValueError(f"{name} {value:g} s: use 0 (off) or whole seconds >= 1")
 
 
+@implementer(IPushProducer)
 class MCPServerProtocol(WebSocketServerProtocol):
     """One WebSocket connection carrying one MCP session.
 
@@ -191,16 +194,57 @@ class MCPServerProtocol(WebSocketServerProtocol):
         self.session.attributes["peer"] = self.peer
         factory.connections.add(self)
         self._ready_announced = False
+        self.paused = False
+        self._backlog: deque[bytes] = deque()
+        # Backpressure: the transport pauses us when its write buffer passes
+        # its high-water mark, and we stop reading from this peer until it
+        # drains, so a client that does not read cannot grow our memory.
+        if factory.write_buffer_size is not None and hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = factory.write_buffer_size
+        self.transport.registerProducer(self, True)
+
+    # IPushProducer, driven by the transport's write buffer. Messages that
+    # were already read when the pause came wait in a backlog (at most one
+    # read's worth), so their answers do not pile up in the buffer either.
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        backlog = self._backlog
+        while backlog and not self.paused and self.session is not None:
+            self._receive(backlog.popleft())
+        if not self.paused:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._backlog.clear()
+
+    def buffered_bytes(self) -> int:
+        """Bytes written to this connection that the peer has not taken yet."""
+        transport = self.transport
+        if not hasattr(transport, "dataBuffer"):
+            transport = getattr(transport, "transport", None)  # TLS: the TCP transport below
+        if transport is None or not hasattr(transport, "dataBuffer"):
+            return 0
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
     def onSessionReady(self) -> None:
         """The MCP handshake finished; override to react (call ``super()``)."""
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        session = self.session
         if isBinary:
             log.info("Closing {peer}: binary frame", peer=self.peer)
             self.sendCloseFrame(CLOSE_UNSUPPORTED_DATA, b"MCP messages must be text frames")
             return
+        if self.paused or self._backlog:
+            self._backlog.append(payload)
+            return
+        self._receive(payload)
+
+    def _receive(self, payload: bytes) -> None:
+        session = self.session
         session.receive(payload)  # type: ignore[union-attr]
         if not self._ready_announced and session.state is State.READY:  # type: ignore[union-attr]
             self._ready_announced = True
@@ -244,6 +288,7 @@ class MCPServerFactory(WebSocketServerFactory):
         open_handshake_timeout: float = 5.0,
         close_handshake_timeout: float = 1.0,
         max_connections: int = 0,
+        write_buffer_size: int | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -259,6 +304,9 @@ class MCPServerFactory(WebSocketServerFactory):
         :param handler_timeout: seconds a handler may run before it is
             cancelled and the client gets an error (``None``: no limit).
         :param max_connections: open connections; more get HTTP 503 (0: no limit).
+        :param write_buffer_size: bytes of unsent output per connection above
+            which we stop reading from that peer until it catches up (TCP
+            listeners; ``None`` keeps Twisted's 64 KiB).
         """
         super().__init__(url, server=None)
         check_ping_settings(ping_interval, ping_timeout)
@@ -271,6 +319,7 @@ class MCPServerFactory(WebSocketServerFactory):
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.max_in_flight = max_in_flight
         self.handler_timeout = handler_timeout
+        self.write_buffer_size = write_buffer_size
         self.connections: set[MCPServerProtocol] = set()
         # True once the service started shutting down (health checks say so).
         self.draining = False
