@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, inlineCallbacks
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
@@ -38,22 +39,38 @@ class MCPWebSocketService(MultiService):
         *,
         drain_timeout: float = 10.0,
         close_timeout: float = 5.0,
+        metrics_endpoint: IStreamServerEndpoint | None = None,
     ) -> None:
+        """
+        :param metrics_endpoint: where to serve ``/metrics`` and ``/healthz``
+            (the factory must have been given ``metrics``). It keeps serving
+            while connections drain, so health checks see the 503.
+        """
         super().__init__()
         self.factory = factory
         self.drain_timeout = drain_timeout
         self.close_timeout = close_timeout
+        self.listeners = MultiService()
+        self.listeners.setServiceParent(self)
         for endpoint in endpoints:
-            listener = StreamServerEndpointService(endpoint, factory)
-            # Fail the start (and twistd) on a bind error instead of logging
-            # it and running without a listener.
-            listener._raiseSynchronously = True
-            listener.setServiceParent(self)
+            self._listen(endpoint, factory, self.listeners)
+        if metrics_endpoint is not None:
+            from mcp_twisted.metrics import metrics_site
+
+            self._listen(metrics_endpoint, metrics_site(factory), self)
+
+    @staticmethod
+    def _listen(endpoint: IStreamServerEndpoint, factory: Any, parent: MultiService) -> None:
+        listener = StreamServerEndpointService(endpoint, factory)
+        # Fail the start (and twistd) on a bind error instead of logging it
+        # and running without a listener.
+        listener._raiseSynchronously = True
+        listener.setServiceParent(parent)
 
     @inlineCallbacks
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         self.factory.draining = True
-        yield super().stopService()
+        yield self.listeners.stopService()
         sessions = [c.session for c in self.factory.connections if c.session is not None]
         running = sum(session.in_flight for session in sessions)
         if running:
@@ -64,15 +81,17 @@ class MCPWebSocketService(MultiService):
         with contextlib.suppress(TimeoutError):
             yield drained
         connections = list(self.factory.connections)
-        if not connections:
-            return
-        log.info("Closing {count} connections (server shutting down)", count=len(connections))
-        for connection in connections:
-            connection.sendCloseFrame(CLOSE_GOING_AWAY, b"server shutting down")
-        closed = DeferredList([c.is_closed for c in connections], consumeErrors=True)
-        closed.addTimeout(self.close_timeout, self.factory.clock)
-        try:
-            yield closed
-        except Exception:
-            for connection in list(self.factory.connections):
-                connection.dropConnection(abort=True)
+        if connections:
+            log.info("Closing {count} connections (server shutting down)", count=len(connections))
+            for connection in connections:
+                connection.sendCloseFrame(CLOSE_GOING_AWAY, b"server shutting down")
+            closed = DeferredList([c.is_closed for c in connections], consumeErrors=True)
+            closed.addTimeout(self.close_timeout, self.factory.clock)
+            try:
+                yield closed
+            except TimeoutError:
+                for connection in list(self.factory.connections):
+                    connection.dropConnection(abort=True)
+        # Last, what still runs (the metrics listener): health checks saw the drain.
+        Service.stopService(self)
+        yield DeferredList([maybeDeferred(child.stopService) for child in self if child.running])

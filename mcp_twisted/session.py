@@ -106,8 +106,18 @@ class IncomingRequest:
     """
 
     __slots__ = (
-        "_batch", "_last_progress", "_timer", "cancelled", "deferred", "id", "method",
-        "params", "progress_token", "session", "timed_out",
+        "_batch",
+        "_last_progress",
+        "_timer",
+        "cancelled",
+        "deferred",
+        "id",
+        "method",
+        "params",
+        "progress_token",
+        "session",
+        "started",
+        "timed_out",
     )
 
     def __init__(self, session: Session, message: Request, batch: _Batch | None) -> None:
@@ -124,6 +134,7 @@ class IncomingRequest:
         self._batch = batch
         self._timer: IDelayedCall | None = None
         self._last_progress: float | None = None
+        self.started = 0.0
 
     @property
     def protocol_version(self) -> str:
@@ -219,6 +230,7 @@ class Session:
         max_in_flight: int = 64,
         request_timeout: float | None = 60.0,
         handler_timeout: float | None = None,
+        observer: Callable[[str, str, float], object] | None = None,
     ) -> None:
         self.role = role
         self.handler = handler
@@ -226,6 +238,8 @@ class Session:
         self.max_in_flight = max_in_flight
         self.request_timeout = request_timeout
         self.handler_timeout = handler_timeout
+        # Told (method, outcome, seconds) as each request is answered or cancelled.
+        self.observer = observer
         self.state = State.NEW
         self.protocol_version: str = SUPPORTED_PROTOCOL_VERSIONS[-1]
         self.peer_capabilities: dict[str, Any] = {}
@@ -323,6 +337,8 @@ class Session:
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
         request = IncomingRequest(self, message, batch)
+        if self.observer is not None:
+            request.started = self.clock.seconds()
         # In flight before the handler runs, so that it can report progress at
         # once (a coroutine runs up to its first real wait inside this call).
         self._incoming[message.id] = request
@@ -367,14 +383,29 @@ class Session:
     def _request_done(self, result: Any, request: IncomingRequest) -> None:
         if self._finish(request):
             self._answer(request, jsonrpc.response(request.id, result))
+            if self.observer is not None:
+                failed = type(result) is dict and result.get("isError") is True
+                self._observe(request, "tool_error" if failed else "ok")
+        elif self.observer is not None:
+            self._observe(request, "cancelled")
         if self._idle_waiters:
             self._notify_if_idle()
 
     def _request_failed(self, failure: Failure, request: IncomingRequest) -> None:
         if self._finish(request):
             self._answer_failure(failure, request)
+            if self.observer is not None:
+                self._observe(request, "timeout" if request.timed_out else "error")
+        elif self.observer is not None:
+            self._observe(request, "cancelled")
         if self._idle_waiters:
             self._notify_if_idle()
+
+    def _observe(self, request: IncomingRequest, outcome: str) -> None:
+        try:
+            self.observer(request.method, outcome, self.clock.seconds() - request.started)  # type: ignore[misc]
+        except Exception:
+            log.failure("Request observer raised")
 
     def _notify_if_idle(self) -> None:
         # Called after the answer went out, so a drain() waiter that closes the

@@ -72,6 +72,10 @@ class Options(usage.Options):
         ["drain-timeout", None, 10.0,
          "At shutdown, seconds running requests may take to finish before connections close.",
          _positive_float],
+        ["auth-token-file", None, None,
+         "Require 'Authorization: Bearer <token>'; the file has name:token lines (HTTP 401 otherwise)."],
+        ["metrics-endpoint", None, None,
+         "Serve Prometheus /metrics and /healthz here, e.g. tcp:9100:interface=127.0.0.1."],
         ["close-timeout", None, 5.0, "At shutdown, seconds to wait for clients to close (after draining).",
          _positive_float],
     ]
@@ -117,7 +121,7 @@ def load_app(spec: str) -> MCPServer:
     return app
 
 
-def make_endpoints(reactor: Any, descriptions: list[str]) -> list[Any]:
+def make_endpoints(reactor: Any, descriptions: list[str], option: str = "--endpoint") -> list[Any]:
     from twisted.internet.endpoints import serverFromString
 
     endpoints = []
@@ -128,7 +132,7 @@ def make_endpoints(reactor: Any, descriptions: list[str]) -> list[Any]:
             # serverFromString reads certificate files at parse time, so a
             # missing or unreadable file shows up here too.
             detail = str(e) or type(e).__name__
-            raise StartupError(f"--endpoint {description!r}: {detail}") from None
+            raise StartupError(f"{option} {description!r}: {detail}") from None
     return endpoints
 
 
@@ -140,6 +144,20 @@ def makeService(options: Options) -> IService:
 
     app = load_app(options["app"])
     endpoints = make_endpoints(reactor, options["endpoints"])
+    auth = None
+    if options["auth-token-file"]:
+        from mcp_twisted.auth import TokenAuthenticator
+
+        try:
+            auth = TokenAuthenticator.from_file(options["auth-token-file"])
+        except (OSError, ValueError) as e:
+            raise StartupError(f"--auth-token-file: {e}") from None
+    metrics = metrics_endpoint = None
+    if options["metrics-endpoint"]:
+        from mcp_twisted.metrics import Metrics
+
+        metrics = Metrics()
+        (metrics_endpoint,) = make_endpoints(reactor, [options["metrics-endpoint"]], "--metrics-endpoint")
     try:
         factory = MCPServerFactory(
             app,
@@ -153,9 +171,12 @@ def makeService(options: Options) -> IService:
             handler_timeout=options["handler-timeout"] or None,
             open_handshake_timeout=options["open-handshake-timeout"],
             close_handshake_timeout=options["close-handshake-timeout"],
+            auth=auth,
+            metrics=metrics,
         )
     except ValueError as e:
         raise StartupError(str(e)) from None
     return MCPWebSocketService(
-        factory, endpoints, drain_timeout=options["drain-timeout"], close_timeout=options["close-timeout"]
+        factory, endpoints, drain_timeout=options["drain-timeout"], close_timeout=options["close-timeout"],
+        metrics_endpoint=metrics_endpoint,
     )

@@ -16,7 +16,7 @@ import ipaddress
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -27,8 +27,12 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mcp_twisted.auth import TokenAuthenticator, certificate_subject
 from mcp_twisted.server import MCPServer
 from mcp_twisted.session import Role, Session, State
+
+if TYPE_CHECKING:
+    from mcp_twisted.metrics import Metrics
 
 SUBPROTOCOL = "mcp"
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
@@ -153,21 +157,35 @@ class MCPServerProtocol(WebSocketServerProtocol):
     session: Session | None = None
     identity: Any = None
     opened_at: float | None = None
+    _metrics: Metrics | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         factory = self.factory
-        if request.path != factory.path and factory.path is not None:
-            raise ConnectionDeny(404, "Not Found")
+        if factory.path is not None and request.path != factory.path:
+            self._refuse(request, "path", 404, "Not Found")
+        if factory.max_connections and factory.countConnections > factory.max_connections:
+            self._refuse(request, "capacity", 503, "Service Unavailable: too many connections")
         host = request.headers.get("host", "")
-        if self._on_loopback() and not (is_loopback_host(host) or host in factory.allowed_hosts):
-            log.info("Refused {peer}: Host {host!r} is not a loopback name", peer=request.peer, host=host)
-            raise ConnectionDeny(421, "Misdirected Request: Host not allowed")
-        origin = request.headers.get("origin")
-        if not factory.origin_policy.allows(origin, host):
-            log.info("Refused {peer}: Origin {origin!r} not allowed", peer=request.peer, origin=origin)
-            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "Forbidden: Origin not allowed")
+        if self._on_loopback() and not (is_loopback_host(host) or host.lower() in factory.allowed_hosts):
+            self._refuse(request, "host", 421, "Misdirected Request: Host not allowed")
+        if not factory.origin_policy.allows(request.headers.get("origin"), host):
+            self._refuse(request, "origin", 403, "Forbidden: Origin not allowed")
+        if factory.auth is not None:
+            self.identity = factory.auth.authenticate(request.headers.get("authorization"))
+            if self.identity is None:
+                self._refuse(request, "auth", 401, "Unauthorized")
+        if self.identity is None:
+            self.identity = certificate_subject(self.transport)
         # RFC 6455: select only a subprotocol the client offered.
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
+
+    def _refuse(self, request: ConnectionRequest, reason: str, code: int, text: str) -> NoReturn:
+        """Refuse the upgrade with an HTTP error; log and count why (never the headers)."""
+        log.info("Refused {peer} ({reason}): HTTP {code}", peer=request.peer, reason=reason, code=code,
+                 host=request.headers.get("host"), origin=request.headers.get("origin"), path=request.path)
+        if self.factory.metrics is not None:
+            self.factory.metrics.handshake_refusals.labels(reason).inc()
+        raise ConnectionDeny(code, text)
 
     def _on_loopback(self) -> bool:
         address = self.transport.getHost()
@@ -189,10 +207,15 @@ class MCPServerProtocol(WebSocketServerProtocol):
             max_in_flight=factory.max_in_flight,
             handler_timeout=factory.handler_timeout,
             request_timeout=factory.app.client_request_timeout,
+            observer=factory.metrics.request_finished if factory.metrics is not None else None,
         )
         self.session.attributes["identity"] = self.identity
         self.session.attributes["peer"] = self.peer
         factory.connections.add(self)
+        self._metrics = factory.metrics
+        if self._metrics is not None:
+            self._metrics.connections_accepted.inc()
+        log.info("Opened {peer} (identity {identity!r})", peer=self.peer, identity=self.identity)
         self._ready_announced = False
         self.paused = False
         self._backlog: deque[bytes] = deque()
@@ -238,6 +261,8 @@ class MCPServerProtocol(WebSocketServerProtocol):
             log.info("Closing {peer}: binary frame", peer=self.peer)
             self.sendCloseFrame(CLOSE_UNSUPPORTED_DATA, b"MCP messages must be text frames")
             return
+        if self._metrics is not None:
+            self._metrics.messages_received.inc()
         if self.paused or self._backlog:
             self._backlog.append(payload)
             return
@@ -254,14 +279,25 @@ class MCPServerProtocol(WebSocketServerProtocol):
         # A handler may finish after the peer started closing; drop the answer.
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendMessage(data)
+            if self._metrics is not None:
+                self._metrics.messages_sent.inc()
+
+    def onAutoPingTimeout(self) -> None:
+        log.info("Dropping {peer}: no answer to WebSocket ping", peer=self.peer)
+        if self.factory.metrics is not None:
+            self.factory.metrics.ping_timeouts.inc()
+        super().onAutoPingTimeout()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self.session is not None:
-            self.session.close(f"WebSocket closed ({code}): {reason}")
+        if self.session is None:
+            return  # the upgrade never finished: a refusal, already logged
+        self.session.close(f"WebSocket closed ({code}): {reason}")
         self.factory.connections.discard(self)
+        if self.factory.metrics is not None:
+            self.factory.metrics.connections_closed.labels(str(code)).inc()
         duration = time.monotonic() - self.opened_at if self.opened_at else 0.0
         log.info("Closed {peer} code={code} clean={clean} after {duration:.1f}s",
-                 peer=self.peer, code=code, clean=wasClean, duration=duration)
+                 peer=self.peer, code=code, clean=wasClean, duration=duration, reason=reason)
 
 
 class MCPServerFactory(WebSocketServerFactory):
@@ -289,6 +325,8 @@ class MCPServerFactory(WebSocketServerFactory):
         close_handshake_timeout: float = 1.0,
         max_connections: int = 0,
         write_buffer_size: int | None = None,
+        auth: TokenAuthenticator | None = None,
+        metrics: Metrics | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -307,6 +345,8 @@ class MCPServerFactory(WebSocketServerFactory):
         :param write_buffer_size: bytes of unsent output per connection above
             which we stop reading from that peer until it catches up (TCP
             listeners; ``None`` keeps Twisted's 64 KiB).
+        :param auth: require ``Authorization: Bearer`` tokens (HTTP 401 otherwise).
+        :param metrics: count connections and requests (see ``metrics_site``).
         """
         super().__init__(url, server=None)
         check_ping_settings(ping_interval, ping_timeout)
@@ -320,6 +360,11 @@ class MCPServerFactory(WebSocketServerFactory):
         self.max_in_flight = max_in_flight
         self.handler_timeout = handler_timeout
         self.write_buffer_size = write_buffer_size
+        self.max_connections = max_connections
+        self.auth = auth
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.factory = self
         self.connections: set[MCPServerProtocol] = set()
         # True once the service started shutting down (health checks say so).
         self.draining = False
@@ -333,5 +378,4 @@ class MCPServerFactory(WebSocketServerFactory):
             autoPingTimeout=ping_timeout,
             openHandshakeTimeout=open_handshake_timeout,
             closeHandshakeTimeout=close_handshake_timeout,
-            maxConnections=max_connections,
         )

@@ -1,10 +1,12 @@
-"""twistd plugin: ``twistd mcpws`` serves an MCP app over WebSocket.
+"""twistd plugin ``mcpws`` and the ``mtls:`` endpoint string.
 
-Kept to one line of substance: importing the reactor here would break
+Kept to declarations: importing the reactor here would break
 ``twistd --reactor=...`` for every plugin in this directory.
 """
 
 from twisted.application.service import ServiceMaker
+
+from mcp_twisted.endpoints import MutualTLSServerParser
 
 mcpws = ServiceMaker(
     "mcp-twisted WebSocket server",
@@ -12,3 +14,5 @@ mcpws = ServiceMaker(
     "Serve a Model Context Protocol app over WebSocket (subprotocol 'mcp').",
     "mcpws",
 )
+
+mtls = MutualTLSServerParser()

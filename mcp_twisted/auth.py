@@ -1,0 +1,65 @@
+"""Who may connect: bearer tokens and client certificates.
+
+Tokens are checked during the WebSocket opening handshake, before any MCP
+message is read. Comparison is constant-time over fixed-length digests, so
+neither a token's content nor its length leaks through timing. Tokens are
+never logged; only the name they belong to is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+from twisted.internet.interfaces import ISSLTransport
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class TokenAuthenticator:
+    """Bearer tokens, each with a name that becomes the connection's identity."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        """:param tokens: name -> token."""
+        if not tokens:
+            raise ValueError("no tokens given")
+        self._digests = [(name, _digest(token)) for name, token in tokens.items()]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TokenAuthenticator:
+        """Read ``name:token`` lines; blank lines and ``#`` comments are skipped."""
+        tokens: dict[str, str] = {}
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, token = line.partition(":")
+            if not sep or not name.strip() or not token.strip():
+                raise ValueError(f"{path}, line {number}: expected name:token")
+            tokens[name.strip()] = token.strip()
+        return cls(tokens)
+
+    def authenticate(self, authorization: str | None) -> str | None:
+        """The name for an ``Authorization: Bearer <token>`` header, or None."""
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        offered = _digest(token.strip())
+        found = None
+        for name, digest in self._digests:  # no early exit: same work for every token
+            if hmac.compare_digest(offered, digest):
+                found = name
+        return found
+
+
+def certificate_subject(transport: object) -> str | None:
+    """The RFC 4514 subject of the client's TLS certificate, if it sent one."""
+    if not ISSLTransport.providedBy(transport):
+        return None
+    certificate = transport.getPeerCertificate()  # type: ignore[attr-defined]
+    if certificate is None:
+        return None
+    return certificate.to_cryptography().subject.rfc4514_string()

@@ -1,0 +1,101 @@
+"""Prometheus metrics and a health check, served on their own listener.
+
+``Metrics`` holds the counters a factory updates as connections come and go
+and requests finish. ``metrics_site(factory)`` is a twisted.web ``Site`` with
+``/metrics`` (prometheus-client's exposition) and ``/healthz`` (200 while
+serving, 503 while draining at shutdown). Gauges that describe the present
+(open connections, buffered bytes) are read at scrape time, so they cost
+nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.twisted import MetricsResource
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+if TYPE_CHECKING:
+    from mcp_twisted.websocket import MCPServerFactory
+
+
+class Metrics:
+    """The counters of one ``MCPServerFactory``, in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.factory: MCPServerFactory | None = None
+        r = self.registry
+        self.connections_accepted = Counter(
+            "mcp_connections_accepted", "WebSocket connections opened", registry=r)
+        self.connections_closed = Counter(
+            "mcp_connections_closed", "WebSocket connections closed, by close code", ["code"], registry=r)
+        self.handshake_refusals = Counter(
+            "mcp_handshake_refusals", "Opening handshakes refused, by reason", ["reason"], registry=r)
+        self.messages_received = Counter(
+            "mcp_messages_received", "WebSocket messages received", registry=r)
+        self.messages_sent = Counter("mcp_messages_sent", "WebSocket messages sent", registry=r)
+        self.requests = Counter(
+            "mcp_requests", "Requests answered, by method and outcome", ["method", "outcome"], registry=r)
+        self.request_duration = Histogram(
+            "mcp_request_duration_seconds", "Time from a request's arrival to its answer", ["method"],
+            registry=r, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60))
+        self.ping_timeouts = Counter(
+            "mcp_ping_timeouts", "Peers dropped for not answering WebSocket pings", registry=r)
+        self.registry.register(_LiveGauges(self))
+
+    def request_finished(self, method: str, outcome: str, seconds: float) -> None:
+        self.requests.labels(method, outcome).inc()
+        self.request_duration.labels(method).observe(seconds)
+
+
+class _LiveGauges:
+    """Gauges computed from the factory when Prometheus scrapes."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        factory = self.metrics.factory
+        connections = list(factory.connections) if factory is not None else []
+        yield GaugeMetricFamily("mcp_connections_open", "Open WebSocket connections", len(connections))
+        yield GaugeMetricFamily(
+            "mcp_buffered_bytes", "Bytes written but not yet taken by peers (slow consumers)",
+            sum(c.buffered_bytes() for c in connections))
+        yield GaugeMetricFamily(
+            "mcp_paused_connections", "Connections not read because their peer is not reading",
+            sum(1 for c in connections if c.paused))
+        yield GaugeMetricFamily(
+            "mcp_requests_in_flight", "Requests running",
+            sum(c.session.in_flight for c in connections if c.session is not None))
+
+
+class _Health(Resource):
+    isLeaf = True
+
+    def __init__(self, factory: MCPServerFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if self.factory.draining:
+            request.setResponseCode(503)
+            return b"draining\n"
+        return b"ok\n"
+
+
+def metrics_site(factory: MCPServerFactory) -> Site:
+    """``/metrics`` and ``/healthz`` for ``factory`` (which must have ``metrics``)."""
+    if factory.metrics is None:
+        raise ValueError("the factory was made without metrics")
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry=factory.metrics.registry))
+    root.putChild(b"healthz", _Health(factory))
+    site: Any = Site(root)
+    site.noisy = False
+    return site
