@@ -16,6 +16,7 @@ app's method table, or the client's handlers for server-initiated requests).
 from __future__ import annotations
 
 import enum
+import secrets
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -424,11 +425,12 @@ class Session:
                 f"({self.handler_timeout:g} s) and was cancelled",
             )
         elif not isinstance(error, RPCError):
+            error_id = new_error_id()
             log.failure(
-                "Handler for {method!r} (request {request_id!r}) failed", failure,
-                method=request.method, request_id=request.id,
+                "Handler for {method!r} (request {request_id!r}) failed (error id {error_id})", failure,
+                method=request.method, request_id=request.id, error_id=error_id,
             )
-            error = RPCError(INTERNAL_ERROR, "Internal error")
+            error = RPCError(INTERNAL_ERROR, "Internal error", {"errorId": error_id})
         self._answer(request, jsonrpc.error_response(request.id, error))
 
     def _answer(self, request: IncomingRequest, reply: dict[str, Any]) -> None:
@@ -665,6 +667,11 @@ class Session:
             self.handler.session_closed(self)
         except Exception:
             log.failure("session_closed hook raised")
+
+
+def new_error_id() -> str:
+    """A short id that ties an error answer to its traceback in the log."""
+    return secrets.token_hex(6)
 
 
 def as_deferred(result: object) -> Deferred[Any]:

@@ -19,7 +19,7 @@ from mcp_twisted.server._context import Context
 from mcp_twisted.server._results import ToolError, ToolResult
 from mcp_twisted.server._signature import ArgumentError, Signature
 from mcp_twisted.server._uritemplate import URITemplate
-from mcp_twisted.session import as_deferred
+from mcp_twisted.session import as_deferred, new_error_id
 
 log = Logger()
 
@@ -127,8 +127,10 @@ class Tool:
             return _error_result(str(failure.value))
         if failure.check(RPCError):
             return failure
-        log.failure("Tool {tool!r} raised", failure, tool=self.name)
-        return _error_result(f"Error in tool {self.name!r}: {failure.value}")
+        # The client sees the message and an id; the traceback stays in the log.
+        error_id = new_error_id()
+        log.failure("Tool {tool!r} raised (error id {error_id})", failure, tool=self.name, error_id=error_id)
+        return _error_result(f"Error in tool {self.name!r}: {failure.value} (error id {error_id})")
 
 
 @dataclass(slots=True, eq=False)
