@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -17,6 +17,27 @@ from mcp_twisted.websocket import MCPServerFactory
 CLOSE_GOING_AWAY = 1001
 
 log = Logger()
+
+
+class ListenError(Exception):
+    """A listener could not start (port in use, missing directory, ...)."""
+
+
+class _Listener(StreamServerEndpointService):
+    """Listens on one endpoint; a failure to bind names the endpoint."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, description: str) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        # Fail the start (and twistd) on a bind error instead of logging it
+        # and running without a listener.
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            raise ListenError(f"cannot listen on {self.description!r}: {e}") from e
 
 
 class MCPWebSocketService(MultiService):
@@ -35,13 +56,15 @@ class MCPWebSocketService(MultiService):
     def __init__(
         self,
         factory: MCPServerFactory,
-        endpoints: Iterable[IStreamServerEndpoint],
+        endpoints: Mapping[str, IStreamServerEndpoint] | Iterable[IStreamServerEndpoint],
         *,
         drain_timeout: float = 10.0,
         close_timeout: float = 5.0,
         metrics_endpoint: IStreamServerEndpoint | None = None,
     ) -> None:
         """
+        :param endpoints: where to listen; a mapping from endpoint strings to
+            endpoints names each in errors.
         :param metrics_endpoint: where to serve ``/metrics`` and ``/healthz``
             (the factory must have been given ``metrics``). It keeps serving
             while connections drain, so health checks see the 503.
@@ -52,20 +75,13 @@ class MCPWebSocketService(MultiService):
         self.close_timeout = close_timeout
         self.listeners = MultiService()
         self.listeners.setServiceParent(self)
-        for endpoint in endpoints:
-            self._listen(endpoint, factory, self.listeners)
+        named = endpoints.items() if isinstance(endpoints, Mapping) else ((repr(e), e) for e in endpoints)
+        for description, endpoint in named:
+            _Listener(endpoint, factory, description).setServiceParent(self.listeners)
         if metrics_endpoint is not None:
             from mcp_twisted.metrics import metrics_site
 
-            self._listen(metrics_endpoint, metrics_site(factory), self)
-
-    @staticmethod
-    def _listen(endpoint: IStreamServerEndpoint, factory: Any, parent: MultiService) -> None:
-        listener = StreamServerEndpointService(endpoint, factory)
-        # Fail the start (and twistd) on a bind error instead of logging it
-        # and running without a listener.
-        listener._raiseSynchronously = True
-        listener.setServiceParent(parent)
+            _Listener(metrics_endpoint, metrics_site(factory), "metrics endpoint").setServiceParent(self)
 
     @inlineCallbacks
     def stopService(self) -> Deferred[None]:  # type: ignore[override]

@@ -8,13 +8,16 @@ with one line naming the problem instead of a traceback.
 from __future__ import annotations
 
 import importlib
+import math
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from mcp_twisted.server import MCPServer
-from mcp_twisted.websocket import DEFAULT_MAX_MESSAGE_SIZE
+from mcp_twisted.service import ListenError, MCPWebSocketService
+from mcp_twisted.websocket import DEFAULT_MAX_MESSAGE_SIZE, MCPServerFactory
 
 DEFAULT_ENDPOINT = "tcp:8080:interface=127.0.0.1"
 DEFAULT_APP = "mcp_twisted.demo:server"
@@ -29,9 +32,19 @@ class StartupError(SystemExit):
 
 def _positive_float(value: str) -> float:
     number = float(value)
-    if number < 0:
-        raise ValueError("must not be negative")
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("must be a finite number, not negative")
     return number
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return number
+
+    return parse
 
 
 def _size(value: str) -> int:
@@ -60,8 +73,8 @@ class Options(usage.Options):
          _positive_float],
         ["max-message-size", None, DEFAULT_MAX_MESSAGE_SIZE,
          "Largest message in bytes (K, M suffixes allowed); larger ones close with 1009.", _size],
-        ["max-in-flight", None, 64, "Requests one session may have running at once.", int],
-        ["max-connections", None, 1000, "Open connections; more get HTTP 503 (0: no limit).", int],
+        ["max-in-flight", None, 64, "Requests one session may have running at once.", _count(1)],
+        ["max-connections", None, 1000, "Open connections; more get HTTP 503 (0: no limit).", _count(0)],
         ["handler-timeout", None, 0.0,
          "Seconds a handler may run before it is cancelled and the client gets an error (0: no limit).",
          _positive_float],
@@ -84,6 +97,7 @@ class Options(usage.Options):
         super().__init__()
         self["endpoints"] = []
         self["allowed_origins"] = []
+        self["allowed_hosts"] = []
 
     def opt_endpoint(self, description: str) -> None:
         """Where to listen, as a Twisted endpoint string (repeatable); default
@@ -97,6 +111,11 @@ class Options(usage.Options):
         """A browser Origin allowed to connect besides the server's own (repeatable):
         https://app.example.com, https://*.example.com, null, or * for any."""
         self["allowed_origins"].append(origin)
+
+    def opt_allowed_host(self, host: str) -> None:
+        """A Host header accepted on a loopback listener besides loopback names (repeatable),
+        e.g. the public name a reverse proxy forwards: mcp.example.com."""
+        self["allowed_hosts"].append(host)
 
     def postOptions(self) -> None:
         if not self["endpoints"]:
@@ -121,26 +140,37 @@ def load_app(spec: str) -> MCPServer:
     return app
 
 
-def make_endpoints(reactor: Any, descriptions: list[str], option: str = "--endpoint") -> list[Any]:
+def make_endpoints(reactor: Any, descriptions: list[str], option: str = "--endpoint") -> dict[str, Any]:
+    """Endpoint string -> endpoint, or a one-line exit naming the bad string."""
     from twisted.internet.endpoints import serverFromString
 
-    endpoints = []
+    endpoints = {}
     for description in descriptions:
         try:
-            endpoints.append(serverFromString(reactor, description))
+            endpoints[description] = serverFromString(reactor, description)
         except Exception as e:
             # serverFromString reads certificate files at parse time, so a
             # missing or unreadable file shows up here too.
             detail = str(e) or type(e).__name__
+            if description.startswith("systemd:"):
+                detail = f"no socket passed by systemd (LISTEN_FDS/LISTEN_PID not set or wrong): {detail}"
             raise StartupError(f"{option} {description!r}: {detail}") from None
     return endpoints
+
+
+class TwistdService(MCPWebSocketService):
+    """Under twistd, a listener that cannot bind ends the process with one line."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise StartupError(str(e)) from None
 
 
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from mcp_twisted.service import MCPWebSocketService
-    from mcp_twisted.websocket import MCPServerFactory
 
     app = load_app(options["app"])
     endpoints = make_endpoints(reactor, options["endpoints"])
@@ -157,12 +187,14 @@ def makeService(options: Options) -> IService:
         from mcp_twisted.metrics import Metrics
 
         metrics = Metrics()
-        (metrics_endpoint,) = make_endpoints(reactor, [options["metrics-endpoint"]], "--metrics-endpoint")
+        (metrics_endpoint,) = make_endpoints(
+            reactor, [options["metrics-endpoint"]], "--metrics-endpoint").values()
     try:
         factory = MCPServerFactory(
             app,
             path=options["path"],
             allowed_origins=options["allowed_origins"],
+            allowed_hosts=options["allowed_hosts"],
             max_message_size=options["max-message-size"],
             ping_interval=options["ping-interval"],
             ping_timeout=options["ping-timeout"],
@@ -176,7 +208,7 @@ def makeService(options: Options) -> IService:
         )
     except ValueError as e:
         raise StartupError(str(e)) from None
-    return MCPWebSocketService(
+    return TwistdService(
         factory, endpoints, drain_timeout=options["drain-timeout"], close_timeout=options["close-timeout"],
         metrics_endpoint=metrics_endpoint,
     )

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from mcp_twisted import __version__
 from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError
 from mcp_twisted.protocol import Method, Notify, check_log_level
-from mcp_twisted.session import ConnectionLost, IncomingRequest, RequestTimedOut, Session, as_deferred
+from mcp_twisted.session import ConnectionLost, IncomingRequest, RequestTimedOut, Session, State, as_deferred
 
 log = Logger()
 
@@ -34,6 +34,10 @@ _LIST_CHANGED = {
 
 class NotConnected(ConnectionLost):
     """No session is up and the request was not allowed to wait for one."""
+
+
+class ConnectionFailed(Exception):
+    """The client gave up connecting; the message says why the last attempt failed."""
 
 
 class MCPClient:
@@ -85,6 +89,8 @@ class MCPClient:
         self.session: Session | None = None
         self._subscriptions: dict[str, Callable[[str], object]] = {}
         self._ready_waiters: list[Deferred[MCPClient]] = []
+        # Set when the transport gave up: nothing waits for a session after that.
+        self._gave_up: Exception | None = None
 
     # -- connection management (called by the transport) --------------------
 
@@ -102,7 +108,9 @@ class MCPClient:
 
     @property
     def connected(self) -> bool:
-        return self.session is not None
+        # A closing session fails its requests before it reports itself closed:
+        # code run from those errbacks must already see the client disconnected.
+        return self.session is not None and self.session.state is not State.CLOSED
 
     @property
     def server_info(self) -> dict[str, Any]:
@@ -119,6 +127,7 @@ class MCPClient:
 
     def _attached(self, result: dict[str, Any], session: Session) -> dict[str, Any]:
         self.session = session
+        self._gave_up = None
         for uri in self._subscriptions:
             # Subscriptions do not survive a connection: restore them.
             session.request(Method.RESOURCES_SUBSCRIBE, {"uri": uri}).addErrback(
@@ -130,20 +139,29 @@ class MCPClient:
         return result
 
     def when_ready(self) -> Deferred[MCPClient]:
-        """Fires with this client once a session is initialized."""
-        if self.session is not None:
+        """Fires with this client once a session is initialized; fails with
+        ``ConnectionFailed`` if the transport gave up (or has already)."""
+        if self.connected:
             d: Deferred[MCPClient] = Deferred()
             d.callback(self)
             return d
+        if self._gave_up is not None:
+            return fail(self._gave_up)
         d = Deferred(lambda d: self._ready_waiters.remove(d) if d in self._ready_waiters else None)
         self._ready_waiters.append(d)
         return d
 
     def fail_waiters(self, error: Exception) -> None:
-        """Fail everyone waiting for a session (the transport gave up)."""
+        """Fail everyone waiting for a session (the transport gave up), and
+        everyone who asks from now on, until ``retrying()``."""
+        self._gave_up = error
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
             waiter.errback(error)
+
+    def retrying(self) -> None:
+        """The transport tries to connect again: requests may wait once more."""
+        self._gave_up = None
 
     # -- SessionHandler (client role) -------------------------------------
 
@@ -189,8 +207,11 @@ class MCPClient:
     ) -> Deferred[Any]:
         """Send any request; the typed methods below are built on this."""
         timeout = self.request_timeout if timeout is None else timeout
-        if self.session is not None:
-            return self.session.request(method, params, timeout=timeout, on_progress=on_progress)
+        if self.connected:
+            return self.session.request(  # type: ignore[union-attr]
+                method, params, timeout=timeout, on_progress=on_progress)
+        if self._gave_up is not None:
+            return fail(self._gave_up)
         if not self.wait_for_connection:
             return fail(NotConnected(f"Not connected; {method!r} not sent"))
         started = self.clock.seconds()

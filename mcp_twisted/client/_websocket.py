@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,18 +17,15 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from mcp_twisted.client._api import MCPClient
+from mcp_twisted.client._api import ConnectionFailed, MCPClient
 from mcp_twisted.session import Role, Session
 from mcp_twisted.websocket import SUBPROTOCOL, check_ping_settings
 
 log = Logger()
 
 CLOSE_NORMAL = 1000
-
-
-class ConnectionFailed(Exception):
-    """The client gave up connecting; the message says why the last attempt failed."""
 
 
 def backoff_policy(
@@ -138,6 +136,9 @@ class MCPClientFactory(WebSocketClientFactory):
         )
 
 
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
 def endpoint_for_url(
     reactor: Any,
     url: str,
@@ -163,7 +164,11 @@ def endpoint_for_url(
     trust_root: Any = None
     if tls_ca is not None:
         with open(tls_ca, "rb") as f:
-            trust_root = ssl.Certificate.loadPEM(f.read())
+            blocks = _PEM_CERTIFICATE.findall(f.read())
+        if not blocks:
+            raise ValueError(f"No PEM certificate in {tls_ca!r}")
+        # A bundle: trust every CA in the file, not just the first one.
+        trust_root = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
     client_certificate = None
     if tls_client_cert is not None:
         with open(tls_client_cert, "rb") as f:
@@ -176,6 +181,23 @@ def endpoint_for_url(
         parts.hostname, trustRoot=trust_root, clientCertificate=client_certificate
     )
     return endpoints.wrapClientTLS(options, endpoint)
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """Passes connection attempts through, reporting why one failed
+    (``ClientService`` swallows the reason)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, on_failure: Callable[[Failure], object]) -> None:
+        self.endpoint = endpoint
+        self.on_failure = on_failure
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            self.on_failure(failure)
+            return failure
+
+        return self.endpoint.connect(factory).addErrback(failed)
 
 
 class MCPClientService(ClientService):
@@ -229,7 +251,17 @@ class MCPClientService(ClientService):
         if endpoint is None:
             endpoint = endpoint_for_url(reactor, url, tls_ca=tls_ca, tls_client_cert=tls_client_cert,
                                         tls_client_key=tls_client_key)
-        super().__init__(endpoint, self.factory, retryPolicy=self._retry_delay, clock=self.clock)
+        super().__init__(_ReportingEndpoint(endpoint, self._connect_failed), self.factory,
+                         retryPolicy=self._retry_delay, clock=self.clock)
+
+    def startService(self) -> None:
+        """Start connecting: a fresh series of attempts, even after a give-up."""
+        if self.running:
+            return
+        self.failures = 0
+        self.last_error = None
+        self.client.retrying()
+        super().startService()
 
     def when_ready(self) -> Deferred[MCPClient]:
         """Fires with the ``MCPClient`` once connected and initialized."""
@@ -240,6 +272,11 @@ class MCPClientService(ClientService):
     def _session_up(self, protocol: MCPClientProtocol) -> None:
         self.failures = 0
         self.last_error = None
+
+    def _connect_failed(self, failure: Failure) -> None:
+        # No protocol was built (refused, unreachable, DNS): the reason is here.
+        self.last_error = failure.getErrorMessage()
+        log.info("Connection to {url} failed: {error}", url=self.factory.url, error=self.last_error)
 
     def _connection_closed(self, protocol: MCPClientProtocol) -> None:
         if protocol.failure_reason is not None:

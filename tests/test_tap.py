@@ -1,0 +1,679 @@
+"""``twistd mcpws``: options, start-up errors, and serving from a real process.
+
+Every server here is a ``twistd`` subprocess started from this checkout
+(``PYTHONPATH`` is the repository root, so its ``twisted/plugins/mcpws.py`` and
+``mcp_twisted`` are the ones used), and every client talks to it over a real
+socket on 127.0.0.1: TCP, TLS, a UNIX socket, or a socket handed over the way
+systemd hands it over.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import trustme
+from autobahn.twisted.websocket import WebSocketClientFactory
+from OpenSSL import SSL
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.endpoints import _SystemdParser
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.python import usage
+from twisted.python.systemd import ListenFDs
+
+from mcp_twisted import tap
+from tests.support import ProbeClient, handshake
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ETC = REPO_ROOT / "etc"
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+START_TIMEOUT = 20.0
+DEMO_NAME = "mcp-twisted-demo"
+
+
+# -- launching twistd ------------------------------------------------------
+
+
+def twistd_env(*extra_path: Path, checkout: bool = True) -> dict[str, str]:
+    """The environment for a twistd subprocess: this checkout first on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONPATH", "LISTEN_"))}
+    paths = ([str(REPO_ROOT)] if checkout else []) + [str(p) for p in extra_path]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def run_mcpws(args: list[str], cwd: Path, *extra_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``twistd -n --pidfile= mcpws ARGS`` to completion (for errors and --help)."""
+    return subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "mcpws", *args],
+        cwd=cwd, env=twistd_env(*extra_path), capture_output=True, text=True, timeout=30,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Socket activation the way systemd does it: the listening socket is fd 3,
+# LISTEN_PID names the process that may use it, and exec keeps the pid.
+SYSTEMD_LAUNCHER = textwrap.dedent("""\
+    import os, socket, sys
+    port, command = int(sys.argv[1]), sys.argv[2:]
+    listener = socket.create_server(("127.0.0.1", port))
+    if listener.fileno() == 3:
+        os.set_inheritable(3, True)
+    else:
+        os.dup2(listener.fileno(), 3)  # the copy is inheritable
+    os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="mcp")
+    os.execv(command[0], command)
+""")
+
+
+class Twistd:
+    """A running ``twistd -n mcpws`` whose output goes to a log file."""
+
+    def __init__(self, args: list[str], cwd: Path, launcher_port: int | None = None) -> None:
+        command = [*TWISTD, "-n", "--pidfile=", "mcpws", *args]
+        if launcher_port is not None:
+            command = [sys.executable, "-c", SYSTEMD_LAUNCHER, str(launcher_port), *command]
+        self.log_path = cwd / f"twistd-{time.monotonic_ns()}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=twistd_env(), stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_accepting(self, probe: Callable[[], socket.socket]) -> None:
+        """Wait until ``probe()`` connects; fail at once if twistd exits."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"twistd exited with {self.process.returncode}:\n{self.log}")
+            try:
+                probe().close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"twistd did not accept connections in {START_TIMEOUT} s:\n{self.log}")
+                await task.deferLater(reactor, 0.05)
+
+    async def wait_exit(self, timeout: float) -> int:
+        """Wait (letting the reactor run) until the process exits; its status."""
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"twistd still running after {timeout} s:\n{self.log}")
+            await task.deferLater(reactor, 0.02)
+        return self.process.returncode
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@pytest.fixture
+def twistd(tmp_path: Path) -> Iterator[Callable[..., Twistd]]:
+    """Start ``twistd mcpws`` processes; all are stopped after the test."""
+    started: list[Twistd] = []
+
+    def start(*args: str, launcher_port: int | None = None) -> Twistd:
+        server = Twistd(list(args), tmp_path, launcher_port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def tcp_probe(port: int) -> Callable[[], socket.socket]:
+    return lambda: socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def unix_probe(path: Path) -> Callable[[], socket.socket]:
+    def probe() -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(1)
+            s.connect(str(path))
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    return probe
+
+
+# -- MCP over any client endpoint --------------------------------------------
+
+
+async def open_mcp(endpoint: Any, url: str, client: type[ProbeClient] = ProbeClient) -> ProbeClient:
+    """A WebSocket (subprotocol mcp) connection over ``endpoint``; ``url`` sets Host and path."""
+    factory = WebSocketClientFactory(url, protocols=["mcp"])
+    factory.protocol = client
+    factory.opened = defer.Deferred()
+    factory.opened.addTimeout(10, reactor)
+    await endpoint.connect(factory)
+    return await factory.opened
+
+
+def tcp_client(port: int) -> Any:
+    return endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+
+
+async def mcp_exchange(client: ProbeClient, text: str = "hello") -> None:
+    """initialize, tools/call echo, close: the demo app answers over this transport."""
+    assert client.websocket_protocol_in_use == "mcp"
+    reply = await client.initialize()
+    assert reply["result"]["serverInfo"]["name"] == DEMO_NAME
+    reply = await client.request(2, "tools/call", {"name": "echo", "arguments": {"text": text}})
+    assert reply["result"]["content"] == [{"type": "text", "text": text}]
+    assert not reply["result"].get("isError")
+    client.sendClose(1000)
+    assert (await client.closed)[:2] == (True, 1000)
+
+
+# -- Options -------------------------------------------------------------------
+
+
+def parse(*args: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults_listen_on_loopback_and_serve_the_demo():
+    options = parse()
+    assert options["endpoints"] == ["tcp:8080:interface=127.0.0.1"] == [tap.DEFAULT_ENDPOINT]
+    assert options["app"] == "mcp_twisted.demo:server"
+    assert options["path"] == "/mcp"
+    assert options["allowed_origins"] == []
+    assert options["max-message-size"] == 4 * 1024 * 1024
+    assert options["close-timeout"] > 0
+    # The default app really is an MCPServer.
+    assert tap.load_app(options["app"]).name == DEMO_NAME
+
+
+def test_endpoint_and_allowed_origin_are_repeatable():
+    options = parse(
+        "--endpoint", "tcp:8080:interface=127.0.0.1", "-e", "unix:/run/mcp.sock:mode=660",
+        "--endpoint", "systemd:domain=INET:index=0",
+        "--allowed-origin", "https://app.example.com", "--allowed-origin", "https://*.example.org",
+    )
+    assert options["endpoints"] == [
+        "tcp:8080:interface=127.0.0.1", "unix:/run/mcp.sock:mode=660", "systemd:domain=INET:index=0",
+    ]
+    assert options["allowed_origins"] == ["https://app.example.com", "https://*.example.org"]
+
+
+def test_explicit_endpoints_replace_the_default():
+    assert parse("--endpoint", "tcp:9000")["endpoints"] == ["tcp:9000"]
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512", 512), ("64K", 64 * 1024), ("64k", 64 * 1024), ("4M", 4 * 1024 * 1024),
+     ("4MiB", 4 * 1024 * 1024), ("1G", 1024 ** 3)],
+)
+def test_max_message_size_takes_suffixes(text, size):
+    assert parse("--max-message-size", text)["max-message-size"] == size
+
+
+def test_numbers_are_converted():
+    options = parse("--ping-interval", "30", "--ping-timeout", "15", "--max-in-flight", "8",
+                    "--close-timeout", "2.5", "--path", "/v1/mcp")
+    assert (options["ping-interval"], options["ping-timeout"]) == (30.0, 15.0)
+    assert options["max-in-flight"] == 8
+    assert options["close-timeout"] == 2.5
+    assert options["path"] == "/v1/mcp"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--max-message-size", "12X"], ["--max-message-size", "0"], ["--max-message-size", "-1"],
+        ["--max-message-size", "K"], ["--max-message-size", ""],
+        ["--ping-interval", "often"], ["--ping-interval", "-1"], ["--ping-timeout", "-5"],
+        ["--close-timeout", "soon"], ["--close-timeout", "-1"],
+        ["--max-in-flight", "many"], ["--max-in-flight", "1.5"],
+    ],
+)
+def test_bad_numbers_are_usage_errors(args):
+    with pytest.raises(usage.UsageError):
+        parse(*args)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--max-in-flight", "0"], ["--max-in-flight", "-3"], ["--ping-interval", "nan"],
+     ["--close-timeout", "nan"]],
+)
+def test_nonsense_numbers_are_usage_errors(args):
+    with pytest.raises(usage.UsageError):
+        parse(*args)
+
+
+def test_twistd_mcpws_help_documents_every_option(tmp_path):
+    result = run_mcpws(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for option in ("--endpoint", "--app", "--path", "--ping-interval", "--ping-timeout",
+                   "--max-message-size", "--allowed-origin", "--max-in-flight", "--close-timeout"):
+        assert re.search(rf"^\s+(-\w, )?{option}=\s+\S", result.stdout, re.M), option
+    assert "tcp:8080:interface=127.0.0.1" in result.stdout
+    assert "mcp_twisted.demo:server" in result.stdout
+
+
+def test_plugin_is_found_in_the_installed_package(tmp_path):
+    """With no PYTHONPATH and a cwd outside the checkout, only the installed copy can answer."""
+    env = twistd_env(checkout=False)
+    where = subprocess.run(
+        [sys.executable, "-c", "import mcp_twisted, twisted.plugins.mcpws as p; "
+                               "print(p.__file__); print(mcp_twisted.__file__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert where.returncode == 0, where.stderr
+    for path in where.stdout.split():
+        assert not Path(path).resolve().is_relative_to(REPO_ROOT), path
+    result = subprocess.run([*TWISTD, "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\s+mcpws\s+Serve a Model Context Protocol app", result.stdout, re.M), result.stdout
+
+
+# -- start-up errors: one line, no traceback ----------------------------------------
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mcpws: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture
+def pems(tmp_path: Path) -> dict[str, Any]:
+    """A CA and a key/certificate pair for localhost and 127.0.0.1, as files."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    key, cert, ca_file = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "ca.pem"
+    issued.private_key_pem.write_to_path(str(key))
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return {"ca": ca, "key": key, "cert": cert, "ca_file": ca_file}
+
+
+def test_bad_endpoint_string(tmp_path):
+    result = run_mcpws(["--endpoint", "tcp:notaport"], tmp_path)
+    assert_one_line_error(result, "--endpoint 'tcp:notaport'", "notaport")
+
+
+def test_unknown_endpoint_type(tmp_path):
+    result = run_mcpws(["--endpoint", "carrier-pigeon:8080"], tmp_path)
+    assert_one_line_error(result, "--endpoint 'carrier-pigeon:8080'", "Unknown endpoint type")
+
+
+@pytest.mark.parametrize("missing", ["certKey", "privateKey"])
+def test_ssl_endpoint_with_a_missing_file(tmp_path, pems, missing):
+    files = {"privateKey": str(pems["key"]), "certKey": str(pems["cert"])}
+    files[missing] = str(tmp_path / "no-such.pem")
+    description = f"ssl:0:interface=127.0.0.1:privateKey={files['privateKey']}:certKey={files['certKey']}"
+    result = run_mcpws(["--endpoint", description], tmp_path)
+    assert_one_line_error(result, "--endpoint 'ssl:", "No such file", "no-such.pem")
+
+
+def test_app_module_that_cannot_be_imported(tmp_path):
+    result = run_mcpws(["--app", "no_such_module_for_mcpws:server"], tmp_path)
+    assert_one_line_error(result, "--app 'no_such_module_for_mcpws:server'", "cannot import")
+
+
+def test_app_module_whose_import_fails(tmp_path):
+    (tmp_path / "broken_app.py").write_text("import no_such_dependency_for_mcpws\n")
+    result = run_mcpws(["--app", "broken_app:server"], tmp_path, tmp_path)
+    assert_one_line_error(result, "cannot import 'broken_app'", "no_such_dependency_for_mcpws")
+
+
+def test_app_attribute_that_is_not_an_mcp_server(tmp_path):
+    (tmp_path / "not_an_app.py").write_text("server = {'name': 'not an app'}\n")
+    result = run_mcpws(["--app", "not_an_app:server"], tmp_path, tmp_path)
+    assert_one_line_error(result, "--app 'not_an_app:server'", "dict is not an MCPServer")
+
+
+def test_app_attribute_that_does_not_exist(tmp_path):
+    result = run_mcpws(["--app", "mcp_twisted.demo:no_such_server"], tmp_path)
+    assert_one_line_error(result, "has no 'no_such_server'")
+
+
+@pytest.mark.parametrize("where", ["busy-port", "missing-directory"])
+def test_endpoint_that_cannot_listen(tmp_path, where):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        description = {
+            "busy-port": f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1",
+            "missing-directory": f"unix:{tmp_path}/no-such-dir/mcp.sock:mode=600",
+        }[where]
+        result = run_mcpws(["--endpoint", description], tmp_path)
+    # Binding happens after twistd started logging, which captures stderr: the
+    # one line arrives as a log record on stdout.
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    (line,) = [line for line in output.splitlines() if "mcpws: error:" in line]
+    assert f"cannot listen on {description!r}" in line, line
+
+
+def test_systemd_endpoint_without_socket_activation(tmp_path):
+    result = run_mcpws(["--endpoint", "systemd:domain=INET:index=0"], tmp_path)
+    assert_one_line_error(result, "systemd:domain=INET:index=0")
+    assert re.search(r"LISTEN_FDS|activat", result.stderr, re.I), result.stderr
+
+
+def test_sub_second_ping_interval(tmp_path):
+    result = run_mcpws(["--endpoint", "tcp:0:interface=127.0.0.1", "--ping-interval", "0.5"], tmp_path)
+    assert_one_line_error(result, "ping interval")
+
+
+# -- serving --------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_serves_on_tcp(twistd):
+    port = free_port()
+    server = twistd("--endpoint", f"tcp:{port}:interface=127.0.0.1")
+    await server.wait_accepting(tcp_probe(port))
+    await mcp_exchange(await open_mcp(tcp_client(port), f"ws://127.0.0.1:{port}/mcp"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_options_reach_the_server(twistd):
+    """--path, --max-message-size, --allowed-origin and the ping options are wired through."""
+    port = free_port()
+    server = twistd("--endpoint", f"tcp:{port}:interface=127.0.0.1", "--path", "/v1/mcp",
+                    "--max-message-size", "1K", "--allowed-origin", "https://app.example.com",
+                    "--ping-interval", "1", "--ping-timeout", "1")
+    await server.wait_accepting(tcp_probe(port))
+    assert (await handshake(port, "/mcp"))[0] == 404
+    assert (await handshake(port, "/v1/mcp"))[0] == 101
+    # What nginx sends by default: Host is the upstream address, Origin the browser page's.
+    assert (await handshake(port, "/v1/mcp", {"Origin": "https://app.example.com"}))[0] == 101
+    assert (await handshake(port, "/v1/mcp", {"Origin": "https://evil.example"}))[0] == 403
+    # A public name on the loopback listener is refused (DNS-rebinding guard).
+    assert (await handshake(port, "/v1/mcp", host="mcp.example.com"))[0] == 421
+
+    url = f"ws://127.0.0.1:{port}/v1/mcp"
+    client = await open_mcp(tcp_client(port), url)
+    await client.initialize()
+    client.send_json({"jsonrpc": "2.0", "id": 3, "method": "ping", "params": {"pad": "x" * 2000}})
+    assert (await client.closed)[1] == 1009
+
+    class Deaf(ProbeClient):
+        answer_pings = False
+
+    deaf = await open_mcp(tcp_client(port), url, Deaf)
+    closed = await deaf.closed
+    assert not closed[0] and closed[1] == 1006
+
+
+@pytest_twisted.ensureDeferred
+async def test_serves_on_a_unix_socket(twistd, tmp_path):
+    path = tmp_path / "mcp.sock"
+    server = twistd("--endpoint", f"unix:{path}:mode=600")
+    await server.wait_accepting(unix_probe(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    endpoint = endpoints.UNIXClientEndpoint(reactor, str(path), timeout=5)
+    await mcp_exchange(await open_mcp(endpoint, "ws://localhost/mcp"))
+
+
+# Twisted still hands pyOpenSSL X509/PKey objects to the context (pyOpenSSL 26 warns).
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL .* objects is deprecated:DeprecationWarning")
+@pytest_twisted.ensureDeferred
+async def test_serves_over_tls(twistd, pems):
+    port = free_port()
+    description = (f"ssl:{port}:interface=127.0.0.1:privateKey={pems['key']}:certKey={pems['cert']}")
+    server = twistd("--endpoint", description)
+    await server.wait_accepting(tcp_probe(port))
+
+    def tls_client(trusted: trustme.CA) -> Any:
+        options = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(trusted.cert_pem.bytes()))
+        return endpoints.wrapClientTLS(options, tcp_client(port))
+
+    url = f"wss://localhost:{port}/mcp"
+    # A client that does not trust the issuing CA gets no WebSocket.
+    with pytest.raises(ConnectionError):
+        await open_mcp(tls_client(trustme.CA()), url)
+    await mcp_exchange(await open_mcp(tls_client(pems["ca"]), url))
+
+    # TLS 1.2 is the minimum. A handshake check cannot prove it: this machine's
+    # OpenSSL refuses TLS 1.0/1.1 even when the server allows them (a server
+    # built with insecurelyLowerMinimumTo=TLSv1_0 also rejects a client capped
+    # at TLS 1.1), so such a test would pass either way. The check that does
+    # fail if 1.0/1.1 were allowed is the OpenSSL context the same endpoint
+    # string builds, the way twistd builds it: OP_NO_TLSv1 and OP_NO_TLSv1_1 set.
+    (endpoint,) = tap.make_endpoints(reactor, [description]).values()
+    context = endpoint._sslContextFactory.getContext()
+    context_options = context.set_options(0)  # returns the options in force
+    assert context_options & SSL.OP_NO_TLSv1
+    assert context_options & SSL.OP_NO_TLSv1_1
+    assert not context_options & SSL.OP_NO_TLSv1_2
+
+    # And a modern client gets TLS 1.2 or newer from the running server.
+    client_context = ssl.create_default_context(cafile=str(pems["ca_file"]))
+    client_context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+@pytest_twisted.ensureDeferred
+async def test_serves_a_socket_passed_by_systemd(twistd):
+    port = free_port()
+    # The launcher listens before twistd starts, so connections queue in the
+    # backlog until twistd adopts fd 3; the MCP exchange proves it did.
+    server = twistd("--endpoint", "systemd:domain=INET:index=0", launcher_port=port)
+    await server.wait_accepting(tcp_probe(port))
+    await mcp_exchange(await open_mcp(tcp_client(port), f"ws://127.0.0.1:{port}/mcp"))
+    assert server.process.poll() is None
+
+
+# -- SIGTERM ------------------------------------------------------------------------
+
+
+def raw_websocket(port: int) -> socket.socket:
+    """An upgraded connection that will never answer anything (not even a close)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Protocol: mcp\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = s.recv(4096)
+        assert chunk, response
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return s
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_closes_connections_with_1001_and_exits(twistd):
+    close_timeout = 3.0
+    port = free_port()
+    server = twistd("--endpoint", f"tcp:{port}:interface=127.0.0.1", "--close-timeout", str(close_timeout))
+    await server.wait_accepting(tcp_probe(port))
+    client = await open_mcp(tcp_client(port), f"ws://127.0.0.1:{port}/mcp")
+    await client.initialize()
+    with raw_websocket(port) as silent:
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        closed = client.closed
+        closed.addTimeout(close_timeout + 5, reactor)
+        assert await closed == (True, 1001, "server shutting down")
+        # The peer that never answers gets the same close frame...
+        frame = silent.recv(64)
+        assert frame[0] == 0x88 and int.from_bytes(frame[2:4], "big") == 1001, frame
+        # ...and does not hold up the exit beyond the close timeout (plus start-up slack).
+        status = await server.wait_exit(close_timeout + 3)
+    assert time.monotonic() - started < close_timeout + 3
+    # twistd shuts down cleanly, then re-raises the signal so its parent sees
+    # "killed by SIGTERM" (which systemd counts as a clean stop), not status 0.
+    assert status == -signal.SIGTERM
+    assert "Server Shut Down." in server.log
+    assert "Traceback" not in server.log
+
+
+# -- etc/: the shipped units and proxy config parse with these Options ---------------
+
+
+def read_unit(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """A systemd unit as {section: [(key, value), ...]}, joining ``\\`` continuations."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    logical = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not logical and (not line or line.startswith(("#", ";"))):
+            continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        line, logical = logical + line, ""
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+        else:
+            key, _, value = line.partition("=")
+            current.append((key.strip(), value.strip()))
+    return sections
+
+
+def values(unit: dict[str, list[tuple[str, str]]], section: str, key: str) -> list[str]:
+    return [v for k, v in unit.get(section, []) if k == key]
+
+
+def exec_start_options(unit: dict[str, list[tuple[str, str]]]) -> tuple[list[str], tap.Options]:
+    (exec_start,) = values(unit, "Service", "ExecStart")
+    argv = shlex.split(exec_start)
+    assert argv[0].endswith("/bin/twistd")
+    split = argv.index("mcpws")
+    assert {"--nodaemon", "--pidfile="} <= set(argv[1:split])
+    return argv, parse(*argv[split + 1:])
+
+
+def seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|min)?", value)
+    assert match, value
+    return float(match[1]) * (60 if match[2] == "min" else 1)
+
+
+HARDENING = {
+    "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+    "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
+    "ProtectControlGroups": "yes", "CapabilityBoundingSet": "",
+}
+
+
+@pytest.mark.parametrize("name", ["mcp-twisted.service", "mcp-twisted-tls.service"])
+def test_units_run_twistd_mcpws_with_valid_options(name):
+    unit = read_unit(ETC / name)
+    _, options = exec_start_options(unit)
+    tap.load_app(options["app"])
+    service = dict(unit["Service"])
+    assert service["Restart"] == "on-failure"
+    assert service["KillSignal"] == "SIGTERM"
+    assert service.get("DynamicUser") == "yes" or service.get("User")
+    # Stopping may take the drain time plus the close time; systemd must wait longer before SIGKILL.
+    stop_time = options.get("drain-timeout", 0) + options["close-timeout"]
+    assert seconds(service["TimeoutStopSec"]) > stop_time + 1
+    for key, value in HARDENING.items():
+        assert service.get(key) == value, key
+    assert "@system-service" in values(unit, "Service", "SystemCallFilter")
+    assert set(service["RestrictAddressFamilies"].split()) <= {"AF_INET", "AF_INET6", "AF_UNIX"}
+
+
+def test_socket_activated_unit_matches_its_socket(monkeypatch):
+    unit = read_unit(ETC / "mcp-twisted.service")
+    _, options = exec_start_options(unit)
+    assert options["endpoints"] == ["systemd:domain=INET:index=0"]
+    socket_unit = read_unit(ETC / "mcp-twisted.socket")
+    assert values(socket_unit, "Socket", "ListenStream") == ["127.0.0.1:8080"]
+    assert "mcp-twisted.socket" in " ".join(values(unit, "Unit", "Requires"))
+    # The endpoint string parses as it would under systemd (fd 3 passed in).
+    environ = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "mcp"}
+    monkeypatch.setattr(_SystemdParser, "_sddaemon", ListenFDs.fromEnvironment(environ))
+    (endpoint,) = tap.make_endpoints(reactor, options["endpoints"]).values()
+    assert isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint)
+    assert endpoint.fileno == 3
+    # No W+X memory is fine for plain TCP; the TLS unit must not set it (pyOpenSSL callbacks).
+    assert dict(unit["Service"]).get("MemoryDenyWriteExecute") == "yes"
+
+
+def test_tls_unit_endpoint_loads_its_credentials(tmp_path, pems):
+    unit = read_unit(ETC / "mcp-twisted-tls.service")
+    _, options = exec_start_options(unit)
+    (description,) = options["endpoints"]
+    assert description.startswith("ssl:")
+    assert "MemoryDenyWriteExecute" not in dict(unit["Service"])
+    # Each %d/NAME (the credentials directory) in the endpoint has a LoadCredential=NAME:...
+    loaded = {v.split(":", 1)[0] for v in values(unit, "Service", "LoadCredential")}
+    used = set(re.findall(r"%d/([\w.-]+)", description))
+    assert used and used <= loaded
+    for name in used:
+        source = pems["ca_file"] if "chain" in name else pems["cert"] if "cert" in name else pems["key"]
+        (tmp_path / name).write_bytes(source.read_bytes())
+    tap.make_endpoints(reactor, [description.replace("%d", str(tmp_path))])
+
+
+def test_nginx_config_upgrades_and_outlives_the_ping_interval():
+    conf = (ETC / "nginx-mcp.conf").read_text()
+    active = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    assert re.search(r"proxy_http_version\s+1\.1;", active)
+    assert re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade;", active)
+    assert re.search(r"proxy_set_header\s+Connection\s+\$connection_upgrade;", active)
+    # The server pings every --ping-interval seconds; nginx must not time out before.
+    (read_timeout,) = re.findall(r"proxy_read_timeout\s+(\d+)s;", active)
+    assert int(read_timeout) > parse()["ping-interval"] + parse()["ping-timeout"]
+    # Host is left as nginx's default (the loopback upstream), which the server accepts.
+    assert not re.search(r"proxy_set_header\s+Host\b", active)
+    assert re.search(r"proxy_pass\s+http://127\.0\.0\.1:8080;", active)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    """Unknown keys or bad values make systemd ignore a line; verify reports them."""
+    twistd_script = Path(sys.executable).with_name("twistd")
+    names = ["mcp-twisted.socket", "mcp-twisted.service", "mcp-twisted-tls.service"]
+    for name in names:
+        text = (ETC / name).read_text().replace("/opt/mcp-twisted/bin/twistd", str(twistd_script))
+        (tmp_path / name).write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *(f"./{n}" for n in names)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), \
+        result.stdout + result.stderr
