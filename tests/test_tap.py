@@ -226,11 +226,13 @@ def test_endpoint_and_allowed_origin_are_repeatable():
         "--endpoint", "tcp:8080:interface=127.0.0.1", "-e", "unix:/run/mcp.sock:mode=660",
         "--endpoint", "systemd:domain=INET:index=0",
         "--allowed-origin", "https://app.example.com", "--allowed-origin", "https://*.example.org",
+        "--allowed-host", "mcp.example.com", "--allowed-host", "mcp2.example.com",
     )
     assert options["endpoints"] == [
         "tcp:8080:interface=127.0.0.1", "unix:/run/mcp.sock:mode=660", "systemd:domain=INET:index=0",
     ]
     assert options["allowed_origins"] == ["https://app.example.com", "https://*.example.org"]
+    assert options["allowed_hosts"] == ["mcp.example.com", "mcp2.example.com"]
 
 
 def test_explicit_endpoints_replace_the_default():

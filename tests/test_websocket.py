@@ -232,3 +232,16 @@ def test_loopback_names():
     assert is_loopback_host("app.localhost")
     assert not is_loopback_host("example.com")
     assert not is_loopback_host("127.0.0.1.nip.io")
+
+
+@pytest_twisted.ensureDeferred
+async def test_allowed_hosts_extend_the_loopback_names():
+    app, _ = make_app()
+    factory = MCPServerFactory(app, allowed_hosts=["MCP.example.com"])
+    port = await listen(factory)
+    try:
+        number = port.getHost().port
+        assert (await handshake(number, host="mcp.example.com"))[0] == 101
+        assert (await handshake(number, host="other.example.com"))[0] == 421
+    finally:
+        await stop(port, factory)
