@@ -345,9 +345,13 @@ class Session:
         self._incoming[message.id] = request
         try:
             result = self.handler.handle_request(request)
-            d = as_deferred(result)
         except Exception:
-            d = fail()
+            self._request_failed(Failure(), request)
+            return
+        if not isinstance(result, Deferred) and not hasattr(result, "__await__"):
+            self._request_done(result, request)  # the common case: no Deferred needed
+            return
+        d = as_deferred(result)
         if not d.called:
             request.deferred = d
             if request.cancelled:  # the session closed while the handler ran

@@ -124,15 +124,22 @@ class Signature:
     input_schema: dict[str, Any]
     output_adapter: TypeAdapter[Any] | None
     output_schema: dict[str, Any] | None
+    # (model field, parameter name) pairs and the compiled validator, kept
+    # here so a call does no lookups through pydantic's Python layer.
+    _fields: tuple[tuple[str, str], ...] = ()
+    _validate: Callable[[Any], Any] = dataclasses.field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self._fields = tuple(zip(self.model.model_fields, (p.name for p in self.parameters), strict=True))
+        self._validate = self.model.__pydantic_validator__.validate_python
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Check and convert arguments into keyword arguments for ``fn``."""
         try:
-            values = self.model.model_validate(arguments).__dict__
+            values = self._validate(arguments).__dict__
         except ValidationError as e:
             raise ArgumentError(_describe_errors(e)) from None
-        return {parameter.name: values[field] for field, parameter in zip(
-            self.model.model_fields, self.parameters, strict=True)}
+        return {name: values[field] for field, name in self._fields}
 
     def bind(self, arguments: Mapping[str, Any], context: Context | None) -> dict[str, Any]:
         kwargs = self.validate(arguments)
