@@ -53,3 +53,23 @@ async def test_token_accepted_and_identity_reaches_tools(token_server):
     reply = await client.request(1, "tools/call", {"name": "whoami", "arguments": {}})
     assert reply["result"]["content"][0]["text"] == "alice"
     assert ready == ["alice"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_example_talks_to_the_demo(capsys):
+    from twisted.internet import reactor
+
+    from mcp_twisted.demo import server as demo_app
+    from mcp_twisted.websocket import MCPServerFactory
+
+    factory = MCPServerFactory(demo_app)
+    port = await listen(factory)
+    try:
+        await load_example("client").main(reactor, f"ws://127.0.0.1:{port.getHost().port}/mcp")
+    finally:
+        await stop(port, factory)
+    printed = capsys.readouterr().out
+    assert "Connected to mcp-twisted-demo" in printed
+    assert " tool: slow_count" in printed
+    assert "echo -> hello" in printed
+    assert "sample_llm -> (a model would answer 'What is Twisted?' here)" in printed
