@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.twisted import MetricsResource
+from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -74,6 +74,27 @@ class _LiveGauges:
             sum(c.session.in_flight for c in connections if c.session is not None))
 
 
+class _Exposition(Resource):
+    """``/metrics``, rendered in the reactor thread.
+
+    Not prometheus-client's ``MetricsResource``: that runs the registry in the
+    reactor's thread pool, where the live gauges would read connections,
+    transports and sessions while the reactor thread changes them.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", content_type.encode())
+        return encoder(self.registry)
+
+
 class _Health(Resource):
     isLeaf = True
 
@@ -94,7 +115,7 @@ def metrics_site(factory: MCPServerFactory) -> Site:
     if factory.metrics is None:
         raise ValueError("the factory was made without metrics")
     root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry=factory.metrics.registry))
+    root.putChild(b"metrics", _Exposition(factory.metrics.registry))
     root.putChild(b"healthz", _Health(factory))
     site: Any = Site(root)
     site.noisy = False

@@ -126,16 +126,16 @@ class OriginPolicy:
         return origin_host == request_host and (origin_port or default) == (request_port or default)
 
 
-def check_ping_settings(interval: float, timeout: float) -> None:
-    """Refuse ping settings Autobahn cannot honour.
+def check_timer_settings(**seconds: float) -> None:
+    """Refuse timer settings Autobahn cannot honour.
 
-    Autobahn schedules pings through txaio's batched timer, which rounds each
-    deadline down to a whole second: a 0.5 s timeout can fire at once and drop
-    a healthy peer.
+    Autobahn schedules pings and handshake timeouts through txaio's batched
+    timer, which rounds each deadline down to a whole second: a 0.5 s timeout
+    can fire at once and drop a healthy peer.
     """
-    for name, value in (("ping interval", interval), ("ping timeout", timeout)):
+    for name, value in seconds.items():
         if 0 < value < 1:
-            raise ValueError(f"{name} {value:g} s: use 0 (off) or whole seconds >= 1")
+            raise ValueError(f"{name.replace('_', ' ')} {value:g} s: use 0 (off) or whole seconds >= 1")
 
 
 @implementer(IPushProducer)
@@ -349,7 +349,10 @@ class MCPServerFactory(WebSocketServerFactory):
         :param metrics: count connections and requests (see ``metrics_site``).
         """
         super().__init__(url, server=None)
-        check_ping_settings(ping_interval, ping_timeout)
+        check_timer_settings(
+            ping_interval=ping_interval, ping_timeout=ping_timeout,
+            open_handshake_timeout=open_handshake_timeout, close_handshake_timeout=close_handshake_timeout,
+        )
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.app = app

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.application.internet import ClientService
 from twisted.internet import endpoints, ssl
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -21,7 +23,7 @@ from zope.interface import implementer
 
 from mcp_twisted.client._api import ConnectionFailed, MCPClient
 from mcp_twisted.session import Role, Session
-from mcp_twisted.websocket import SUBPROTOCOL, check_ping_settings
+from mcp_twisted.websocket import SUBPROTOCOL, check_timer_settings
 
 log = Logger()
 
@@ -86,7 +88,7 @@ class MCPClientProtocol(WebSocketClientProtocol):
     def connectionLost(self, reason: Failure) -> None:
         # TLS failures reach onClose only as 1006; the real cause is here.
         if self.session is None and self.failure_reason is None:
-            self.failure_reason = _describe_failure(reason)
+            self.failure_reason = _describe_failure(reason, self.factory.host)
         super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -99,11 +101,22 @@ class MCPClientProtocol(WebSocketClientProtocol):
         self.factory.on_closed(self)
 
 
-def _describe_failure(reason: Failure) -> str | None:
+def _describe_failure(reason: Failure, host: str) -> str | None:
+    """A readable cause for a connection lost before the WebSocket opened
+    (TLS problems reach ``onClose`` only as an unclean close, code 1006)."""
     error = reason.value
-    name = type(error).__name__
-    if name == "VerificationError" or "SSL" in type(error).__module__ or name == "Error":
-        return f"TLS verification failed: {error}"
+    if isinstance(error, VerificationError):
+        return f"TLS verification failed: the server's certificate is not valid for {host!r}"
+    if isinstance(error, SSL.Error):
+        # args[0]: OpenSSL's error queue, a list of (library, function, reason).
+        queue = error.args[0] if error.args and isinstance(error.args[0], list) else []
+        reasons = "; ".join(str(item[-1]) for item in queue if item) or str(error)
+        if "certificate verify failed" in reasons:
+            return (f"TLS verification failed: {reasons} (is the server's certificate issued by a "
+                    "trusted CA? see tls_ca / --cafile)")
+        if "certificate required" in reasons:
+            return f"TLS handshake failed: {reasons} (the server wants a client certificate)"
+        return f"TLS handshake failed: {reasons}"
     return None
 
 
@@ -123,7 +136,7 @@ class MCPClientFactory(WebSocketClientFactory):
         max_message_size: int = 4 * 1024 * 1024,
     ) -> None:
         super().__init__(url, protocols=[SUBPROTOCOL], headers=headers or {})
-        check_ping_settings(ping_interval, ping_timeout)
+        check_timer_settings(ping_interval=ping_interval, ping_timeout=ping_timeout)
         self.client = client
         self.current: MCPClientProtocol | None = None
         self.on_session: Callable[[MCPClientProtocol], object] = lambda p: None

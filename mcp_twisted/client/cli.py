@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from mcp_twisted.client._api import MCPClient
 from mcp_twisted.client._websocket import ConnectionFailed, MCPClientService
@@ -127,13 +127,17 @@ async def _main(reactor: Any, args: argparse.Namespace) -> int:
     )
     service.startService()
     try:
-        client = await service.when_ready().addTimeout(args.timeout, reactor)
+        try:
+            client = await service.when_ready().addTimeout(args.timeout, reactor)
+        except defer.TimeoutError:
+            # Twisted's TimeoutError, not the builtin: it would escape as a traceback.
+            raise ConnectionFailed(f"no MCP session with {args.url} within {args.timeout:g} s") from None
         result, failed = await run_command(client, args)
     except RPCError as e:
         detail = f" {json.dumps(e.data)}" if e.data is not None else ""
         print(f"mcpws-call: server error {e.code}: {e.message}{detail}", file=sys.stderr)
         return EXIT_SERVER_ERROR
-    except (ConnectionFailed, ConnectionLost, RequestTimedOut, TimeoutError) as e:
+    except (ConnectionFailed, ConnectionLost, RequestTimedOut) as e:
         print(f"mcpws-call: connection failed: {e}", file=sys.stderr)
         return EXIT_CONNECTION
     finally:
