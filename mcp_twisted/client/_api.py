@@ -271,7 +271,13 @@ class MCPClient:
         The subscription is restored after every reconnection.
         """
         self._subscriptions[uri] = on_updated
-        return self.request(Method.RESOURCES_SUBSCRIBE, {"uri": uri})
+
+        def refused(failure: Any) -> Any:
+            if failure.check(RPCError):  # the server said no: do not restore it later
+                self._subscriptions.pop(uri, None)
+            return failure
+
+        return self.request(Method.RESOURCES_SUBSCRIBE, {"uri": uri}).addErrback(refused)
 
     def unsubscribe(self, uri: str) -> Deferred[dict[str, Any]]:
         self._subscriptions.pop(uri, None)
@@ -303,7 +309,11 @@ class MCPClient:
         return d.addCallback(lambda result: result["completion"])
 
     def set_logging_level(self, level: str) -> Deferred[dict[str, Any]]:
-        return self.request(Method.LOGGING_SET_LEVEL, {"level": check_log_level(level)})
+        try:
+            check_log_level(level)
+        except RPCError as e:
+            return fail(e)
+        return self.request(Method.LOGGING_SET_LEVEL, {"level": level})
 
     async def _paginate(self, method: str, key: str) -> AsyncIterator[dict[str, Any]]:
         cursor: str | None = None

@@ -1,0 +1,826 @@
+"""The MCP client: backoff and the reconnecting service (on ``task.Clock``), reconnection
+over real sockets, the client API against the demo app, and TLS (trustme)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import itertools
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import trustme
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet import defer, endpoints, protocol, reactor, ssl, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
+from zope.interface import implementer
+
+from mcp_twisted import Context, MCPServer
+from mcp_twisted.client import (
+    ConnectionFailed,
+    ConnectionLost,
+    MCPClient,
+    MCPClientService,
+    NotConnected,
+    RequestTimedOut,
+    backoff_policy,
+)
+from mcp_twisted.demo import server as demo_app
+from mcp_twisted.jsonrpc import RPCError
+from mcp_twisted.session import State
+from mcp_twisted.websocket import MCPServerFactory, MCPServerProtocol
+from tests.support import stop
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def load_example(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+# ---------------------------------------------------------------------------
+# Helpers: a server that records upgrades and closes, and a harness that
+# tears down every service and listener a test started.
+
+
+class RecordingProtocol(MCPServerProtocol):
+    factory: RecordingFactory
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        self.factory.upgrades.append(reactor.seconds())
+        return super().onConnect(request)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        super().onClose(wasClean, code, reason)
+        self.factory.closes.append(code)
+        waiters, self.factory.close_waiters = self.factory.close_waiters, []
+        for waiter in waiters:
+            waiter.callback(code)
+
+
+class RecordingFactory(MCPServerFactory):
+    protocol = RecordingProtocol
+
+    def __init__(self, app: MCPServer, **options: Any) -> None:
+        options.setdefault("ping_interval", 0)
+        options.setdefault("ping_timeout", 0)
+        super().__init__(app, **options)
+        self.upgrades: list[float] = []
+        self.closes: list[int | None] = []
+        self.close_waiters: list[Deferred[int | None]] = []
+
+    def next_close(self) -> Deferred[int | None]:
+        d: Deferred[int | None] = Deferred()
+        self.close_waiters.append(d)
+        return d.addTimeout(5, reactor)
+
+    def only_session(self) -> Any:
+        (connection,) = self.connections
+        return connection.session
+
+
+def fast_backoff() -> Any:
+    return backoff_policy(initial_delay=0.05, max_delay=0.2, jitter=False)
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.listeners: list[tuple[Any, Any]] = []
+        self.services: list[MCPClientService] = []
+
+    async def serve(self, factory: Any, port: int = 0, endpoint: Any = None) -> int:
+        if endpoint is None:
+            endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+        listening = await endpoint.listen(factory)
+        self.listeners.append((listening, factory))
+        return listening.getHost().port
+
+    async def stop_serving(self, factory: Any) -> None:
+        for entry in [e for e in self.listeners if e[1] is factory]:
+            self.listeners.remove(entry)
+            await stop(entry[0], factory if isinstance(factory, MCPServerFactory) else None)
+
+    def service(self, url: str, **options: Any) -> MCPClientService:
+        options.setdefault("ping_interval", 0)
+        options.setdefault("ping_timeout", 0)
+        options.setdefault("backoff", fast_backoff())
+        options.setdefault("request_timeout", 10.0)
+        service = MCPClientService(reactor, url, **options)
+        self.services.append(service)
+        service.startService()
+        return service
+
+    async def client(self, url: str, **options: Any) -> MCPClient:
+        return await self.service(url, **options).when_ready().addTimeout(5, reactor)
+
+    async def close(self) -> None:
+        for service in self.services:
+            await service.stopService()
+        for listening, factory in self.listeners:
+            await stop(listening, factory if isinstance(factory, MCPServerFactory) else None)
+
+
+@pytest_twisted.async_yield_fixture
+async def harness():
+    h = Harness()
+    yield h
+    await h.close()
+
+
+# ---------------------------------------------------------------------------
+# 1. Backoff: the policy, and the service's schedule on a task.Clock.
+
+
+def test_backoff_grows_exponentially_then_caps():
+    policy = backoff_policy(initial_delay=0.5, max_delay=5.0, factor=2.0, jitter=False)
+    assert [policy(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert policy(10_000) == 5.0  # no OverflowError however long the outage
+    assert backoff_policy(1.0, 100.0, factor=3.0, jitter=False)(4) == 27.0
+
+
+def test_backoff_full_jitter_draws_from_zero_to_capped():
+    fractions = iter([0.0, 0.5, 0.999999, 0.25])
+    policy = backoff_policy(initial_delay=1.0, max_delay=3.0, factor=2.0,
+                            random_fraction=lambda: next(fractions))
+    assert policy(2) == 0.0
+    assert policy(2) == 1.0
+    assert policy(5) == pytest.approx(2.999997)  # capped at 3 before the jitter
+    assert policy(1) == 0.25
+
+    rng = random.Random(7)
+    policy = backoff_policy(initial_delay=0.5, max_delay=4.0, random_fraction=rng.random)
+    for attempt, capped in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        draws = [policy(attempt) for _ in range(300)]
+        assert all(0.0 <= d < capped for d in draws)
+        assert max(draws) > 0.8 * capped and min(draws) < 0.2 * capped  # spread over the range
+
+
+def test_default_backoff_is_jittered_and_capped_at_30s():
+    policy = backoff_policy()
+    assert all(0.0 <= policy(1) < 0.5 for _ in range(100))
+    assert all(0.0 <= policy(50) < 30.0 for _ in range(100))
+    assert len({policy(3) for _ in range(20)}) > 1
+
+
+@implementer(IStreamClientEndpoint)
+class ScriptedEndpoint:
+    """Refuses every connection, or (with ``server`` set) connects it in memory
+    (``twisted.test.iosim``) to a real ``MCPServerFactory``."""
+
+    def __init__(self, clock: task.Clock) -> None:
+        self.clock = clock
+        self.attempts: list[float] = []
+        self.server: MCPServerFactory | None = None
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.attempts.append(self.clock.seconds())
+        if self.server is None:
+            return fail(ConnectionRefusedError("111: Connection refused"))
+        server_address = IPv4Address("TCP", "10.0.0.1", 80)
+        client_address = IPv4Address("TCP", "10.0.0.2", 40000)
+        server = self.server.buildProtocol(client_address)
+        client = factory.buildProtocol(server_address)
+        pump = iosim.connect(
+            server, iosim.FakeTransport(server, True, server_address, client_address),
+            client, iosim.FakeTransport(client, False, client_address, server_address),
+            greet=False, clock=self.clock,
+        )
+        self.pumps.append(pump)
+        return succeed(client)
+
+    def gaps(self, start: int = 0) -> list[float]:
+        times = self.attempts[start:]
+        return [b - a for a, b in itertools.pairwise(times)]
+
+
+def run_attempts(clock: task.Clock, endpoint: ScriptedEndpoint, count: int) -> None:
+    """Advance the clock, one scheduled call at a time, until ``count`` attempts were made."""
+    while len(endpoint.attempts) < count:
+        calls = clock.getDelayedCalls()
+        assert calls, f"nothing scheduled after {len(endpoint.attempts)} attempts"
+        clock.advance(min(call.getTime() for call in calls) - clock.seconds())
+
+
+def clocked_service(clock: task.Clock, endpoint: ScriptedEndpoint, **options: Any) -> MCPClientService:
+    options.setdefault("backoff", backoff_policy(initial_delay=1.0, max_delay=8.0, factor=2.0, jitter=False))
+    return MCPClientService(
+        MemoryReactorClock(), "ws://127.0.0.1:9/mcp", clock=clock, endpoint=endpoint,
+        ping_interval=0, ping_timeout=0, **options,
+    )
+
+
+def test_service_delays_grow_cap_and_reset_after_a_session():
+    clock = task.Clock()
+    endpoint = ScriptedEndpoint(clock)
+    service = clocked_service(clock, endpoint)
+    ready = service.when_ready()
+    service.startService()
+    run_attempts(clock, endpoint, 7)
+    assert endpoint.attempts[0] == 0.0
+    assert endpoint.gaps() == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert service.failures == 7
+    assert not ready.called
+
+    # The server comes back: the next attempt gets a session and the count resets.
+    app = MCPServer("clocked", "1.0")
+    app.tool()(lambda text: text)
+    endpoint.server = MCPServerFactory(app, clock=clock, ping_interval=0, ping_timeout=0)
+    run_attempts(clock, endpoint, 8)
+    assert endpoint.gaps(6) == [8.0]
+    endpoint.pumps[-1].flush()  # WebSocket upgrade and MCP handshake, in memory
+    assert ready.called and ready.result is service.client
+    assert service.failures == 0 and service.client.server_info["name"] == "clocked"
+    answer = service.client.ping()
+    endpoint.pumps[-1].flush()
+    assert answer.result == {}
+
+    # The session drops; delays start again from the initial delay.
+    endpoint.server = None
+    dropped_at = clock.seconds()
+    endpoint.pumps[-1].serverIO.loseConnection()
+    endpoint.pumps[-1].flush()
+    assert not service.client.connected
+    run_attempts(clock, endpoint, 11)
+    assert [t - dropped_at for t in endpoint.attempts[8:]] == [1.0, 3.0, 7.0]
+    stopped = service.stopService()
+    assert stopped.called
+    clock.advance(100)
+    assert len(endpoint.attempts) == 11
+
+
+def test_service_gives_up_after_max_attempts_naming_the_last_error():
+    clock = task.Clock()
+    endpoint = ScriptedEndpoint(clock)
+    service = clocked_service(clock, endpoint, max_attempts=3, wait_for_connection=True)
+    ready = service.when_ready()
+    waiting = service.client.call_tool("echo", {"text": "hi"})
+    service.startService()
+    run_attempts(clock, endpoint, 3)
+    assert endpoint.gaps() == [1.0, 2.0]
+    clock.advance(0)
+    assert not service.running
+    for d in (ready, waiting):
+        error = d.result.value  # fired at the give-up, not at the request timeout
+        d.addErrback(lambda f: None)
+        assert isinstance(error, ConnectionFailed)
+        assert "after 3 failed attempts" in str(error)
+        assert "Connection refused" in str(error), str(error)
+    clock.advance(3600)
+    assert len(endpoint.attempts) == 3  # no more attempts once given up
+
+
+def test_after_giving_up_new_requests_fail_at_once_and_restart_retries_afresh():
+    clock = task.Clock()
+    endpoint = ScriptedEndpoint(clock)
+    service = clocked_service(clock, endpoint, max_attempts=2)
+    service.startService()
+    run_attempts(clock, endpoint, 2)
+    clock.advance(0)
+    assert not service.running
+    # Asked after the give-up: must not wait for a session that will never come.
+    for d in (service.when_ready(), service.client.ping()):
+        assert d.called, "waits forever (or until the request timeout) after the service gave up"
+        assert isinstance(d.result.value, ConnectionFailed)
+        d.addErrback(lambda f: None)
+
+    service.startService()  # a restart starts a fresh series of attempts
+    run_attempts(clock, endpoint, 3)
+    assert service.running and service.failures == 1
+    run_attempts(clock, endpoint, 4)
+    assert endpoint.gaps(2) == [1.0]
+    clock.advance(0)
+    assert not service.running
+
+
+# A server that answers the upgrade with 101 but selects a subprotocol the client did not offer.
+class WrongSubprotocol(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.buffer = b""
+        self.factory.upgrades.append(reactor.seconds())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer:
+            return
+        head = self.buffer.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+        magic = headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        accept = base64.b64encode(hashlib.sha1(magic.encode()).digest()).decode()
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: chat\r\n\r\n".encode()
+        )
+
+
+def refusing_server(kind: str) -> Any:
+    if kind == "401":
+        example = load_example("token_auth")
+
+        class Counting(example.TokenProtocol):
+            def onConnect(self, request: ConnectionRequest) -> str | None:
+                self.factory.upgrades.append(reactor.seconds())
+                return super().onConnect(request)
+
+        factory = example.make_factory()
+        factory.protocol = Counting
+        factory.upgrades = []
+        factory.setProtocolOptions(autoPingInterval=0, autoPingTimeout=0)
+        return factory
+    if kind == "404":
+        return RecordingFactory(demo_app, path="/elsewhere")
+    factory = protocol.Factory.forProtocol(WrongSubprotocol)
+    factory.upgrades = []
+    return factory
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("401", "401"), ("404", "404"), ("wrong-subprotocol", "subprotocol"),
+])
+@pytest_twisted.ensureDeferred
+async def test_refused_upgrade_counts_as_a_failed_attempt(harness, kind, expected):
+    factory = refusing_server(kind)
+    port = await harness.serve(factory)
+    asked: list[int] = []
+    policy = backoff_policy(initial_delay=0.05, max_delay=1.0, factor=2.0, jitter=False)
+
+    def backoff(attempt: int) -> float:
+        asked.append(attempt)
+        return policy(attempt)
+
+    service = harness.service(f"ws://127.0.0.1:{port}/mcp", backoff=backoff, max_attempts=4)
+    with pytest.raises(ConnectionFailed) as failed:
+        await service.when_ready().addTimeout(5, reactor)
+    # ClientService alone would reset its count at each TCP connect and ask for attempt 1 each time.
+    assert asked == [1, 2, 3]
+    assert len(factory.upgrades) == 4
+    gaps = [b - a for a, b in itertools.pairwise(factory.upgrades)]
+    assert all(gap >= want - 0.01 for gap, want in zip(gaps, [0.05, 0.1, 0.2], strict=True)), gaps
+    assert "after 4 failed attempts" in str(failed.value)
+    assert expected in str(failed.value), str(failed.value)
+    assert not service.client.connected
+
+
+# ---------------------------------------------------------------------------
+# 2. Reconnection over real sockets.
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnects_reinitializes_and_restores_subscriptions(harness):
+    factory = RecordingFactory(demo_app)
+    port = await harness.serve(factory)
+    url = f"ws://127.0.0.1:{port}/mcp"
+    service = harness.service(url, request_timeout=30.0)
+    client = await service.when_ready()
+    first_session = client.session
+    updates: list[str] = []
+    update_seen: Deferred[None] = Deferred()
+
+    def on_updated(uri: str) -> None:
+        updates.append(uri)
+        if not update_seen.called:
+            update_seen.callback(None)
+
+    await client.subscribe("demo://readme", on_updated)
+    in_flight = client.call_tool("slow_count", {"count": 1, "delay": 30})
+    await client.ping()  # the slow call has reached the server
+
+    await harness.stop_serving(factory)  # drops the connection and stops listening
+    with pytest.raises(ConnectionLost):
+        await in_flight.addTimeout(2, reactor)  # at once, not after the 30 s request timeout
+    assert not client.connected
+
+    # While disconnected: by default a request waits for the next session...
+    waiting = client.call_tool("echo", {"text": "sent after the restart"})
+    # ...or fails at once when the client may not wait.
+    client.wait_for_connection = False
+    with pytest.raises(NotConnected):
+        await client.ping()
+    client.wait_for_connection = True
+    assert not waiting.called
+
+    restarted = RecordingFactory(demo_app)
+    assert await harness.serve(restarted, port=port) == port
+    result = await waiting.addTimeout(5, reactor)
+    assert result["content"][0]["text"] == "sent after the restart"
+    assert client.session is not first_session and client.session.state is State.READY
+    assert restarted.only_session().state is State.READY  # a new MCP handshake on the new server
+    assert service.failures == 0
+
+    demo_app.notify_resource_updated("demo://readme")  # reaches only subscribed sessions
+    await update_seen.addTimeout(5, reactor)
+    assert updates == ["demo://readme"]
+    assert (await client.call_tool("echo", {"text": "again"}))["content"][0]["text"] == "again"
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_made_as_the_connection_drops_waits_for_the_next_session(harness):
+    factory = RecordingFactory(demo_app)
+    port = await harness.serve(factory)
+    client = await harness.client(f"ws://127.0.0.1:{port}/mcp")
+    retried: list[Deferred[Any]] = []
+
+    def retry(failure: Any) -> None:
+        failure.trap(ConnectionLost)
+        # A natural pattern: retry from the errback. The session that just
+        # closed must not be used (it would fail with "The session is closed").
+        assert not client.connected
+        retried.append(client.call_tool("echo", {"text": "retried"}))
+
+    lost = client.call_tool("slow_count", {"count": 1, "delay": 30}).addErrback(retry)
+    await client.ping()
+    await harness.stop_serving(factory)
+    await lost
+    await harness.serve(RecordingFactory(demo_app), port=port)
+    result = await retried[0].addTimeout(5, reactor)
+    assert result["content"][0]["text"] == "retried"
+
+
+def hanging_app() -> tuple[MCPServer, dict[str, Any]]:
+    app = MCPServer("hang-test", "1.0")
+    seen: dict[str, Any] = {"started": Deferred(), "cancelled": Deferred()}
+
+    @app.tool()
+    async def hang(ctx: Context) -> str:
+        seen["started"].callback(ctx.request_id)
+        try:
+            return await Deferred()
+        except defer.CancelledError:
+            seen["cancelled"].callback(ctx.request_id)
+            raise
+
+    return app, seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_timeout_raises_and_cancels_the_server_handler(harness):
+    app, seen = hanging_app()
+    port = await harness.serve(RecordingFactory(app))
+    client = await harness.client(f"ws://127.0.0.1:{port}/mcp")
+    with pytest.raises(RequestTimedOut) as timed_out:
+        await client.call_tool("hang", timeout=0.3)
+    assert timed_out.value.method == "tools/call"
+    started = await seen["started"]
+    # notifications/cancelled reached the server, which cancelled the handler.
+    assert await seen["cancelled"].addTimeout(5, reactor) == started
+    assert (await client.ping()) == {}  # the session survives
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_service_closes_with_1000_and_does_not_reconnect(harness):
+    factory = RecordingFactory(demo_app)
+    port = await harness.serve(factory)
+    service = harness.service(f"ws://127.0.0.1:{port}/mcp", backoff=backoff_policy(0.02, 0.02, jitter=False))
+    client = await service.when_ready()
+    closed = factory.next_close()
+    pending = client.call_tool("slow_count", {"count": 1, "delay": 30})
+    await service.stopService()
+    assert await closed == 1000
+    with pytest.raises(ConnectionLost):
+        await pending
+    assert not service.running and not client.connected
+    await task.deferLater(reactor, 0.3)  # 15 retry delays: any reconnect would have happened
+    assert len(factory.upgrades) == 1 and factory.connections == set()
+    client.wait_for_connection = False
+    with pytest.raises(NotConnected):
+        await client.ping()
+
+
+# ---------------------------------------------------------------------------
+# 3. The client API against the demo app.
+
+
+def sampling(params: dict[str, Any]) -> dict[str, Any]:
+    text = params["messages"][0]["content"]["text"]
+    return {"role": "assistant", "content": {"type": "text", "text": f"sampled:{text}"}, "model": "test-llm"}
+
+
+async def answer_elicitation(params: dict[str, Any]) -> dict[str, Any]:
+    await task.deferLater(reactor, 0)  # handlers may be coroutines
+    return {"action": "accept", "content": {"name": "Ada"}}
+
+
+@pytest_twisted.async_yield_fixture
+async def demo(harness):
+    factory = RecordingFactory(demo_app)
+    port = await harness.serve(factory)
+    events: dict[str, list[Any]] = {"logs": [], "sampling": [], "elicitation": []}
+
+    def record_sampling(params: dict[str, Any]) -> dict[str, Any]:
+        events["sampling"].append(params)
+        return sampling(params)
+
+    def record_elicitation(params: dict[str, Any]) -> Any:
+        events["elicitation"].append(params)
+        return answer_elicitation(params)
+
+    client = await harness.client(
+        f"ws://127.0.0.1:{port}/mcp",
+        sampling=record_sampling,
+        roots=lambda: [{"uri": "file:///tmp/x", "name": "x"}],
+        elicitation=record_elicitation,
+        on_log=events["logs"].append,
+    )
+    yield client, factory, events
+
+
+def text(result: dict[str, Any]) -> str:
+    return "".join(block["text"] for block in result["content"] if block["type"] == "text")
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_and_server_description(demo):
+    client, _, _ = demo
+    assert await client.ping() == {}
+    assert client.server_info == {"name": "mcp-twisted-demo", "version": "1.0.0"}
+    assert set(client.server_capabilities) >= {"tools", "resources", "prompts", "logging", "completions"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_tools_pages_and_iter_tools_follows_cursors(demo, monkeypatch):
+    client, _, _ = demo
+    all_names = {"echo", "slow_count", "sample_llm", "list_client_roots", "ask_user", "log_demo", "fail_tool"}
+    page = await client.list_tools()
+    assert {tool["name"] for tool in page["tools"]} == all_names and "nextCursor" not in page
+
+    monkeypatch.setattr(demo_app, "page_size", 2)
+    first = await client.list_tools()
+    assert len(first["tools"]) == 2 and first["nextCursor"]
+    second = await client.list_tools(first["nextCursor"])
+    assert {t["name"] for t in second["tools"]}.isdisjoint(t["name"] for t in first["tools"])
+    names = [tool["name"] async for tool in client.iter_tools()]
+    assert len(names) == 7 and set(names) == all_names  # four pages, each once
+    assert [p["name"] async for p in client.iter_prompts()] == ["greet"]
+    assert [r["uri"] async for r in client.iter_resources()] == ["demo://readme"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_tool_with_progress_and_tool_errors(demo):
+    client, _, _ = demo
+    assert text(await client.call_tool("echo", {"text": "hi"})) == "hi"
+    progress: list[tuple[Any, Any, Any]] = []
+    result = await client.call_tool("slow_count", {"count": 3, "delay": 0.01},
+                                    on_progress=lambda *p: progress.append(p))
+    assert text(result) == "Counted to 3"
+    assert progress == [(1, 3, "step 1 of 3"), (2, 3, "step 2 of 3"), (3, 3, "step 3 of 3")]
+    failed = await client.call_tool("fail_tool")
+    assert failed["isError"] is True and text(failed) == "This tool always fails"
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_errors_raise_rpc_error_with_code_message_and_data(demo):
+    client, _, _ = demo
+    with pytest.raises(RPCError) as unknown:
+        await client.call_tool("no_such_tool")
+    assert unknown.value.code == -32602 and "no_such_tool" in unknown.value.message
+    with pytest.raises(RPCError) as missing:
+        await client.read_resource("demo://items/9")
+    assert missing.value.code == -32002
+    assert missing.value.message == "Resource not found: demo://items/9"
+    assert missing.value.data == {"uri": "demo://items/9"}
+    with pytest.raises(RPCError) as no_method:
+        await client.request("no/such/method")
+    assert no_method.value.code == -32601
+    assert await client.ping() == {}  # errors leave the session usable
+
+
+@pytest_twisted.ensureDeferred
+async def test_resources_templates_read_and_subscriptions(demo):
+    client, _, _ = demo
+    resources = await client.list_resources()
+    assert [(r["uri"], r["mimeType"]) for r in resources["resources"]] == [("demo://readme", "text/plain")]
+    templates = await client.list_resource_templates()
+    assert [t["uriTemplate"] for t in templates["resourceTemplates"]] == ["demo://items/{item_id}"]
+    readme = await client.read_resource("demo://readme")
+    assert readme["contents"][0]["text"].startswith("mcp-twisted demo server")
+    item = await client.read_resource("demo://items/2")
+    assert item["contents"] == [{"uri": "demo://items/2", "mimeType": "text/plain", "text": "banana"}]
+
+    updated: list[str] = []
+    got: Deferred[None] = Deferred()
+    subscribed = await client.subscribe("demo://readme", lambda u: (updated.append(u), got.callback(None)))
+    assert subscribed == {}
+    demo_app.notify_resource_updated("demo://items/1")  # not subscribed
+    demo_app.notify_resource_updated("demo://readme")
+    await got.addTimeout(5, reactor)
+    assert updated == ["demo://readme"]
+    await client.unsubscribe("demo://readme")
+    demo_app.notify_resource_updated("demo://readme")
+    await client.ping()  # an update sent before this answer would have arrived first
+    assert updated == ["demo://readme"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_prompts_and_completion(demo):
+    client, _, _ = demo
+    prompts = await client.list_prompts()
+    listed = [(p["name"], [a["name"] for a in p["arguments"]]) for p in prompts["prompts"]]
+    assert listed == [("greet", ["name"])]
+    prompt = await client.get_prompt("greet", {"name": "Ada"})
+    assert prompt["messages"] == [{"role": "user", "content": {
+        "type": "text", "text": "Please write a short, warm greeting for Ada."}}]
+    completion = await client.complete({"type": "ref/prompt", "name": "greet"}, "name", "al")
+    assert completion["values"] == ["Alan", "Alonzo"]
+    with pytest.raises(RPCError) as unknown:
+        await client.get_prompt("nope")
+    assert unknown.value.code == -32602
+
+
+@pytest_twisted.ensureDeferred
+async def test_logging_level_filters_what_on_log_receives(demo):
+    client, _, events = demo
+    assert await client.set_logging_level("warning") == {}
+    await client.call_tool("log_demo", {"message": "quiet", "level": "info"})
+    await client.call_tool("log_demo", {"message": "loud", "level": "error"})
+    assert events["logs"] == [{"level": "error", "logger": "demo", "data": "loud"}]
+    with pytest.raises(RPCError) as bad_level:  # checked here, before anything is sent
+        await client.set_logging_level("verbose")
+    assert bad_level.value.code == -32602
+
+
+@pytest_twisted.ensureDeferred
+async def test_sampling_roots_and_elicitation_handlers_answer_the_server(demo):
+    client, factory, events = demo
+    assert text(await client.call_tool("sample_llm", {"prompt": "2+2?"})) == "sampled:2+2?"
+    assert events["sampling"][0]["maxTokens"] == 200
+    assert text(await client.call_tool("list_client_roots")) == "file:///tmp/x"
+    assert text(await client.call_tool("ask_user", {"question": "Your name?"})) == "Ada"
+    assert events["elicitation"][0]["requestedSchema"]["required"] == ["name"]
+    assert factory.only_session().peer_capabilities == {
+        "sampling": {}, "roots": {"listChanged": True}, "elicitation": {"form": {}, "url": {}},
+    }
+
+
+@pytest.mark.parametrize(("handlers", "declared"), [
+    ({}, {}),
+    ({"sampling": sampling}, {"sampling": {}}),
+    ({"roots": list}, {"roots": {"listChanged": True}}),
+    ({"elicitation": answer_elicitation}, {"elicitation": {"form": {}, "url": {}}}),
+])
+@pytest_twisted.ensureDeferred
+async def test_capabilities_declared_only_for_handlers_given(harness, handlers, declared):
+    factory = RecordingFactory(demo_app)
+    port = await harness.serve(factory)
+    client = await harness.client(f"ws://127.0.0.1:{port}/mcp", **handlers)
+    assert client.capabilities == declared
+    assert factory.only_session().peer_capabilities == declared
+    if "sampling" not in handlers:
+        refused = await client.call_tool("sample_llm", {"prompt": "x"})
+        assert refused["isError"] is True and "sampling" in text(refused)
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_list_changed_when_the_server_adds_a_tool(harness):
+    app = MCPServer("changing", "1.0")
+    app.tool()(lambda text: text)
+    port = await harness.serve(RecordingFactory(app))
+    changes: list[str] = []
+    changed: Deferred[None] = Deferred()
+
+    def on_list_changed(kind: str) -> None:
+        changes.append(kind)
+        if not changed.called:
+            changed.callback(None)
+
+    client = await harness.client(f"ws://127.0.0.1:{port}/mcp", on_list_changed=on_list_changed)
+    # when_ready() fires once the client sent notifications/initialized; the server
+    # notifies only sessions it has seen initialized, so let one round trip pass.
+    await client.ping()
+
+    def shout(text: str) -> str:
+        return text.upper()
+
+    app.add_tool(shout)
+    await changed.addTimeout(5, reactor)
+    assert changes == ["tools"]
+    assert "shout" in {tool["name"] async for tool in client.iter_tools()}
+    assert text(await client.call_tool("shout", {"text": "hi"})) == "HI"
+
+
+# ---------------------------------------------------------------------------
+# 4. TLS (trustme).
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pki")
+    ca, other_ca = trustme.CA(), trustme.CA()
+    files: dict[str, Any] = {"ca": ca, "dir": base}
+    for name, authority in (("ca", ca), ("other_ca", other_ca)):
+        authority.cert_pem.write_to_path(str(base / f"{name}.pem"))
+        files[f"{name}.pem"] = str(base / f"{name}.pem")
+    files["server"] = ca.issue_cert("localhost", "127.0.0.1")
+    files["localhost_only"] = ca.issue_cert("localhost")
+    client = ca.issue_cert("client@example.org")
+    client.cert_chain_pems[0].write_to_path(str(base / "client.pem"))
+    client.private_key_pem.write_to_path(str(base / "client.key"))
+    files["client.pem"], files["client.key"] = str(base / "client.pem"), str(base / "client.key")
+    bundle = base / "bundle.pem"  # an unrelated CA first: every CA in the file must be trusted
+    bundle.write_bytes(other_ca.cert_pem.bytes() + ca.cert_pem.bytes())
+    files["bundle.pem"] = str(bundle)
+    return files
+
+
+def tls_options(cert: trustme.LeafCert, client_ca: trustme.CA | None = None) -> Any:
+    private = ssl.PrivateCertificate.loadPEM(cert.private_key_and_cert_chain_pem.bytes())
+    if client_ca is None:
+        return private.options()
+    return private.options(ssl.Certificate.loadPEM(client_ca.cert_pem.bytes()))  # requires a client cert
+
+
+async def serve_tls(harness: Harness, options: Any) -> tuple[RecordingFactory, int]:
+    factory = RecordingFactory(demo_app)
+    endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1")
+    return factory, await harness.serve(factory, endpoint=endpoint)
+
+
+@pytest.mark.parametrize("cafile", ["ca.pem", "bundle.pem"])
+@pytest_twisted.ensureDeferred
+async def test_wss_with_custom_ca(harness, pki, cafile):
+    _, port = await serve_tls(harness, tls_options(pki["server"]))
+    client = await harness.client(f"wss://localhost:{port}/mcp", tls_ca=pki[cafile], max_attempts=1)
+    assert text(await client.call_tool("echo", {"text": "secure"})) == "secure"
+
+
+@pytest.mark.parametrize(("host", "cert", "cafile", "detail"), [
+    ("127.0.0.1", "localhost_only", "ca.pem", "the server's certificate is not valid for '127.0.0.1'"),
+    ("localhost", "server", "other_ca.pem", "certificate verify failed (is the server's certificate issued"),
+])
+@pytest_twisted.ensureDeferred
+async def test_wss_refuses_wrong_hostname_and_unknown_ca(harness, pki, host, cert, cafile, detail):
+    factory, port = await serve_tls(harness, tls_options(pki[cert]))
+    service = harness.service(f"wss://{host}:{port}/mcp", tls_ca=pki[cafile], max_attempts=1)
+    with pytest.raises(ConnectionFailed) as failed:
+        await service.when_ready().addTimeout(5, reactor)
+    message = str(failed.value)
+    assert "after 1 failed attempts: TLS verification failed" in message, message
+    assert detail in message, message
+    assert factory.upgrades == []  # no HTTP reached the server
+
+
+@pytest_twisted.ensureDeferred
+async def test_mutual_tls_client_certificate(harness, pki):
+    options = tls_options(pki["server"], client_ca=pki["ca"])
+    factory, port = await serve_tls(harness, options)
+    url = f"wss://localhost:{port}/mcp"
+    client = await harness.client(url, tls_ca=pki["ca.pem"], tls_client_cert=pki["client.pem"],
+                                  tls_client_key=pki["client.key"])
+    assert text(await client.call_tool("echo", {"text": "mutual"})) == "mutual"
+    anonymous = harness.service(url, tls_ca=pki["ca.pem"], max_attempts=1)
+    with pytest.raises(ConnectionFailed) as failed:
+        await anonymous.when_ready().addTimeout(5, reactor)
+    message = str(failed.value)
+    # TLS 1.3 names the alert; TLS 1.2 would call it a handshake failure.
+    assert "TLS handshake failed" in message, message
+    assert "certificate required" in message or "handshake failure" in message, message
+    assert len(factory.upgrades) == 1
+
+
+def test_a_refused_subscription_is_not_restored_on_reconnect():
+    """Sans-IO: a client session wired to a server session that refuses subscribe."""
+    from twisted.internet.task import Clock
+
+    from mcp_twisted.session import Role, Session
+
+    class Refusing(MCPServer):
+        def handle_request(self, request):
+            if request.method == "resources/subscribe":
+                raise RPCError(-32602, "no subscriptions here")
+            return super().handle_request(request)
+
+    clock = Clock()
+    client = MCPClient(clock)
+    server_app = Refusing("refuses")
+    to_server: list[bytes] = []
+    to_client: list[bytes] = []
+    server = Session(to_client.append, role=Role.SERVER, handler=server_app, clock=clock)
+    session = Session(to_server.append, role=Role.CLIENT, handler=client, clock=clock)
+
+    def pump() -> None:
+        while to_server or to_client:
+            while to_server:
+                server.receive(to_server.pop(0))
+            while to_client:
+                session.receive(to_client.pop(0))
+
+    ready = client.start_session(session)
+    pump()
+    assert ready.called
+    refused = client.subscribe("demo://x", lambda uri: None)
+    pump()
+    failures = []
+    refused.addErrback(failures.append)
+    assert failures and failures[0].value.code == -32602
+    assert client._subscriptions == {}
