@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from mcp_twisted.client._api import ConnectionFailed, MCPClient
 from mcp_twisted.session import Role, Session
-from mcp_twisted.websocket import SUBPROTOCOL, check_timer_settings
+from mcp_twisted.websocket import SUBPROTOCOL, FastPathMixin, check_timer_settings
 
 log = Logger()
 
@@ -51,7 +51,7 @@ def backoff_policy(
     return policy
 
 
-class MCPClientProtocol(WebSocketClientProtocol):
+class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
     """One WebSocket connection carrying one client session."""
 
     factory: MCPClientFactory
