@@ -417,6 +417,21 @@ async def test_serves_on_tcp(twistd):
 
 
 @pytest_twisted.ensureDeferred
+async def test_quick_start_demo_answers_the_official_python_sdk(twistd):
+    """The README's first command serves the demo; the official SDK client calls echo."""
+    from tests.interop.conftest import HERE as INTEROP
+    from tests.interop.conftest import run_peer
+
+    port = free_port()  # the README's command uses the default 8080; a free port avoids clashes
+    server = twistd("--endpoint", f"tcp:{port}:interface=127.0.0.1")
+    await server.wait_accepting(tcp_probe(port))
+    report = await run_peer([sys.executable, str(INTEROP / "sdk_client.py"),
+                             f"ws://127.0.0.1:{port}/mcp", "echo"])
+    assert report["steps"]["echo"]["text"] == "hi"
+    assert report["initialize"]["serverInfo"]["name"] == "mcp-twisted-demo"
+
+
+@pytest_twisted.ensureDeferred
 async def test_options_reach_the_server(twistd):
     """--path, --max-message-size, --allowed-origin and the ping options are wired through."""
     port = free_port()
