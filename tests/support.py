@@ -25,6 +25,21 @@ async def listen(factory: Any, interface: str = "127.0.0.1") -> Any:
     return await endpoint.listen(factory)
 
 
+class RecordingEndpoint:
+    """Wraps an endpoint to learn the ephemeral port it was given."""
+
+    def __init__(self) -> None:
+        self.inner = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        self.port: Any = None
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        def record(port: Any) -> Any:
+            self.port = port.getHost().port
+            return port
+
+        return self.inner.listen(factory).addCallback(record)
+
+
 async def stop(port: Any, factory: MCPServerFactory | None = None) -> None:
     if factory is not None:
         for connection in list(factory.connections):

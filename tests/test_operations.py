@@ -46,7 +46,7 @@ from mcp_twisted.logs import json_stdout
 from mcp_twisted.metrics import Metrics, metrics_site
 from mcp_twisted.service import MCPWebSocketService
 from mcp_twisted.websocket import MCPServerFactory, MCPServerProtocol
-from tests.support import ProbeClient, connect, handshake, listen, stop
+from tests.support import ProbeClient, RecordingEndpoint, connect, handshake, listen, stop
 
 TOKEN = "tok-5f3a9c1e-very-secret"
 WRONG_TOKEN = "tok-00000000-wrong"
@@ -576,21 +576,6 @@ async def test_ping_timeout_is_counted_and_logged(served, events):
     await until(lambda: not factory.connections)
     assert factory.metrics.registry.get_sample_value("mcp_ping_timeouts_total") == 1
     assert find(events, "Dropping", peer=peer)
-
-
-class RecordingEndpoint:
-    """Wraps an endpoint to learn the ephemeral port it was given."""
-
-    def __init__(self) -> None:
-        self.inner = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-        self.port: Any = None
-
-    def listen(self, factory: Any) -> defer.Deferred[Any]:
-        def record(port: Any) -> Any:
-            self.port = port.getHost().port
-            return port
-
-        return self.inner.listen(factory).addCallback(record)
 
 
 @pytest_twisted.ensureDeferred

@@ -5,28 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.error import ConnectionRefusedError
 
 from mcp_twisted import MCPServer
 from mcp_twisted.service import MCPWebSocketService
 from mcp_twisted.websocket import MCPServerFactory
-from tests.support import connect
-
-
-class RecordingEndpoint:
-    """Wraps an endpoint to learn the ephemeral port it was given."""
-
-    def __init__(self) -> None:
-        self.inner = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-        self.port: Any = None
-
-    def listen(self, factory: Any) -> defer.Deferred[Any]:
-        def record(port: Any) -> Any:
-            self.port = port.getHost().port
-            return port
-
-        return self.inner.listen(factory).addCallback(record)
+from tests.support import RecordingEndpoint, connect
 
 
 def make_service(drain_timeout: float) -> tuple[MCPWebSocketService, RecordingEndpoint, dict[str, Any]]:
