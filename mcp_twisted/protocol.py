@@ -92,7 +92,7 @@ def invalid_params(message: str, data: Any = None) -> RPCError:
 
 
 def check_log_level(level: object) -> str:
-    if level not in LOG_LEVEL_RANK:
+    if not isinstance(level, str) or level not in LOG_LEVEL_RANK:
         raise invalid_params(f"Invalid log level {level!r}; expected one of {', '.join(LOG_LEVELS)}")
     return level  # type: ignore[return-value]
 

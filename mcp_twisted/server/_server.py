@@ -329,9 +329,9 @@ class MCPServer:
 
     def _call_tool(self, request: IncomingRequest) -> Any:
         params = request.params
-        tool = self._tools.get(params.get("name"))  # type: ignore[arg-type]
+        tool = self._tools.get(_required_string(params, "name"))
         if tool is None:
-            raise invalid_params(f"Unknown tool: {params.get('name')!r}")
+            raise invalid_params(f"Unknown tool: {params['name']!r}")
         arguments = params.get("arguments")
         if arguments is None:
             arguments = {}
@@ -372,8 +372,8 @@ class MCPServer:
         return self._page(request, "prompts", list(self._prompts.values()))
 
     def _get_prompt(self, request: IncomingRequest) -> Any:
-        name = request.params.get("name")
-        prompt = self._prompts.get(name)  # type: ignore[arg-type]
+        name = _required_string(request.params, "name")
+        prompt = self._prompts.get(name)
         if prompt is None:
             raise invalid_params(f"Unknown prompt: {name!r}")
         arguments = request.params.get("arguments") or {}
@@ -388,13 +388,15 @@ class MCPServer:
         ref, argument = params.get("ref"), params.get("argument")
         if not isinstance(ref, dict) or not isinstance(argument, dict):
             raise invalid_params("completion/complete needs ref and argument objects")
-        target = ref.get("name") if ref.get("type") == "ref/prompt" else ref.get("uri")
-        key = (ref.get("type"), target, argument.get("name"))
-        registered = self._completions.get(key)  # type: ignore[arg-type]
+        kind = _required_string(ref, "type", "ref.")
+        name = _required_string(argument, "name", "argument.")
+        value = _required_string(argument, "value", "argument.")
+        key = {"ref/prompt": "name", "ref/resource": "uri"}.get(kind)
+        target = _required_string(ref, key, "ref.") if key is not None else None
+        registered = self._completions.get((kind, target, name))
         if registered is None:
             return {"completion": {"values": [], "total": 0, "hasMore": False}}
         fn, takes_arguments = registered
-        value = argument.get("value", "")
         context = params.get("context")
         other = (context.get("arguments") or {}) if isinstance(context, dict) else {}
         result = fn(value, other) if takes_arguments else fn(value)
@@ -415,10 +417,10 @@ def _completion_result(values: Sequence[str]) -> dict[str, Any]:
     }}
 
 
-def _required_string(params: dict[str, Any], key: str) -> str:
+def _required_string(params: dict[str, Any], key: str, where: str = "") -> str:
     value = params.get(key)
     if not isinstance(value, str):
-        raise invalid_params(f"params.{key} must be a string")
+        raise invalid_params(f"params.{where}{key} must be a string")
     return value
 
 
