@@ -165,8 +165,9 @@ class MCPClient:
 
     # -- SessionHandler (client role) -------------------------------------
 
-    def describe(self, session: Session) -> dict[str, Any]:  # pragma: no cover - server role only
-        raise NotImplementedError
+    def describe(self, session: Session) -> dict[str, Any]:
+        """Part of ``SessionHandler`` for the server role; a client session never asks."""
+        raise TypeError("a client session does not answer initialize")
 
     def handle_request(self, request: IncomingRequest) -> Any:
         if request.method == Method.SAMPLING_CREATE_MESSAGE and self.sampling is not None:
