@@ -19,6 +19,8 @@ from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from mcp_twisted.protocol import KNOWN_METHODS
+
 if TYPE_CHECKING:
     from mcp_twisted.websocket import MCPServerFactory
 
@@ -49,8 +51,15 @@ class Metrics:
         self.registry.register(_LiveGauges(self))
 
     def request_finished(self, method: str, outcome: str, seconds: float) -> None:
+        # Labels come from what clients send: bound them, or a client inventing
+        # method names could grow the registry without end.
+        method = method if method in KNOWN_METHODS else "other"
         self.requests.labels(method, outcome).inc()
         self.request_duration.labels(method).observe(seconds)
+
+    def connection_closed(self, code: int | None) -> None:
+        label = str(code) if code is not None and 1000 <= code <= 1015 else "other"
+        self.connections_closed.labels(label).inc()
 
 
 class _LiveGauges:

@@ -56,6 +56,9 @@ class Method:
     ELICITATION_CREATE = "elicitation/create"
 
 
+KNOWN_METHODS = frozenset(value for name, value in vars(Method).items() if name.isupper())
+
+
 class Notify:
     """Notification method names."""
 

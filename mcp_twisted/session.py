@@ -173,7 +173,7 @@ class IncomingRequest:
 class OutgoingRequest:
     """A request we sent, waiting for the peer's answer."""
 
-    __slots__ = ("deferred", "id", "method", "on_progress", "timeout", "timer")
+    __slots__ = ("deadline", "deferred", "id", "method", "on_progress", "timeout", "timer")
 
     def __init__(
         self,
@@ -189,6 +189,7 @@ class OutgoingRequest:
         self.on_progress = on_progress
         self.timeout = timeout
         self.timer: IDelayedCall | None = None
+        self.deadline = float("inf")
 
 
 class _Batch:
@@ -210,6 +211,10 @@ class _Batch:
 
 
 _NO_TIMEOUT: Any = object()
+
+# Progress notifications restart a request's timeout, up to this many times its
+# length in all: a peer that reports progress forever still gets cut off.
+MAX_TIMEOUT_RESETS = 10
 
 
 class Session:
@@ -352,14 +357,16 @@ class Session:
             self._request_done(result, request)  # the common case: no Deferred needed
             return
         d = as_deferred(result)
-        if not d.called:
-            request.deferred = d
-            if request.cancelled:  # the session closed while the handler ran
-                d.cancel()
-            elif self.handler_timeout is not None:
-                request._timer = self.clock.callLater(self.handler_timeout, self._handler_expired, request)
         # An already settled Deferred answers now and releases the slot at once.
         d.addCallbacks(self._request_done, self._request_failed, (request,), None, (request,))
+        if request.cancelled:  # cancelled, or the session closed, while the handler ran
+            d.cancel()
+        elif self._incoming.get(message.id) is request:
+            # Still running (possibly "fired" but waiting on a chained Deferred):
+            # make it cancellable and bound its time.
+            request.deferred = d
+            if self.handler_timeout is not None:
+                request._timer = self.clock.callLater(self.handler_timeout, self._handler_expired, request)
 
     def _answer_initialize(self, message: Request) -> dict[str, Any]:
         if self.state is not State.NEW:
@@ -380,7 +387,14 @@ class Session:
         self.protocol_version = negotiate_version(params["protocolVersion"])
         self.peer_capabilities = capabilities
         self.peer_info = client_info
-        result = {"protocolVersion": self.protocol_version, **self.handler.describe(self)}
+        try:
+            result = {"protocolVersion": self.protocol_version, **self.handler.describe(self)}
+            jsonrpc.encode(result)
+        except Exception:
+            error_id = new_error_id()
+            log.failure("Describing the server failed (error id {error_id})", error_id=error_id)
+            return jsonrpc.error_response(
+                message.id, RPCError(INTERNAL_ERROR, "Internal error", {"errorId": error_id}))
         self.initialize_result = result
         self.state = State.INITIALIZING
         return jsonrpc.response(message.id, result)
@@ -504,8 +518,10 @@ class Session:
         if outgoing is None or outgoing.on_progress is None:
             return
         if outgoing.timer is not None and outgoing.timer.active():
-            # Progress shows the peer is alive: give it a fresh timeout.
-            outgoing.timer.reset(outgoing.timeout)
+            # Progress shows the peer is alive: give it a fresh timeout, but
+            # never past MAX_TIMEOUT_RESETS times the timeout in all.
+            remaining = outgoing.deadline - self.clock.seconds()
+            outgoing.timer.reset(max(0.0, min(outgoing.timeout or 0.0, remaining)))
         try:
             outgoing.on_progress(params.get("progress"), params.get("total"), params.get("message"))
         except Exception:
@@ -564,11 +580,16 @@ class Session:
             params["_meta"] = {**params.get("_meta", {}), "progressToken": request_id}
         if timeout is _NO_TIMEOUT:
             timeout = self.request_timeout
+        try:
+            encoded = jsonrpc.encode(jsonrpc.request(request_id, method, params))
+        except TypeError as e:
+            return fail(e)
         d: Deferred[Any] = Deferred(lambda _: self._cancel_outgoing(request_id, "cancelled"))
         outgoing = OutgoingRequest(request_id, method, d, on_progress, timeout)
         self._outgoing[request_id] = outgoing
-        self._write(jsonrpc.request(request_id, method, params))
+        self._send(encoded)
         if timeout is not None:
+            outgoing.deadline = self.clock.seconds() + timeout * MAX_TIMEOUT_RESETS
             outgoing.timer = self.clock.callLater(timeout, self._outgoing_expired, request_id)
         return d
 

@@ -66,6 +66,15 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def is_ip_literal(host: str) -> bool:
+    """Whether a Host header names an address rather than a (rebindable) DNS name."""
+    try:
+        ipaddress.ip_address(_split_host(host)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def normalize_origin(origin: str) -> str:
     """``scheme://host[:port]`` lower-cased, default ports dropped."""
     parts = urlsplit(origin.strip())
@@ -108,7 +117,13 @@ class OriginPolicy:
             else:
                 self.exact.add(normalize_origin(entry))
 
-    def allows(self, origin: str | None, host: str) -> bool:
+    def allows(self, origin: str | None, host: str, host_trusted: bool = True) -> bool:
+        """Whether a request from ``origin`` with this ``Host`` may connect.
+
+        ``host_trusted`` says whether the Host header can be believed (an IP
+        literal, a loopback name, a configured name); otherwise it does not
+        make an origin "the same", as a DNS-rebinding page controls both.
+        """
         if origin is None or self.allow_any:
             return True
         if origin == "null":
@@ -119,6 +134,8 @@ class OriginPolicy:
         scheme, _, netloc = normalized.partition("://")
         if any(scheme == s and netloc.endswith(suffix) for s, suffix in self.suffixes):
             return True
+        if not host_trusted:
+            return False
         # Same origin: the page was served by this very host:port.
         origin_host, origin_port = _split_host(netloc)
         request_host, request_port = _split_host(host)
@@ -187,12 +204,15 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         factory = self.factory
         if factory.path is not None and request.path != factory.path:
             self._refuse(request, "path", 404, "Not Found")
+        if factory.draining:
+            self._refuse(request, "draining", 503, "Service Unavailable: shutting down")
         if factory.max_connections and factory.countConnections > factory.max_connections:
             self._refuse(request, "capacity", 503, "Service Unavailable: too many connections")
         host = request.headers.get("host", "")
-        if self._on_loopback() and not (is_loopback_host(host) or host.lower() in factory.allowed_hosts):
+        host_trusted = is_loopback_host(host) or is_ip_literal(host) or factory.is_allowed_host(host)
+        if self._on_loopback() and not (is_loopback_host(host) or factory.is_allowed_host(host)):
             self._refuse(request, "host", 421, "Misdirected Request: Host not allowed")
-        if not factory.origin_policy.allows(request.headers.get("origin"), host):
+        if not factory.origin_policy.allows(request.headers.get("origin"), host, host_trusted):
             self._refuse(request, "origin", 403, "Forbidden: Origin not allowed")
         if factory.auth is not None:
             self.identity = factory.auth.authenticate(request.headers.get("authorization"))
@@ -297,7 +317,10 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         session.receive(payload)  # type: ignore[union-attr]
         if not self._ready_announced and session.state is State.READY:  # type: ignore[union-attr]
             self._ready_announced = True
-            self.onSessionReady()
+            try:
+                self.onSessionReady()
+            except Exception:
+                log.failure("onSessionReady raised for {peer}", peer=self.peer)
 
     def _send(self, data: bytes) -> None:
         # A handler may finish after the peer started closing; drop the answer.
@@ -318,7 +341,7 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         self.session.close(f"WebSocket closed ({code}): {reason}")
         self.factory.connections.discard(self)
         if self.factory.metrics is not None:
-            self.factory.metrics.connections_closed.labels(str(code)).inc()
+            self.factory.metrics.connection_closed(code)
         duration = time.monotonic() - self.opened_at if self.opened_at else 0.0
         log.info("Closed {peer} code={code} clean={clean} after {duration:.1f}s",
                  peer=self.peer, code=code, clean=wasClean, duration=duration, reason=reason)
@@ -347,7 +370,7 @@ class MCPServerFactory(WebSocketServerFactory):
         handler_timeout: float | None = None,
         open_handshake_timeout: float = 5.0,
         close_handshake_timeout: float = 1.0,
-        max_connections: int = 0,
+        max_connections: int = 1000,
         write_buffer_size: int | None = None,
         auth: TokenAuthenticator | None = None,
         metrics: Metrics | None = None,
@@ -383,7 +406,7 @@ class MCPServerFactory(WebSocketServerFactory):
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.path = path
         self.origin_policy = OriginPolicy(allowed_origins)
-        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
         self.max_in_flight = max_in_flight
         self.handler_timeout = handler_timeout
         self.write_buffer_size = write_buffer_size
@@ -393,7 +416,8 @@ class MCPServerFactory(WebSocketServerFactory):
         if metrics is not None:
             metrics.factory = self
         self.connections: set[MCPServerProtocol] = set()
-        # True once the service started shutting down (health checks say so).
+        # True once the service started shutting down: /healthz says 503 and
+        # new upgrades are refused with 503.
         self.draining = False
         self.setProtocolOptions(
             webStatus=False,
@@ -406,3 +430,7 @@ class MCPServerFactory(WebSocketServerFactory):
             openHandshakeTimeout=open_handshake_timeout,
             closeHandshakeTimeout=close_handshake_timeout,
         )
+
+    def is_allowed_host(self, host: str) -> bool:
+        """Whether ``host`` (a Host header, port and trailing dot ignored) was configured."""
+        return _split_host(host)[0].rstrip(".") in self.allowed_hosts

@@ -493,8 +493,11 @@ async def test_stop_service_closes_with_1000_and_does_not_reconnect(harness):
     assert not service.running and not client.connected
     await task.deferLater(reactor, 0.3)  # 15 retry delays: any reconnect would have happened
     assert len(factory.upgrades) == 1 and factory.connections == set()
-    client.wait_for_connection = False
-    with pytest.raises(NotConnected):
+    assert service.last_error is None  # a session that worked and closed cleanly is no failure
+    # Nobody waits for a session that will not come.
+    with pytest.raises(ConnectionFailed, match="was stopped"):
+        await service.when_ready()
+    with pytest.raises(ConnectionFailed, match="was stopped"):
         await client.ping()
 
 

@@ -667,3 +667,21 @@ def test_json_stdout_writes_json_records(monkeypatch):
     assert event["log_level"] == LogLevel.info
     # (Twisted's flattening keeps str(value) and drops the format spec: "1.25s".)
     assert formatEvent(event).startswith("Closed tcp4:127.0.0.1:5 code=1000 after 1.2")
+
+
+def test_metric_labels_from_clients_are_bounded():
+    from mcp_twisted.metrics import Metrics
+
+    metrics = Metrics()
+    for i in range(100):
+        metrics.request_finished(f"made/up/{i}", "error", 0.001)
+        metrics.connection_closed(3000 + i)
+    metrics.request_finished("tools/call", "ok", 0.001)
+    metrics.connection_closed(1001)
+    sample = metrics.registry.get_sample_value
+    assert sample("mcp_requests_total", {"method": "other", "outcome": "error"}) == 100
+    assert sample("mcp_requests_total", {"method": "tools/call", "outcome": "ok"}) == 1
+    assert sample("mcp_connections_closed_total", {"code": "other"}) == 100
+    assert sample("mcp_connections_closed_total", {"code": "1001"}) == 1
+    families = {f.name: f for f in metrics.registry.collect()}
+    assert len(families["mcp_requests"].samples) <= 4  # two label sets: total + created each

@@ -1188,3 +1188,53 @@ def test_removed_tool_is_unknown():
     server.remove_tool("t")
     assert client.error("tools/call", {"name": "t"})["code"] == -32602
     assert client.result("tools/list")["tools"] == []
+
+
+# -- review findings ---------------------------------------------------------------
+
+
+def test_a_bad_log_level_in_a_tool_is_a_tool_bug_not_invalid_params():
+    server = MCPServer("log-bug")
+
+    @server.tool()
+    async def noisy(ctx: Context) -> str:
+        await ctx.log("verbose", "x")
+        return "unreachable"
+
+    result = Client(server).tool("noisy")
+    assert result["isError"] is True
+    assert "Invalid log level 'verbose'" in result["content"][0]["text"]
+
+
+def test_a_failing_describe_answers_initialize_with_an_internal_error():
+    class Broken(MCPServer):
+        def describe(self, session):
+            raise RuntimeError("bad icons")
+
+    sent: list[dict[str, Any]] = []
+    session = Session(lambda data: sent.append(json.loads(data)), role=Role.SERVER,
+                      handler=Broken("broken"), clock=task.Clock())
+    session.receive(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": LATEST, "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}}))
+    (reply,) = sent
+    assert reply["error"]["code"] == -32603 and "errorId" in reply["error"]["data"]
+
+
+def test_ctx_cancelled_is_true_once_the_handler_time_limit_passed():
+    server = MCPServer("slow")
+    seen: dict[str, Any] = {}
+    blocker: defer.Deferred[None] = defer.Deferred()
+
+    @server.tool()
+    async def wait(ctx: Context) -> str:
+        seen["ctx"] = ctx
+        await blocker
+        return "done"
+
+    client = Client(server)
+    client.session.handler_timeout = 5
+    request_id = client.start("tools/call", {"name": "wait", "arguments": {}})
+    assert seen["ctx"].cancelled is False
+    client.clock.advance(5)
+    assert seen["ctx"].cancelled is True
+    assert client.answer(request_id)["error"]["code"] == -32001

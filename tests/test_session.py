@@ -1232,3 +1232,50 @@ def test_drain_of_an_idle_session_fires_at_once_and_close_releases_waiters() -> 
     drained = busy.session.drain()
     busy.session.close()
     assert success_of(drained) is None
+
+
+# -- review findings ---------------------------------------------------------------
+
+
+def test_a_fired_deferred_waiting_on_a_chained_one_is_still_timed_out() -> None:
+    inner: Deferred[Any] = Deferred()
+
+    def chained(request: IncomingRequest) -> Deferred[Any]:
+        outer: Deferred[Any] = Deferred()
+        outer.callback(None)
+        return outer.addCallback(lambda _: inner)  # "called", yet waiting on inner
+
+    peer = Peer(FakeHandler({"chained": chained}), handler_timeout=5)
+    peer.initialize()
+    peer.call(1, "chained")
+    assert peer.take() == [] and peer.session.in_flight == 1
+    peer.clock.advance(5)
+    (reply,) = peer.take()
+    assert reply["id"] == 1 and error_code(reply) == REQUEST_TIMEOUT
+    assert peer.session.in_flight == 0
+
+
+def test_progress_restarts_the_timeout_but_not_forever() -> None:
+    peer = Peer(role=Role.CLIENT)
+    seen: list[float] = []
+    d = peer.session.request("tools/call", {"name": "x"}, timeout=10,
+                             on_progress=lambda p, t, m: seen.append(p))
+    token = peer.take()[0]["params"]["_meta"]["progressToken"]
+    failed_at: list[float] = []
+    d.addErrback(lambda f: failed_at.append(peer.clock.seconds()) or f)
+    for step in range(1, 30):
+        peer.clock.pump([1] * 9)  # 9 s, always inside the 10 s timeout
+        if d.called:
+            break
+        peer.notify("notifications/progress", {"progressToken": token, "progress": step})
+    assert isinstance(failure_of(d).value, RequestTimedOut)
+    assert 9 <= len(seen) <= 11  # about MAX_TIMEOUT_RESETS (10) timeouts' worth, not 29 steps
+    assert failed_at == [10 * 10]  # the hard deadline: 10 timeouts after sending
+
+
+def test_a_request_whose_params_are_not_json_fails_and_leaves_nothing_behind() -> None:
+    peer = Peer(role=Role.CLIENT)
+    d = peer.session.request("tools/call", {"value": object()})
+    assert isinstance(failure_of(d).value, TypeError)
+    assert peer.session.waiting == 0 and peer.take() == []
+    assert peer.clock.getDelayedCalls() == []

@@ -26,7 +26,15 @@ def test_several_variables_and_literal_regex_characters():
 
 def test_simple_values_are_percent_decoded():
     template = URITemplate("users://{name}/profile")
-    assert template.match("users://J%C3%BCrgen%20K%2FX/profile") == {"name": "Jürgen K/X"}
+    assert template.match("users://J%C3%BCrgen%20K%C3%B6/profile") == {"name": "Jürgen Kö"}
+
+
+def test_a_simple_value_is_one_non_empty_segment_even_when_encoded():
+    """%2F must not smuggle a path ("../../etc/passwd") into a one-segment variable."""
+    template = URITemplate("file:///srv/docs/{name}")
+    assert template.match("file:///srv/docs/..%2F..%2Fetc%2Fpasswd") is None
+    assert template.match("file:///srv/docs/") is None
+    assert URITemplate("file:///srv/{+path}").match("file:///srv/a%2Fb") == {"path": "a/b"}
 
 
 def test_simple_value_stops_at_reserved_separators():
@@ -55,9 +63,9 @@ def test_fragment_expansion_expects_hash():
 
 def test_expand_is_the_inverse_of_match():
     template = URITemplate("users://{name}/files/{+path}")
-    uri = template.expand(name="a b/c", path="x/y z.txt")
-    assert uri == "users://a%20b%2Fc/files/x/y%20z.txt"
-    assert template.match(uri) == {"name": "a b/c", "path": "x/y z.txt"}
+    uri = template.expand(name="a b,c", path="x/y z.txt")
+    assert uri == "users://a%20b%2Cc/files/x/y%20z.txt"
+    assert template.match(uri) == {"name": "a b,c", "path": "x/y z.txt"}
 
 
 def test_expand_converts_values_to_strings():

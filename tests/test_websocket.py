@@ -10,7 +10,13 @@ from twisted.internet import defer, reactor, task
 
 from mcp_twisted import Context, MCPServer
 from mcp_twisted.session import State
-from mcp_twisted.websocket import MCPServerFactory, OriginPolicy, is_loopback_host
+from mcp_twisted.websocket import (
+    MCPServerFactory,
+    MCPServerProtocol,
+    OriginPolicy,
+    is_ip_literal,
+    is_loopback_host,
+)
 from tests.support import ProbeClient, connect, handshake, listen, stop
 
 
@@ -244,4 +250,66 @@ async def test_allowed_hosts_extend_the_loopback_names():
         assert (await handshake(number, host="mcp.example.com"))[0] == 101
         assert (await handshake(number, host="other.example.com"))[0] == 421
     finally:
+        await stop(port, factory)
+
+
+def test_same_origin_needs_a_host_that_cannot_be_rebound():
+    policy = OriginPolicy()
+    # A page on a rebound name sends its own name as Origin and Host: not trusted.
+    assert not policy.allows("http://rebind.example:8080", "rebind.example:8080", host_trusted=False)
+    assert policy.allows("http://10.0.0.5:8080", "10.0.0.5:8080", host_trusted=True)
+    assert is_ip_literal("10.0.0.5:8080") and is_ip_literal("[::1]:80")
+    assert not is_ip_literal("rebind.example:8080")
+
+
+@pytest_twisted.ensureDeferred
+async def test_allowed_hosts_ignore_port_case_and_trailing_dot():
+    app, _ = make_app()
+    factory = MCPServerFactory(app, allowed_hosts=["mcp.example.com"])
+    port = await listen(factory)
+    try:
+        number = port.getHost().port
+        for host in ("mcp.example.com:8443", "MCP.Example.com.", "mcp.example.com"):
+            assert (await handshake(number, host=host))[0] == 101, host
+        # An allowed name also makes same-origin pages work.
+        headers = {"Origin": "https://mcp.example.com"}
+        assert (await handshake(number, headers=headers, host="mcp.example.com"))[0] == 101
+    finally:
+        await stop(port, factory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgrades_during_drain_are_refused_with_503():
+    app, _ = make_app()
+    factory = MCPServerFactory(app)
+    port = await listen(factory)
+    try:
+        factory.draining = True
+        assert (await handshake(port.getHost().port))[0] == 503
+    finally:
+        await stop(port, factory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_exception_in_on_session_ready_is_logged_not_fatal():
+    from twisted.logger import globalLogPublisher
+
+    class Broken(MCPServerProtocol):
+        def onSessionReady(self) -> None:
+            raise RuntimeError("hook bug")
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    app, _ = make_app()
+    factory = MCPServerFactory(app)
+    factory.protocol = Broken
+    port = await listen(factory)
+    try:
+        client = await connect(port.getHost().port)
+        await client.initialize()
+        reply = await client.request(1, "tools/call", {"name": "echo", "arguments": {"text": "still"}})
+        assert reply["result"]["content"][0]["text"] == "still"
+        assert any("log_failure" in e and "onSessionReady" in e.get("log_format", "") for e in events)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
         await stop(port, factory)

@@ -60,6 +60,8 @@ class MCPClient:
     :param on_log: called with each ``notifications/message`` params.
     :param on_list_changed: called with ``"tools"``, ``"resources"`` or
         ``"prompts"`` when the server's list changes.
+    :param request_timeout: seconds a request waits for its answer (and for a
+        session, if it has to); ``None``: as long as it takes.
     :param wait_for_connection: requests made while disconnected wait for the
         next session (True) or fail at once with ``NotConnected`` (False).
     """
@@ -74,7 +76,7 @@ class MCPClient:
         elicitation: Handler | None = None,
         on_log: Callable[[dict[str, Any]], object] | None = None,
         on_list_changed: Callable[[str], object] | None = None,
-        request_timeout: float = 60.0,
+        request_timeout: float | None = 60.0,
         wait_for_connection: bool = True,
     ) -> None:
         self.clock = clock
@@ -216,10 +218,12 @@ class MCPClient:
         if not self.wait_for_connection:
             return fail(NotConnected(f"Not connected; {method!r} not sent"))
         started = self.clock.seconds()
-        ready = self.when_ready().addTimeout(timeout, self.clock)
+        ready = self.when_ready()
+        if timeout is not None:
+            ready.addTimeout(timeout, self.clock)
 
         def send(client: MCPClient) -> Deferred[Any]:
-            remaining = max(0.0, timeout - (self.clock.seconds() - started))
+            remaining = None if timeout is None else max(0.0, timeout - (self.clock.seconds() - started))
             return client.request(method, params, timeout=remaining, on_progress=on_progress)
 
         def waited_too_long(failure: Any) -> Any:

@@ -57,6 +57,7 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
     factory: MCPClientFactory
     session: Session | None = None
     failure_reason: str | None = None
+    ready = False
 
     def onOpen(self) -> None:
         client = self.factory.client
@@ -68,6 +69,7 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
         client.start_session(self.session).addCallbacks(self._ready, self._initialize_failed)
 
     def _ready(self, result: dict[str, Any]) -> None:
+        self.ready = True
         self.factory.on_session(self)
 
     def _initialize_failed(self, failure: Failure) -> None:
@@ -94,7 +96,7 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:
             self.session.close(f"WebSocket closed ({code}): {reason}")
-        if self.failure_reason is None and (self.session is None or not self.factory.client.connected):
+        if self.failure_reason is None and not self.ready:  # a session that worked is no failure
             self.failure_reason = reason or f"closed with code {code}"
         if self.factory.current is self:
             self.factory.current = None
@@ -326,3 +328,4 @@ class MCPClientService(ClientService):
                 yield closed
         if self.running:
             yield super().stopService()
+        self.client.fail_waiters(ConnectionFailed(f"The client for {self.factory.url} was stopped"))

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from mcp_twisted.protocol import LOG_LEVEL_RANK, CapabilityError, Method, Notify, check_log_level
+from mcp_twisted.protocol import LOG_LEVEL_RANK, CapabilityError, Method, Notify
 
 if TYPE_CHECKING:
     from mcp_twisted.server._server import MCPServer
@@ -56,8 +56,8 @@ class Context:
 
     @property
     def cancelled(self) -> bool:
-        """True once the client cancelled this request or the session closed."""
-        return self._request.cancelled
+        """True once the client cancelled this request, it ran out of time, or the session closed."""
+        return self._request.cancelled or self._request.timed_out
 
     def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
@@ -67,8 +67,13 @@ class Context:
         return succeed(None)
 
     def log(self, level: str, data: Any, logger: str | None = None) -> Deferred[None]:
-        """Send ``notifications/message`` if ``level`` passes the client's threshold."""
-        check_log_level(level)
+        """Send ``notifications/message`` if ``level`` passes the client's threshold.
+
+        Raises ``ValueError`` for a level that is not an RFC 5424 name: that is
+        a bug in the handler, not bad input from the client.
+        """
+        if level not in LOG_LEVEL_RANK:
+            raise ValueError(f"Invalid log level {level!r}; expected one of {', '.join(LOG_LEVEL_RANK)}")
         threshold = self.server.log_level_for(self.session)
         if not self.cancelled and LOG_LEVEL_RANK[level] >= LOG_LEVEL_RANK[threshold]:
             params: dict[str, Any] = {"level": level, "data": data}

@@ -61,7 +61,15 @@ class URITemplate:
         found = self._pattern.match(uri)
         if found is None:
             return None
-        return {name: unquote(value) for name, value in found.groupdict().items()}
+        variables = {}
+        for name, value in found.groupdict().items():
+            value = unquote(value)
+            # A simple {var} is one path segment: "%2F" must not smuggle in
+            # "../../etc/passwd", and an empty segment is no value.
+            if name not in self._reserved and ("/" in value or not value):
+                return None
+            variables[name] = value
+        return variables
 
     def expand(self, **values: str) -> str:
         """The URI for the given values (the inverse of ``match``)."""
