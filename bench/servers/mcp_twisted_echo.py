@@ -38,6 +38,9 @@ def make_factory(settings: dict[str, Any]) -> Any:
         """Return the text unchanged."""
         return text
 
+    # The suite measures capacity (10,000 idle connections), so lift the
+    # production default of 1,000 open connections (--max-connections).
+    settings.setdefault("max_connections", 0)
     return MCPServerFactory(server, **settings)
 
 
