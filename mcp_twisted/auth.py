@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from pathlib import Path
 
+from twisted.internet import ssl
 from twisted.internet.interfaces import ISSLTransport
 
 
@@ -53,6 +55,18 @@ class TokenAuthenticator:
             if hmac.compare_digest(offered, digest):
                 found = name
         return found
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def load_certificates(path: str) -> list[ssl.Certificate]:
+    """Every certificate in a PEM file (a CA bundle holds several)."""
+    with open(path, "rb") as f:
+        blocks = _PEM_CERTIFICATE.findall(f.read())
+    if not blocks:
+        raise ValueError(f"{path}: no PEM certificate found")
+    return [ssl.Certificate.loadPEM(block) for block in blocks]
 
 
 def certificate_subject(transport: object) -> str | None:

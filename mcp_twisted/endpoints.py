@@ -13,7 +13,6 @@ TLS 1.2 is the minimum, as with ``ssl:``.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.internet import ssl
@@ -22,15 +21,7 @@ from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-
-
-def _certificates(path: str) -> list[ssl.Certificate]:
-    with open(path, "rb") as f:
-        blocks = _PEM_CERTIFICATE.findall(f.read())
-    if not blocks:
-        raise ValueError(f"{path}: no PEM certificate found")
-    return [ssl.Certificate.loadPEM(block) for block in blocks]
+from mcp_twisted.auth import load_certificates
 
 
 def mutual_tls_options(
@@ -42,12 +33,12 @@ def mutual_tls_options(
     with open(certificate, "rb") as f:
         cert_pem = f.read()
     server = ssl.PrivateCertificate.loadPEM(key_pem + b"\n" + cert_pem)
-    chain = [c.original for c in _certificates(extra_chain)] if extra_chain else None
+    chain = [c.original for c in load_certificates(extra_chain)] if extra_chain else None
     return ssl.CertificateOptions(
         privateKey=server.privateKey.original,
         certificate=server.original,
         extraCertChain=chain,
-        trustRoot=ssl.trustRootFromCertificates(_certificates(ca_certificates)),
+        trustRoot=ssl.trustRootFromCertificates(load_certificates(ca_certificates)),
     )
 
 

@@ -69,7 +69,7 @@ class Options(usage.Options):
         ["app", "a", DEFAULT_APP, "The MCPServer to serve, as module:attribute."],
         ["path", None, "/mcp", "The URL path clients connect to."],
         ["ping-interval", None, 20.0, "Seconds between WebSocket pings (0: off).", _positive_float],
-        ["ping-timeout", None, 10.0, "Seconds to wait for a pong before dropping the peer.",
+        ["ping-timeout", None, 10.0, "Seconds to wait for a pong before dropping the peer (0: forever).",
          _positive_float],
         ["max-message-size", None, DEFAULT_MAX_MESSAGE_SIZE,
          "Largest message in bytes (K, M suffixes allowed); larger ones close with 1009.", _size],

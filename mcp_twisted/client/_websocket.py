@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mcp_twisted.auth import load_certificates
 from mcp_twisted.client._api import ConnectionFailed, MCPClient
 from mcp_twisted.session import Role, Session
 from mcp_twisted.websocket import SUBPROTOCOL, FastPathMixin, check_timer_settings
@@ -151,7 +151,6 @@ class MCPClientFactory(WebSocketClientFactory):
         )
 
 
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def endpoint_for_url(
@@ -178,12 +177,8 @@ def endpoint_for_url(
         return endpoint
     trust_root: Any = None
     if tls_ca is not None:
-        with open(tls_ca, "rb") as f:
-            blocks = _PEM_CERTIFICATE.findall(f.read())
-        if not blocks:
-            raise ValueError(f"No PEM certificate in {tls_ca!r}")
         # A bundle: trust every CA in the file, not just the first one.
-        trust_root = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
+        trust_root = ssl.trustRootFromCertificates(load_certificates(tls_ca))
     client_certificate = None
     if tls_client_cert is not None:
         with open(tls_client_cert, "rb") as f:
