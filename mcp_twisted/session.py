@@ -325,17 +325,20 @@ class Session:
             error = RPCError(INVALID_REQUEST, "Request id is already in use by a request in flight")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
-        if self.draining:
-            error = RPCError(SERVER_SHUTTING_DOWN, "Server is shutting down; reconnect and retry")
+        if self.draining or len(self._incoming) >= self.max_in_flight:
+            if self.draining:
+                error = RPCError(SERVER_SHUTTING_DOWN, "Server is shutting down; reconnect and retry")
+            else:
+                log.info("Request {method!r} refused: {limit} requests in flight", method=method,
+                         limit=self.max_in_flight)
+                error = RPCError(
+                    SERVER_BUSY,
+                    f"Too many requests in flight (limit {self.max_in_flight}); retry later",
+                    {"limit": self.max_in_flight},
+                )
             self._reply(batch, jsonrpc.error_response(message.id, error))
-            return
-        if len(self._incoming) >= self.max_in_flight:
-            error = RPCError(
-                SERVER_BUSY,
-                f"Too many requests in flight (limit {self.max_in_flight}); retry later",
-                {"limit": self.max_in_flight},
-            )
-            self._reply(batch, jsonrpc.error_response(message.id, error))
+            if self.observer is not None:  # so that hitting a limit shows in the metrics
+                self.observer(method, "refused", 0.0)
             return
         if isinstance(message.params, list):
             # Every MCP method takes named params; handlers rely on a dict.

@@ -1279,3 +1279,16 @@ def test_a_request_whose_params_are_not_json_fails_and_leaves_nothing_behind() -
     assert isinstance(failure_of(d).value, TypeError)
     assert peer.session.waiting == 0 and peer.take() == []
     assert peer.clock.getDelayedCalls() == []
+
+
+def test_requests_refused_at_a_limit_are_observed_as_refused() -> None:
+    observed: list[tuple[str, str]] = []
+    peer = Peer(FakeHandler({"wait": lambda request: Deferred()}), max_in_flight=1,
+                observer=lambda method, outcome, seconds: observed.append((method, outcome)))
+    peer.initialize()
+    peer.call(1, "wait")
+    peer.call(2, "wait")
+    peer.session.drain()
+    peer.call(3, "wait")
+    assert [error_code(reply) for reply in peer.take()] == [SERVER_BUSY, SERVER_SHUTTING_DOWN]
+    assert observed == [("wait", "refused"), ("wait", "refused")]
