@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+from typing import Any
 
 # The payload of the ``initialize`` answer where a server writes it by hand.
 SERVER_INFO = {"name": "bench-echo", "version": "1.0.0"}
@@ -40,3 +41,17 @@ def raise_open_file_limit() -> int:
 
 def announce(port: int) -> None:
     print(f"READY {port}", flush=True)
+
+
+def serve(factory: Any, args: argparse.Namespace) -> None:
+    """Listen on 127.0.0.1 (TLS if ``--tls CERT KEY``), announce the port, run the reactor."""
+    from twisted.internet import endpoints, reactor
+
+    if args.tls:
+        cert, key = args.tls
+        description = f"ssl:{args.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    else:
+        description = f"tcp:{args.port}:interface=127.0.0.1"
+    listening = endpoints.serverFromString(reactor, description).listen(factory)
+    listening.addCallback(lambda port: announce(port.getHost().port))
+    reactor.run()

@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from _common import SERVER_INFO, announce, parse_args, raise_open_file_limit
+from _common import SERVER_INFO, parse_args, raise_open_file_limit, serve
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet import endpoints, reactor
 
 
 class FloorProtocol(WebSocketServerProtocol):
@@ -56,14 +55,7 @@ def main() -> None:
         options["autoPingInterval"] = args.ping_interval
         options["autoPingTimeout"] = args.ping_timeout or args.ping_interval
     factory.setProtocolOptions(**options)
-    if args.tls:
-        cert, key = args.tls
-        description = f"ssl:{args.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
-    else:
-        description = f"tcp:{args.port}:interface=127.0.0.1"
-    listening = endpoints.serverFromString(reactor, description).listen(factory)
-    listening.addCallback(lambda port: announce(port.getHost().port))
-    reactor.run()
+    serve(factory, args)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import announce, parse_args, raise_open_file_limit
-from twisted.internet import endpoints, reactor
+from _common import parse_args, raise_open_file_limit, serve
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -60,14 +59,7 @@ def main() -> None:
     if args.ping_timeout is not None:
         settings["ping_timeout"] = args.ping_timeout
     factory = make_factory(settings)
-    if args.tls:
-        cert, key = args.tls
-        description = f"ssl:{args.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
-    else:
-        description = f"tcp:{args.port}:interface=127.0.0.1"
-    listening = endpoints.serverFromString(reactor, description).listen(factory)
-    listening.addCallback(lambda port: announce(port.getHost().port))
-    reactor.run()
+    serve(factory, args)
 
 
 if __name__ == "__main__":
