@@ -827,3 +827,18 @@ def test_a_refused_subscription_is_not_restored_on_reconnect():
     refused.addErrback(failures.append)
     assert failures and failures[0].value.code == -32602
     assert client._subscriptions == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_certificate_file_with_its_chain_sends_the_intermediates(harness, pki):
+    intermediate = pki["ca"].create_child_ca()
+    leaf = intermediate.issue_cert("chained@example.org")
+    chained = pki["dir"] / "chained.pem"  # the leaf, then the intermediate
+    chained.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key = pki["dir"] / "chained.key"
+    leaf.private_key_pem.write_to_path(str(key))
+    options = tls_options(pki["server"], client_ca=pki["ca"])  # the server trusts only the root
+    _, port = await serve_tls(harness, options)
+    client = await harness.client(f"wss://localhost:{port}/mcp", tls_ca=pki["ca.pem"],
+                                  tls_client_cert=str(chained), tls_client_key=str(key))
+    assert text(await client.call_tool("echo", {"text": "chained"})) == "chained"

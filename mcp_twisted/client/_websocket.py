@@ -180,6 +180,7 @@ def endpoint_for_url(
         # A bundle: trust every CA in the file, not just the first one.
         trust_root = ssl.trustRootFromCertificates(load_certificates(tls_ca))
     client_certificate = None
+    extra: dict[str, Any] = {}
     if tls_client_cert is not None:
         with open(tls_client_cert, "rb") as f:
             pem = f.read()
@@ -187,8 +188,14 @@ def endpoint_for_url(
             with open(tls_client_key, "rb") as f:
                 pem = f.read() + b"\n" + pem
         client_certificate = ssl.PrivateCertificate.loadPEM(pem)
+        # The file may hold the chain after the client's own certificate:
+        # send the intermediates too, or a server trusting only the root refuses.
+        chain = load_certificates(tls_client_cert)[1:]
+        if chain:
+            extra["extraCertChain"] = [certificate.original for certificate in chain]
     options = ssl.optionsForClientTLS(
-        parts.hostname, trustRoot=trust_root, clientCertificate=client_certificate
+        parts.hostname, trustRoot=trust_root, clientCertificate=client_certificate,
+        extraCertificateOptions=extra or None,
     )
     return endpoints.wrapClientTLS(options, endpoint)
 
