@@ -231,6 +231,13 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
             self.factory.metrics.handshake_refusals.labels(reason).inc()
         raise ConnectionDeny(code, text)
 
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # RFC 6750: a 401 names the scheme it wants. ConnectionDeny cannot
+        # carry headers, so they are added here, where Autobahn answers.
+        if code == 401 and responseHeaders is None:
+            responseHeaders = [("WWW-Authenticate", 'Bearer realm="mcp"')]
+        super().failHandshake(reason, code, responseHeaders)
+
     def _on_loopback(self) -> bool:
         address = self.transport.getHost()
         if isinstance(address, (IPv4Address, IPv6Address)):

@@ -42,7 +42,9 @@ async def token_server():
 async def test_token_refused_with_401(token_server, header):
     port, _ = token_server
     headers = {"Authorization": header} if header else {}
-    assert (await handshake(port, headers=headers))[0] == 401
+    status, response = await handshake(port, headers=headers)
+    assert status == 401
+    assert response["www-authenticate"] == 'Bearer realm="mcp"'  # RFC 6750
 
 
 @pytest_twisted.ensureDeferred
