@@ -236,6 +236,10 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         # carry headers, so they are added here, where Autobahn answers.
         if code == 401 and responseHeaders is None:
             responseHeaders = [("WWW-Authenticate", 'Bearer realm="mcp"')]
+        if code == 500:
+            # Autobahn puts the text of an exception raised in onConnect in the
+            # status line; it has logged it already, the client gets no details.
+            reason = "Internal Server Error"
         super().failHandshake(reason, code, responseHeaders)
 
     def _on_loopback(self) -> bool:

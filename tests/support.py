@@ -63,6 +63,14 @@ class _HandshakeProbe(protocol.Protocol):
             self.done.callback(self.buffer)
 
 
+async def raw_response(port: int, request: bytes) -> bytes:
+    """Send raw bytes to 127.0.0.1:port; return the response head (and what came with it)."""
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    probe = await endpoints.connectProtocol(endpoint, _HandshakeProbe())
+    probe.transport.write(request)
+    return await probe.done
+
+
 async def handshake(
     port: int, path: str = "/mcp", headers: dict[str, str] | None = None, host: str | None = None
 ) -> tuple[int, dict[str, str]]:
@@ -76,10 +84,7 @@ async def handshake(
         **(headers or {}),
     }
     lines = [f"GET {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in request_headers.items()]
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    probe = await endpoints.connectProtocol(endpoint, _HandshakeProbe())
-    probe.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    raw = await probe.done
+    raw = await raw_response(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
     head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
     status = int(head[0].split()[1]) if head and head[0] else 0
     response_headers = {}

@@ -17,7 +17,7 @@ from mcp_twisted.websocket import (
     is_ip_literal,
     is_loopback_host,
 )
-from tests.support import ProbeClient, connect, handshake, listen, stop
+from tests.support import ProbeClient, connect, handshake, listen, raw_response, stop
 
 
 def make_app() -> tuple[MCPServer, dict[str, Any]]:
@@ -313,3 +313,24 @@ async def test_an_exception_in_on_session_ready_is_logged_not_fatal():
     finally:
         globalLogPublisher.removeObserver(events.append)
         await stop(port, factory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_exception_in_on_connect_is_a_500_without_details():
+    class Leaky(MCPServerProtocol):
+        def onConnect(self, request):
+            raise RuntimeError("password=hunter2")
+
+    app, _ = make_app()
+    factory = MCPServerFactory(app)
+    factory.protocol = Leaky
+    port = await listen(factory)
+    try:
+        number = port.getHost().port
+        raw = await raw_response(number, (
+            b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
+        assert raw.startswith(b"HTTP/1.1 500") and b"hunter2" not in raw
+    finally:
+        await stop(port, factory)
+
