@@ -74,6 +74,14 @@ class Notify:
     ELICITATION_COMPLETE = "notifications/elicitation/complete"
 
 
+# Which list each list_changed notification is about (also the capability name).
+LIST_CHANGED_KIND: dict[str, str] = {
+    Notify.TOOLS_LIST_CHANGED: "tools",
+    Notify.RESOURCES_LIST_CHANGED: "resources",
+    Notify.PROMPTS_LIST_CHANGED: "prompts",
+}
+
+
 def negotiate_version(requested: object) -> str:
     """The revision a server answers ``initialize`` with.
 

@@ -100,6 +100,17 @@ class Peer:
         return reply
 
 
+def waiting_route() -> tuple[Route, list[Deferred[Any]]]:
+    """A route whose every request waits on a fresh Deferred, and the list of them."""
+    deferreds: list[Deferred[Any]] = []
+
+    def wait(request: IncomingRequest) -> Deferred[Any]:
+        deferreds.append(Deferred())
+        return deferreds[-1]
+
+    return wait, deferreds
+
+
 def result(reply: dict[str, Any]) -> Any:
     assert "error" not in reply, reply
     return reply["result"]
@@ -406,11 +417,7 @@ def test_no_head_of_line_blocking() -> None:
 
 
 def test_max_in_flight_refuses_the_request_over_the_limit() -> None:
-    deferreds: list[Deferred[Any]] = []
-
-    def wait(request: IncomingRequest) -> Deferred[Any]:
-        deferreds.append(Deferred())
-        return deferreds[-1]
+    wait, deferreds = waiting_route()
 
     peer = Peer(FakeHandler({"wait": wait}), max_in_flight=2)
     peer.initialize()
@@ -437,11 +444,7 @@ def test_max_in_flight_refuses_the_request_over_the_limit() -> None:
 
 
 def test_failed_and_cancelled_requests_release_their_slots() -> None:
-    deferreds: list[Deferred[Any]] = []
-
-    def wait(request: IncomingRequest) -> Deferred[Any]:
-        deferreds.append(Deferred())
-        return deferreds[-1]
+    wait, deferreds = waiting_route()
 
     peer = Peer(FakeHandler({"wait": wait}), max_in_flight=1)
     peer.initialize()
@@ -1200,11 +1203,7 @@ def test_ensure_deferred_coroutine_result_is_answered() -> None:
 
 
 def test_drain_refuses_new_requests_and_fires_when_running_ones_finish() -> None:
-    deferreds: list[Deferred[Any]] = []
-
-    def wait(request: IncomingRequest) -> Deferred[Any]:
-        deferreds.append(Deferred())
-        return deferreds[-1]
+    wait, deferreds = waiting_route()
 
     peer = Peer(FakeHandler({"wait": wait}))
     peer.initialize()

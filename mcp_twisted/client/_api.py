@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from mcp_twisted import __version__
 from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError
-from mcp_twisted.protocol import Method, Notify, check_log_level
+from mcp_twisted.protocol import LIST_CHANGED_KIND, Method, Notify, check_log_level
 from mcp_twisted.session import ConnectionLost, IncomingRequest, RequestTimedOut, Session, State, as_deferred
 
 log = Logger()
@@ -25,11 +25,6 @@ log = Logger()
 ProgressCallback = Callable[[float, "float | None", "str | None"], object]
 Handler = Callable[[dict[str, Any]], Any]
 
-_LIST_CHANGED = {
-    Notify.TOOLS_LIST_CHANGED: "tools",
-    Notify.RESOURCES_LIST_CHANGED: "resources",
-    Notify.PROMPTS_LIST_CHANGED: "prompts",
-}
 
 
 class NotConnected(ConnectionLost):
@@ -188,8 +183,8 @@ class MCPClient:
             callback = self._subscriptions.get(uri)  # type: ignore[arg-type]
             if callback is not None:
                 callback(uri)  # type: ignore[arg-type]
-        elif method in _LIST_CHANGED and self.on_list_changed is not None:
-            self.on_list_changed(_LIST_CHANGED[method])
+        elif method in LIST_CHANGED_KIND and self.on_list_changed is not None:
+            self.on_list_changed(LIST_CHANGED_KIND[method])
 
     def session_ready(self, session: Session) -> None:
         pass

@@ -57,6 +57,18 @@ def _optional_fields(obj: dict[str, Any], **values: Any) -> dict[str, Any]:
     return obj
 
 
+def _display_fields(
+    entry: dict[str, Any], version: str, title: str | None, meta: dict[str, Any] | None,
+    icons: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """Add ``title`` and ``_meta`` (2025-06-18+) and ``icons`` (2025-11-25+) to a list entry."""
+    if version_at_least(version, "2025-06-18"):
+        _optional_fields(entry, title=title, _meta=meta)
+    if version_at_least(version, "2025-11-25") and icons:
+        entry["icons"] = icons
+    return entry
+
+
 @dataclass(slots=True, eq=False)
 class Tool:
     name: str
@@ -78,12 +90,9 @@ class Tool:
             tool["description"] = self.description
         if version_at_least(version, "2025-03-26") and self.annotations:
             tool["annotations"] = self.annotations
-        if version_at_least(version, "2025-06-18"):
-            _optional_fields(tool, title=self.title, outputSchema=self.signature.output_schema,
-                             _meta=self.meta)
-        if version_at_least(version, "2025-11-25") and self.icons:
-            tool["icons"] = self.icons
-        return tool
+        if version_at_least(version, "2025-06-18") and self.signature.output_schema is not None:
+            tool["outputSchema"] = self.signature.output_schema
+        return _display_fields(tool, version, self.title, self.meta, self.icons)
 
     def call(self, arguments: dict[str, Any], context: Context | None, version: str) -> Any:
         """Run the tool; a dict, or a Deferred of one. Failures become ``isError``."""
@@ -149,11 +158,7 @@ class _Readable:
     def _describe(self, entry: dict[str, Any], version: str) -> dict[str, Any]:
         _optional_fields(entry, description=self.description, mimeType=self.mime_type,
                          annotations=self.annotations)
-        if version_at_least(version, "2025-06-18"):
-            _optional_fields(entry, title=self.title, _meta=self.meta)
-        if version_at_least(version, "2025-11-25") and self.icons:
-            entry["icons"] = self.icons
-        return entry
+        return _display_fields(entry, version, self.title, self.meta, self.icons)
 
     def read(self, uri: str, variables: dict[str, str], context: Context | None) -> Any:
         """Call the handler; a ``resources/read`` result, or a Deferred of one."""
@@ -213,11 +218,7 @@ class Prompt:
             arguments.append(argument)
         prompt = _optional_fields({"name": self.name, "arguments": arguments},
                                   description=self.description)
-        if version_at_least(version, "2025-06-18"):
-            _optional_fields(prompt, title=self.title, _meta=self.meta)
-        if version_at_least(version, "2025-11-25") and self.icons:
-            prompt["icons"] = self.icons
-        return prompt
+        return _display_fields(prompt, version, self.title, self.meta, self.icons)
 
     def get(self, arguments: dict[str, Any], context: Context | None) -> Deferred[dict[str, Any]]:
         try:

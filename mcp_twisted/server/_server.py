@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError
 from mcp_twisted.protocol import (
+    LIST_CHANGED_KIND,
     RESOURCE_NOT_FOUND,
     Method,
     Notify,
@@ -30,11 +31,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = Logger()
 
 MAX_COMPLETION_VALUES = 100
-_LIST_CAPABILITY = {
-    Notify.TOOLS_LIST_CHANGED: "tools",
-    Notify.RESOURCES_LIST_CHANGED: "resources",
-    Notify.PROMPTS_LIST_CHANGED: "prompts",
-}
 
 
 @dataclass(slots=True)
@@ -258,7 +254,7 @@ class MCPServer:
 
     def _list_changed(self, method: str) -> None:
         # Only sessions told about the capability at initialize may hear of it.
-        capability = _LIST_CAPABILITY[method]
+        capability = LIST_CHANGED_KIND[method]
         for session in self._sessions:
             declared = (session.initialize_result or {}).get("capabilities", {})
             if session.state is State.READY and capability in declared:
