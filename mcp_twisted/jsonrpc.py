@@ -7,6 +7,7 @@ malformed envelope deserves a precise error rather than a guess.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,36 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
 RequestId = str | int
+
+# How many characters of a peer's value an error message or a log line quotes.
+BRIEF_LENGTH = 100
+
+
+def _brief_repr() -> reprlib.Repr:
+    # Attributes rather than constructor arguments: those need Python 3.12.
+    shortener = reprlib.Repr()
+    shortener.maxlevel = 3
+    shortener.maxstring = shortener.maxother = 60
+    shortener.maxlist = shortener.maxtuple = shortener.maxdict = shortener.maxset = 4
+    return shortener
+
+
+_BRIEF = _brief_repr()
+
+
+def clip(text: str, length: int = BRIEF_LENGTH) -> str:
+    """``text`` cut to at most ``length`` characters, ending in "..." when cut."""
+    return text if len(text) <= length else text[: length - 3] + "..."
+
+
+def brief(value: object, length: int = BRIEF_LENGTH) -> str:
+    """A short ``repr`` of a value that came from the peer, for errors and logs.
+
+    A peer controls size and nesting: ``repr()`` of a 1 MiB string is 1 MiB of
+    log, and of a list nested 990 deep a ``RecursionError``. ``reprlib`` looks
+    only a few levels and items deep, so this costs the same for any value.
+    """
+    return clip(_BRIEF.repr(value), length)
 
 
 class RPCError(Exception):

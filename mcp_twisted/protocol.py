@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcp_twisted.jsonrpc import INVALID_PARAMS, RPCError
+from mcp_twisted.jsonrpc import INVALID_PARAMS, RPCError, brief
 
 # Handshake-era revisions, oldest first. The newest is what we answer with
 # when a client asks for a revision we do not speak (including 2026-07-28,
@@ -104,7 +104,7 @@ def invalid_params(message: str, data: Any = None) -> RPCError:
 
 def check_log_level(level: object) -> str:
     if not isinstance(level, str) or level not in LOG_LEVEL_RANK:
-        raise invalid_params(f"Invalid log level {level!r}; expected one of {', '.join(LOG_LEVELS)}")
+        raise invalid_params(f"Invalid log level {brief(level)}; expected one of {', '.join(LOG_LEVELS)}")
     return level  # type: ignore[return-value]
 
 

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcp_twisted import content
-from mcp_twisted.jsonrpc import RPCError
+from mcp_twisted.jsonrpc import RPCError, clip
 from mcp_twisted.protocol import invalid_params, version_at_least
 from mcp_twisted.server._context import Context
 from mcp_twisted.server._results import ToolError, ToolResult
@@ -22,6 +22,10 @@ from mcp_twisted.server._uritemplate import URITemplate
 from mcp_twisted.session import as_deferred, new_error_id
 
 log = Logger()
+
+# How much of an exception's text a tool error or a log line shows: enough for
+# any message written for people, bounded when it quotes a client's value.
+EXCEPTION_TEXT_LENGTH = 1000
 
 
 def _json_default(value: Any) -> Any:
@@ -50,6 +54,15 @@ def _to_content_list(value: Any) -> list[dict[str, Any]]:
 
 def _error_result(message: str) -> dict[str, Any]:
     return {"content": [content.text(message)], "isError": True}
+
+
+def _exception_text(error: BaseException) -> str:
+    """``str(error)``, bounded: an exception may carry a client's value, which
+    can be huge, or so deeply nested that its ``repr`` recurses too far."""
+    try:
+        return clip(str(error), EXCEPTION_TEXT_LENGTH)
+    except RecursionError:
+        return type(error).__name__
 
 
 def _optional_fields(obj: dict[str, Any], **values: Any) -> dict[str, Any]:
@@ -121,7 +134,7 @@ class Tool:
             structured = adapter.dump_python(adapter.validate_python(value), mode="json")
         except ValidationError as e:
             log.error("Tool {tool!r} returned output that breaks its outputSchema: {error}",
-                      tool=self.name, error=str(e))
+                      tool=self.name, error=_exception_text(e))
             return _error_result(f"Tool {self.name!r} returned output that does not match "
                                  "its output schema")
         result: dict[str, Any] = {"content": [content.text(to_json_text(structured))]}
@@ -139,7 +152,8 @@ class Tool:
         # The client sees the message and an id; the traceback stays in the log.
         error_id = new_error_id()
         log.failure("Tool {tool!r} raised (error id {error_id})", failure, tool=self.name, error_id=error_id)
-        return _error_result(f"Error in tool {self.name!r}: {failure.value} (error id {error_id})")
+        return _error_result(f"Error in tool {self.name!r}: {_exception_text(failure.value)} "
+                             f"(error id {error_id})")
 
 
 @dataclass(slots=True, eq=False)
@@ -165,7 +179,7 @@ class _Readable:
         try:
             kwargs = self.signature.bind(variables, context)
         except ArgumentError as e:
-            raise invalid_params(f"{uri}: {e}") from None
+            raise invalid_params(f"{clip(uri)}: {e}") from None
         return as_deferred(self.signature.fn(**kwargs)).addCallback(self._shape, uri)
 
     def _shape(self, value: Any, uri: str) -> dict[str, Any]:

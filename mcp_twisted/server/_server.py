@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from twisted.logger import Logger
 
-from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError
+from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError, brief, clip, is_request_id
 from mcp_twisted.protocol import (
     LIST_CHANGED_KIND,
     RESOURCE_NOT_FOUND,
@@ -60,6 +60,8 @@ class MCPServer:
         page_size: int = 100,
         log_level: str = "info",
         client_request_timeout: float = 60.0,
+        max_subscriptions: int = 100,
+        max_uri_length: int = 8192,
     ) -> None:
         """
         :param page_size: items per page of the ``*/list`` methods.
@@ -67,6 +69,13 @@ class MCPServer:
             until its client sends ``logging/setLevel``.
         :param client_request_timeout: default seconds a handler waits for the
             client to answer ``sample``, ``list_roots`` or ``elicit``.
+        :param max_subscriptions: resources one session may be subscribed to at
+            once. Subscriptions live as long as the session, so without a cap a
+            client could make the server hold any amount of memory.
+        :param max_uri_length: the longest URI (in characters) a session may
+            subscribe to. 8192 is what RFC 9110 asks every HTTP server to accept
+            and about what common servers allow, so no real resource URI is
+            refused; with the default count a session holds at most ~800 KiB of URIs.
         """
         self.name = name
         self.version = version
@@ -77,6 +86,8 @@ class MCPServer:
         self.page_size = page_size
         self.default_log_level = check_log_level(log_level)
         self.client_request_timeout = client_request_timeout
+        self.max_subscriptions = max_subscriptions
+        self.max_uri_length = max_uri_length
         self._tools: dict[str, Tool] = {}
         self._resources: dict[str, Resource] = {}
         self._templates: dict[str, ResourceTemplate] = {}
@@ -293,7 +304,14 @@ class MCPServer:
     def handle_request(self, request: IncomingRequest) -> Any:
         method = self._methods.get(request.method)
         if method is None:
-            raise RPCError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
+            raise RPCError(METHOD_NOT_FOUND, f"Method not found: {clip(request.method)}")
+        meta = request.params.get("_meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise invalid_params("params._meta must be an object")
+        # The token is sent back in every notifications/progress, so it must be
+        # what the spec allows (a string or an integer), not any JSON value.
+        if request.progress_token is not None and not is_request_id(request.progress_token):
+            raise invalid_params("params._meta.progressToken must be a string or an integer")
         return method(request)
 
     def handle_notification(self, session: Session, method: str, params: Any) -> None:
@@ -327,7 +345,7 @@ class MCPServer:
         params = request.params
         tool = self._tools.get(_required_string(params, "name"))
         if tool is None:
-            raise invalid_params(f"Unknown tool: {params['name']!r}")
+            raise invalid_params(f"Unknown tool: {brief(params['name'])}")
         arguments = params.get("arguments")
         if arguments is None:
             arguments = {}
@@ -352,11 +370,22 @@ class MCPServer:
             if variables is not None:
                 context = self._context(request, template.signature.context_parameter)
                 return template.read(uri, variables, context)
-        raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
+        raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {clip(uri)}", {"uri": uri})
 
     def _subscribe(self, request: IncomingRequest) -> dict[str, Any]:
         uri = _required_string(request.params, "uri")
-        self._sessions[request.session].subscriptions.add(uri)
+        subscriptions = self._sessions[request.session].subscriptions
+        if len(uri) > self.max_uri_length:
+            log.info("Subscription refused: a URI of {length} characters (limit {limit}): {uri}",
+                     length=len(uri), limit=self.max_uri_length, uri=brief(uri))
+            raise invalid_params(f"URI too long to subscribe to: {len(uri)} characters "
+                                 f"(limit {self.max_uri_length})", {"limit": self.max_uri_length})
+        if uri not in subscriptions and len(subscriptions) >= self.max_subscriptions:
+            log.info("Subscription refused: {limit} subscriptions already (URI {uri})",
+                     limit=self.max_subscriptions, uri=brief(uri))
+            raise invalid_params(f"Too many subscriptions (limit {self.max_subscriptions}); "
+                                 "unsubscribe from one first", {"limit": self.max_subscriptions})
+        subscriptions.add(uri)
         return {}
 
     def _unsubscribe(self, request: IncomingRequest) -> dict[str, Any]:
@@ -371,7 +400,7 @@ class MCPServer:
         name = _required_string(request.params, "name")
         prompt = self._prompts.get(name)
         if prompt is None:
-            raise invalid_params(f"Unknown prompt: {name!r}")
+            raise invalid_params(f"Unknown prompt: {brief(name)}")
         arguments = request.params.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise invalid_params("prompts/get arguments must be an object")
@@ -393,8 +422,10 @@ class MCPServer:
         if registered is None:
             return {"completion": {"values": [], "total": 0, "hasMore": False}}
         fn, takes_arguments = registered
-        context = params.get("context")
-        other = (context.get("arguments") or {}) if isinstance(context, dict) else {}
+        context = params.get("context") or {}
+        other = (context.get("arguments") or {}) if isinstance(context, dict) else None
+        if not isinstance(other, dict) or not all(isinstance(v, str) for v in other.values()):
+            raise invalid_params("params.context.arguments must be an object of strings")
         result = fn(value, other) if takes_arguments else fn(value)
         return as_deferred(result).addCallback(_completion_result)
 
@@ -428,12 +459,13 @@ def _decode_cursor(cursor: object, kind: str, length: int) -> int:
     """The offset a cursor stands for; -32602 for anything we did not issue."""
     if cursor is None:
         return 0
-    try:
-        label, _, offset = base64.urlsafe_b64decode(str(cursor).encode()).decode().partition(":")
-        start = int(offset)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        start = -1
-        label = ""
+    label, start = "", -1
+    if isinstance(cursor, str):
+        try:
+            label, _, offset = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+            start = int(offset)
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            label, start = "", -1
     if label != kind or not 0 < start <= length:
-        raise invalid_params(f"Invalid cursor: {cursor!r}")
+        raise invalid_params(f"Invalid cursor: {brief(cursor)}")
     return start

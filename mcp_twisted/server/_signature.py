@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
 from typing_extensions import is_typeddict
 
+from mcp_twisted.jsonrpc import clip
 from mcp_twisted.server._context import Context
 from mcp_twisted.server._results import ToolResult
 
@@ -139,6 +140,8 @@ class Signature:
             values = self._validate(arguments).__dict__
         except ValidationError as e:
             raise ArgumentError(_describe_errors(e)) from None
+        except RecursionError:  # from a Python validator walking a deeply nested value
+            raise ArgumentError("Invalid arguments: nested too deeply") from None
         return {name: values[field] for field, name in self._fields}
 
     def bind(self, arguments: Mapping[str, Any], context: Context | None) -> dict[str, Any]:
@@ -148,11 +151,20 @@ class Signature:
         return kwargs
 
 
+# Errors listed in an ArgumentError; a list of a million bad items has a million.
+MAX_LISTED_ERRORS = 5
+
+
 def _describe_errors(error: ValidationError) -> str:
+    # The client's keys are in "loc" and a message may quote its value: both
+    # are clipped, so the text stays short whatever was sent.
+    items = error.errors(include_url=False, include_context=False, include_input=False)
     parts = []
-    for item in error.errors(include_url=False):
+    for item in items[:MAX_LISTED_ERRORS]:
         where = ".".join(str(p) for p in item["loc"]) or "arguments"
-        parts.append(f"{where}: {item['msg']}")
+        parts.append(f"{clip(where, 60)}: {clip(item['msg'])}")
+    if len(items) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(items) - MAX_LISTED_ERRORS} more")
     return "Invalid arguments: " + "; ".join(parts)
 
 
