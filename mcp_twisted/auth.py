@@ -13,6 +13,7 @@ import hmac
 import re
 from pathlib import Path
 
+from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import ISSLTransport
 
@@ -66,7 +67,14 @@ def load_certificates(path: str) -> list[ssl.Certificate]:
         blocks = _PEM_CERTIFICATE.findall(f.read())
     if not blocks:
         raise ValueError(f"{path}: no PEM certificate found")
-    return [ssl.Certificate.loadPEM(block) for block in blocks]
+    certificates = []
+    for number, block in enumerate(blocks, 1):
+        try:
+            certificates.append(ssl.Certificate.loadPEM(block))
+        except crypto.Error:
+            # OpenSSL's error stack does not say which file, let alone which block.
+            raise ValueError(f"{path}: certificate {number} is not valid PEM") from None
+    return certificates
 
 
 def certificate_subject(transport: object) -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+import trustme
 from twisted.internet import defer, protocol, utils
 
 from mcp_twisted.demo import server as demo_app
@@ -130,6 +131,24 @@ async def test_usage_errors_exit_2(demo_url):
     (_, _, url_err), (_, _, json_err) = runs
     assert "not a ws:// or wss:// URL: 'http://127.0.0.1:1/mcp'" in url_err
     assert "argument arguments: not JSON" in json_err
+
+
+@pytest_twisted.ensureDeferred
+async def test_unusable_cafile_is_a_one_line_usage_error(tmp_path):
+    """Checked before connecting: the URL here is never dialled."""
+    key_only, broken = tmp_path / "key.pem", tmp_path / "broken.pem"
+    trustme.CA().issue_cert("localhost").private_key_pem.write_to_path(str(key_only))
+    broken.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    cases = {
+        tmp_path / "missing.pem": "No such file or directory",
+        tmp_path: "Is a directory",
+        key_only: "no PEM certificate found",
+        broken: "certificate 1 is not valid PEM",
+    }
+    runs = await run_all(*(("--cafile", str(path), "wss://127.0.0.1:1/mcp", "ping") for path in cases))
+    for (path, reason), (code, out, err) in zip(cases.items(), runs, strict=True):
+        assert (code, out) == (2, ""), err
+        assert err == f"mcpws-call: error: --cafile {path}: {reason}\n"
 
 
 def load_token_example() -> Any:

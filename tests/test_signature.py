@@ -7,6 +7,9 @@ them. ``TypedDict`` comes from ``typing_extensions`` because pydantic refuses
 
 import dataclasses
 import enum
+import sys
+import typing
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional
 
 import pytest
@@ -362,3 +365,74 @@ def test_non_object_return_annotations_give_none(fn):
 
 def test_output_schema_only_when_asked():
     assert compile_signature(returns_point, "p").output_schema is None
+
+
+# -- hints that cannot become a schema: one line, naming the handler and the parameter --
+
+class Opaque:
+    """Not a JSON type, a pydantic model, a TypedDict or a dataclass."""
+
+
+NO_SCHEMA = ("cannot be described as JSON Schema "
+             "(use a JSON type, a pydantic model, a TypedDict or a dataclass)")
+
+
+@pytest.mark.parametrize(("annotation", "shown"), [
+    (Opaque, "Opaque"),
+    (list[Opaque], "list[Opaque]"),
+    (Optional[Opaque], "Optional[Opaque]"),  # noqa: UP045 (how typing spells it)
+    (Opaque | None, "Opaque | None"),
+    (Callable[[int], int], "Callable[[int], int]"),  # pydantic validates it, but has no schema for it
+])
+def test_a_parameter_without_a_schema_is_a_one_line_type_error(annotation, shown):
+    def search(query: str, where): ...
+
+    search.__annotations__ = {"query": str, "where": annotation}
+    with pytest.raises(TypeError) as raised:
+        compile_signature(search, "search", output=True)
+    assert str(raised.value) == f"tool 'search': parameter 'where': type {shown} {NO_SCHEMA}"
+    assert raised.value.__suppress_context__  # pydantic's paragraphs are not chained on
+
+
+def test_a_return_type_without_a_schema_is_a_one_line_type_error():
+    def lookup(key: str) -> dict[str, Opaque]: ...
+
+    with pytest.raises(TypeError) as raised:
+        compile_signature(lookup, "lookup", output=True)
+    assert str(raised.value) == f"tool 'lookup': return value: type dict[str, Opaque] {NO_SCHEMA}"
+
+
+def test_registration_fails_with_the_tool_and_prompt_names():
+    from mcp_twisted.server import MCPServer
+
+    def find(thing: Opaque) -> str: ...
+
+    with pytest.raises(TypeError, match=r"^tool 'find': parameter 'thing': type Opaque cannot be described"):
+        MCPServer("opaque", "1.0.0").tool()(find)
+    with pytest.raises(TypeError, match=r"^prompt 'ask': parameter 'thing': type Opaque cannot be described"):
+        compile_signature(find, "ask", kind="prompt")
+
+
+def test_unresolvable_hints_are_a_one_line_type_error():
+    def fn(value): ...
+
+    fn.__annotations__ = {"value": "NoSuchType"}  # a string hint naming nothing in scope
+    with pytest.raises(TypeError) as raised:
+        compile_signature(fn, "fn")
+    assert str(raised.value) == ("handler 'fn': cannot resolve its type hints: name 'NoSuchType' is not "
+                                 "defined (define the types they name at module level)")
+
+
+class StdlibTypedDict(typing.TypedDict):
+    x: int
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="pydantic accepts typing.TypedDict from 3.12")
+def test_stdlib_typeddict_before_312_says_what_to_use():
+    def fn(point: StdlibTypedDict): ...
+
+    with pytest.raises(TypeError) as raised:
+        compile_signature(fn, "fn", output=True)
+    assert str(raised.value) == (
+        "tool 'fn': parameter 'point': type StdlibTypedDict cannot be used: Please use "
+        "`typing_extensions.TypedDict` instead of `typing.TypedDict` on Python < 3.12.")

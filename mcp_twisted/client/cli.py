@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from mcp_twisted.auth import load_certificates
 from mcp_twisted.client._api import MCPClient
 from mcp_twisted.client._websocket import ConnectionFailed, MCPClientService
 from mcp_twisted.jsonrpc import RPCError
@@ -146,11 +147,25 @@ async def _main(reactor: Any, args: argparse.Namespace) -> int:
     return EXIT_SERVER_ERROR if failed else EXIT_OK
 
 
+def _usage_error(message: str) -> None:
+    print(f"mcpws-call: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.url.startswith(("ws://", "wss://")):
         parser.error(f"not a ws:// or wss:// URL: {args.url!r}")  # exits 2
+    if args.cafile is not None:
+        # Checked here, before any connection, for a one-line usage error;
+        # the client reads the file again when it connects.
+        try:
+            load_certificates(args.cafile)
+        except OSError as e:
+            _usage_error(f"--cafile {args.cafile}: {e.strerror}")
+        except ValueError as e:
+            _usage_error(f"--cafile {e}")
     status: list[int] = []
 
     async def run(reactor: Any) -> None:

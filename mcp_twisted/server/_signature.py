@@ -168,18 +168,60 @@ def _describe_errors(error: ValidationError) -> str:
     return "Invalid arguments: " + "; ".join(parts)
 
 
-def compile_signature(fn: Callable[..., Any], name: str, *, output: bool = False) -> Signature:
-    """Read ``fn`` once: parameters, Context slot, input (and output) schema."""
-    hints = typing.get_type_hints(fn, include_extras=True)
+# Prefixes such as "mypkg.models." or "test_x.<locals>." in a type's repr.
+_QUALIFIER = re.compile(r"(?<![\w.'\"])(?:[A-Za-z_]\w*\.|<locals>\.)+(?=[A-Za-z_])")
+_SCHEMA_ADVICE = "use a JSON type, a pydantic model, a TypedDict or a dataclass"
+
+
+def _type_name(annotation: Any) -> str:
+    """``list[Foo]``, not ``list[mypkg.models.Foo]`` or ``<class 'mypkg.models.Foo'>``."""
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return _QUALIFIER.sub("", repr(annotation))
+
+
+def _schema_error(annotation: Any) -> pydantic.PydanticUserError | None:
+    """Why pydantic cannot validate ``annotation`` or describe it as JSON Schema, if it cannot."""
+    try:
+        json_schema(TypeAdapter(annotation))
+    except pydantic.PydanticUserError as e:
+        return e
+    return None
+
+
+def _unschemable(what: str, subject: str, annotation: Any, error: pydantic.PydanticUserError) -> TypeError:
+    """One line naming the handler, the parameter and the type, for pydantic's paragraphs."""
+    if isinstance(error, (pydantic.PydanticSchemaGenerationError, pydantic.PydanticInvalidForJsonSchema)):
+        reason = f"cannot be described as JSON Schema ({_SCHEMA_ADVICE})"
+    else:  # e.g. typing.TypedDict before Python 3.12: pydantic's first line says what to do
+        reason = f"cannot be used: {str(error).splitlines()[0]}"
+    return TypeError(f"{what}: {subject}: type {_type_name(annotation)} {reason}")
+
+
+def compile_signature(
+    fn: Callable[..., Any], name: str, *, output: bool = False, kind: str | None = None
+) -> Signature:
+    """Read ``fn`` once: parameters, Context slot, input (and output) schema.
+
+    Hints that cannot become a schema raise a one-line ``TypeError`` naming
+    the handler (``kind`` and ``name``, e.g. "tool 'search'") and the parameter.
+    ``kind`` defaults to "tool" when an output schema is asked for, else "handler".
+    """
+    what = f"{kind or ('tool' if output else 'handler')} {name!r}"
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except NameError as e:
+        raise TypeError(f"{what}: cannot resolve its type hints: {e} "
+                        "(define the types they name at module level)") from None
     description, parameter_docs = parse_docstring(fn)
     fields: dict[str, Any] = {}
     parameters: list[inspect.Parameter] = []
     context_parameter = None
     for parameter in inspect.signature(fn).parameters.values():
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise TypeError(f"{name}: *args and **kwargs cannot be described as a schema")
+            raise TypeError(f"{what}: *args and **kwargs cannot be described as a schema")
         if parameter.kind is parameter.POSITIONAL_ONLY:
-            raise TypeError(f"{name}: parameter {parameter.name!r} is positional-only; "
+            raise TypeError(f"{what}: parameter {parameter.name!r} is positional-only; "
                             "arguments are passed by name")
         annotation = hints.get(parameter.name, Any)
         if _is_context(annotation):
@@ -194,14 +236,26 @@ def compile_signature(fn: Callable[..., Any], name: str, *, output: bool = False
         doc = {"description": parameter_docs[parameter.name]} if parameter.name in parameter_docs else {}
         field = Field(default, alias=parameter.name, **doc)
         fields[f"p{len(parameters) - 1}"] = (annotation, field)
-    model = pydantic.create_model(
-        f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
-    )
-    input_schema = json_schema(model)
+    try:
+        model = pydantic.create_model(
+            f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+        )
+        input_schema = json_schema(model)
+    except pydantic.PydanticUserError as e:
+        # Only now, on failure, look at each parameter alone to name the culprit.
+        for parameter, (annotation, _) in zip(parameters, fields.values(), strict=True):
+            error = _schema_error(annotation)
+            if error is not None:
+                raise _unschemable(what, f"parameter {parameter.name!r}", annotation, error) from None
+        raise TypeError(f"{what}: its parameters cannot be described as JSON Schema: "
+                        f"{str(e).splitlines()[0]}") from None
     input_schema.setdefault("properties", {})
     output_adapter = output_schema = None
     returns = hints.get("return")
     if output and returns is not None and _is_object_type(returns):
+        error = _schema_error(returns)
+        if error is not None:
+            raise _unschemable(what, "return value", returns, error) from None
         output_adapter = TypeAdapter(returns)
         output_schema = json_schema(output_adapter)
     return Signature(
