@@ -48,6 +48,10 @@ class Metrics:
             registry=r, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60))
         self.ping_timeouts = Counter(
             "mcp_ping_timeouts", "Peers dropped for not answering WebSocket pings", registry=r)
+        self.init_timeouts = Counter(
+            "mcp_init_timeouts", "Sessions closed for not finishing the MCP handshake in time", registry=r)
+        self.output_stalls = Counter(
+            "mcp_output_stalls", "Peers closed for leaving too much output unread for too long", registry=r)
         self.registry.register(_LiveGauges(self))
 
     def request_finished(self, method: str, outcome: str, seconds: float) -> None:

@@ -12,6 +12,8 @@ from twisted.internet.defer import Deferred, DeferredList, TimeoutError, inlineC
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
+from mcp_twisted.jsonrpc import RPCError
+from mcp_twisted.protocol import SERVER_SHUTTING_DOWN
 from mcp_twisted.websocket import MCPServerFactory
 
 CLOSE_GOING_AWAY = 1001
@@ -47,7 +49,8 @@ class MCPWebSocketService(MultiService):
 
     1. stop accepting connections;
     2. drain: new requests are refused (``-32003``) while requests already
-       running may finish, for up to ``drain_timeout`` seconds;
+       running may finish, for up to ``drain_timeout`` seconds; those still
+       running then are cancelled and answered with ``-32003`` too;
     3. close every connection with 1001 (going away), so clients reconnect
        at once instead of waiting for a timeout, and wait up to
        ``close_timeout`` seconds for the close handshakes; then drop the rest.
@@ -96,6 +99,11 @@ class MCPWebSocketService(MultiService):
         drained.addTimeout(self.drain_timeout, self.factory.clock)
         with contextlib.suppress(TimeoutError):
             yield drained
+        # Every request gets an answer: what still runs is cancelled and told so.
+        shutting_down = RPCError(SERVER_SHUTTING_DOWN, "Server shut down before the request finished")
+        aborted = sum(session.abort_running(shutting_down) for session in sessions)
+        if aborted:
+            log.info("Drain timeout: answered {count} running requests with an error", count=aborted)
         connections = list(self.factory.connections)
         if connections:
             log.info("Closing {count} connections (server shutting down)", count=len(connections))

@@ -22,10 +22,11 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mcp_twisted import jsonrpc
+from mcp_twisted._lograte import RepeatedEventLog
 from mcp_twisted.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -35,6 +36,8 @@ from mcp_twisted.jsonrpc import (
     RequestId,
     Response,
     RPCError,
+    brief,
+    clip,
 )
 from mcp_twisted.protocol import (
     BATCHING_VERSIONS,
@@ -77,6 +80,21 @@ class RequestTimedOut(Exception):
         self.timeout = timeout
 
 
+class OutputFlow(Protocol):
+    """How the transport below tells a session that the peer is not keeping up.
+
+    A session that is told nothing (``flow=None``) writes as fast as its
+    handlers produce, which is right for tests and in-memory peers.
+    """
+
+    def when_writable(self) -> Deferred[None]:
+        """Fires once the peer has taken enough output that more may be sent."""
+
+    def congested(self) -> bool:
+        """True while unsent output is over the limit: droppable messages
+        (progress, log messages) are dropped instead of queued."""
+
+
 class SessionHandler(Protocol):
     """What a session needs from the application above it."""
 
@@ -110,6 +128,7 @@ class IncomingRequest:
         "_batch",
         "_last_progress",
         "_timer",
+        "abort_error",
         "cancelled",
         "deferred",
         "id",
@@ -131,6 +150,9 @@ class IncomingRequest:
         self.progress_token = meta.get("progressToken") if type(meta) is dict else None
         self.cancelled = False
         self.timed_out = False
+        # Set when the session gives up on the handler (shutdown): the error
+        # the peer gets instead of the handler's answer.
+        self.abort_error: RPCError | None = None
         self.deferred: Deferred[Any] | None = None
         self._batch = batch
         self._timer: IDelayedCall | None = None
@@ -167,7 +189,7 @@ class IncomingRequest:
             params["total"] = total
         if message is not None and version_at_least(self.protocol_version, "2025-03-26"):
             params["message"] = message
-        self.session.notify(Notify.PROGRESS, params)
+        self.session.notify(Notify.PROGRESS, params, droppable=True)
 
 
 class OutgoingRequest:
@@ -207,7 +229,7 @@ class _Batch:
             self.replies.append(reply)
         self.pending -= 1
         if self.pending == 0 and self.replies:
-            self.session._write(self.replies)
+            self.session._write_batch(self.replies)
 
 
 _NO_TIMEOUT: Any = object()
@@ -237,6 +259,9 @@ class Session:
         request_timeout: float | None = 60.0,
         handler_timeout: float | None = None,
         observer: Callable[[str, str, float], object] | None = None,
+        max_message_size: int | None = None,
+        max_batch_size: int = 64,
+        flow: OutputFlow | None = None,
     ) -> None:
         self.role = role
         self.handler = handler
@@ -246,6 +271,11 @@ class Session:
         self.handler_timeout = handler_timeout
         # Told (method, outcome, seconds) as each request is answered or cancelled.
         self.observer = observer
+        # The largest message the transport can carry (None: no limit): an
+        # answer over it becomes an error answer instead of a lost connection.
+        self.max_message_size = max_message_size
+        self.max_batch_size = max_batch_size
+        self.flow = flow
         self.state = State.NEW
         self.protocol_version: str = SUPPORTED_PROTOCOL_VERSIONS[-1]
         self.peer_capabilities: dict[str, Any] = {}
@@ -260,6 +290,10 @@ class Session:
         self._incoming: dict[RequestId, IncomingRequest] = {}
         self._outgoing: dict[RequestId, OutgoingRequest] = {}
         self._next_id = 0
+        self._log_busy = RepeatedEventLog(
+            log, clock, "Refused {count} request(s): {limit} requests in flight")
+        self._log_dropped = RepeatedEventLog(
+            log, clock, "Dropped {count} progress/log notification(s): the peer is not reading")
 
     # -- input ------------------------------------------------------------
 
@@ -288,14 +322,29 @@ class Session:
                 None, RPCError(INVALID_REQUEST, "Batches are not accepted in this protocol revision")
             ))
             return
+        if len(items) > self.max_batch_size:
+            log.info("Refused a batch of {size} messages (limit {limit})", size=len(items),
+                     limit=self.max_batch_size)
+            self._write(jsonrpc.error_response(None, RPCError(
+                INVALID_REQUEST, f"Batch too large: {len(items)} messages (limit {self.max_batch_size})",
+                {"limit": self.max_batch_size})))
+            return
         requests = sum(1 for item in items if type(item) in (Request, MessageError))
         batch = _Batch(self, requests) if requests else None
+        # A batch counts against the in-flight limit as a whole: answers of
+        # quick handlers wait in the batch, so they hold their slots too.
+        slots = self.max_in_flight - len(self._incoming)
+        refused = 0
         for item in items:
             if type(item) is Request:
                 if item.method == Method.INITIALIZE:
                     error = RPCError(INVALID_REQUEST, "initialize must not be sent in a batch")
                     batch.add(jsonrpc.error_response(item.id, error))  # type: ignore[union-attr]
+                elif slots <= 0 and item.method != Method.PING:
+                    refused += 1
+                    self._refuse_busy(item, batch)
                 else:
+                    slots -= 1
                     self._on_request(item, batch)
             elif type(item) is MessageError:
                 batch.add(jsonrpc.error_response(item.request_id, item))  # type: ignore[union-attr]
@@ -303,6 +352,18 @@ class Session:
                 self._on_notification(item)
             else:
                 self._on_response(item)  # type: ignore[arg-type]
+        if refused:
+            self._log_busy(refused, limit=self.max_in_flight)
+
+    def _refuse_busy(self, message: Request, batch: _Batch | None) -> None:
+        error = RPCError(
+            SERVER_BUSY,
+            f"Too many requests in flight (limit {self.max_in_flight}); retry later",
+            {"limit": self.max_in_flight},
+        )
+        self._reply(batch, jsonrpc.error_response(message.id, error))
+        if self.observer is not None:  # so that hitting a limit shows in the metrics
+            self.observer(message.method, "refused", 0.0)
 
     def _on_request(self, message: Request, batch: _Batch | None) -> None:
         method = message.method
@@ -325,20 +386,16 @@ class Session:
             error = RPCError(INVALID_REQUEST, "Request id is already in use by a request in flight")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
-        if self.draining or len(self._incoming) >= self.max_in_flight:
-            if self.draining:
-                error = RPCError(SERVER_SHUTTING_DOWN, "Server is shutting down; reconnect and retry")
-            else:
-                log.info("Request {method!r} refused: {limit} requests in flight", method=method,
-                         limit=self.max_in_flight)
-                error = RPCError(
-                    SERVER_BUSY,
-                    f"Too many requests in flight (limit {self.max_in_flight}); retry later",
-                    {"limit": self.max_in_flight},
-                )
+        if self.draining:
+            error = RPCError(SERVER_SHUTTING_DOWN, "Server is shutting down; reconnect and retry")
             self._reply(batch, jsonrpc.error_response(message.id, error))
-            if self.observer is not None:  # so that hitting a limit shows in the metrics
+            if self.observer is not None:
                 self.observer(method, "refused", 0.0)
+            return
+        if len(self._incoming) >= self.max_in_flight:
+            if batch is None:
+                self._log_busy(limit=self.max_in_flight)
+            self._refuse_busy(message, batch)
             return
         if isinstance(message.params, list):
             # Every MCP method takes named params; handlers rely on a dict.
@@ -439,17 +496,21 @@ class Session:
 
     def _answer_failure(self, failure: Failure, request: IncomingRequest) -> None:
         error = failure.value
-        if request.timed_out:
+        if request.abort_error is not None:
+            error = request.abort_error
+        elif request.timed_out:
             error = RPCError(
                 REQUEST_TIMEOUT,
-                f"Request {request.method!r} exceeded the handler time limit "
+                f"Request {brief(request.method)} exceeded the handler time limit "
                 f"({self.handler_timeout:g} s) and was cancelled",
             )
         elif not isinstance(error, RPCError):
             error_id = new_error_id()
+            # Error, not critical: a failing handler is the app's bug, the
+            # server itself is fine and goes on serving.
             log.failure(
-                "Handler for {method!r} (request {request_id!r}) failed (error id {error_id})", failure,
-                method=request.method, request_id=request.id, error_id=error_id,
+                "Handler for {method} (request {request_id}) failed (error id {error_id})", failure,
+                LogLevel.error, method=brief(request.method), request_id=brief(request.id), error_id=error_id,
             )
             error = RPCError(INTERNAL_ERROR, "Internal error", {"errorId": error_id})
         self._answer(request, jsonrpc.error_response(request.id, error))
@@ -460,15 +521,27 @@ class Session:
         try:
             encoded = jsonrpc.encode(reply)
         except TypeError:
-            log.failure("Answer to {method!r} is not JSON", method=request.method)
+            log.failure("Answer to {method} is not JSON", method=brief(request.method))
             reply = jsonrpc.error_response(
                 request.id, RPCError(INTERNAL_ERROR, "Internal error: result is not JSON")
             )
+            encoded = jsonrpc.encode(reply)
+        limit = self.max_message_size
+        if limit is not None and len(encoded) > limit:
+            reply = self._too_large(request.method, request.id, len(encoded))
             encoded = jsonrpc.encode(reply)
         if request._batch is None:
             self._send(encoded)
         else:
             request._batch.add(reply)
+
+    def _too_large(self, method: str, request_id: RequestId, size: int) -> dict[str, Any]:
+        """The error answer that replaces a result the transport cannot carry."""
+        log.warn("Answer to {method} is {size} bytes, over the {limit}-byte message limit; "
+                 "sent an error instead", method=brief(method), size=size, limit=self.max_message_size)
+        return jsonrpc.error_response(request_id, RPCError(
+            INTERNAL_ERROR, f"Result too large to send: {size} bytes (limit {self.max_message_size})",
+            {"size": size, "limit": self.max_message_size}))
 
     def _finish(self, request: IncomingRequest) -> bool:
         """Release a request's slot; True if an answer is still owed."""
@@ -502,7 +575,7 @@ class Session:
             try:
                 self.handler.handle_notification(self, method, params)
             except Exception:
-                log.failure("Handler for notification {method!r} raised", method=method)
+                log.failure("Handler for notification {method} raised", method=brief(method))
 
     def _peer_cancelled(self, request_id: object) -> None:
         # Unknown or finished ids are ignored, as the spec allows. initialize
@@ -534,7 +607,7 @@ class Session:
         outgoing = self._outgoing.pop(message.id, None)  # type: ignore[arg-type]
         if outgoing is None:
             if type(message) is jsonrpc.ErrorResponse:
-                log.warn("Peer reported an error: {error}", error=str(message.error))
+                log.warn("Peer reported an error: {error}", error=clip(str(message.error)))
             return  # a late answer to a request we gave up on
         if outgoing.timer is not None and outgoing.timer.active():
             outgoing.timer.cancel()
@@ -545,9 +618,36 @@ class Session:
 
     # -- output -----------------------------------------------------------
 
-    def _write(self, message: dict[str, Any] | list[dict[str, Any]]) -> None:
-        if self.state is not State.CLOSED:
-            self._send(jsonrpc.encode(message))
+    def _write(self, message: dict[str, Any]) -> None:
+        if self.state is State.CLOSED:
+            return
+        encoded = jsonrpc.encode(message)
+        if self.max_message_size is not None and len(encoded) > self.max_message_size:
+            # Only notifications can get here (answers are checked in
+            # _answer): dropping one loses less than the connection would.
+            log.warn("Dropped {method}: {size} bytes, over the {limit}-byte message limit",
+                     method=brief(message.get("method")), size=len(encoded), limit=self.max_message_size)
+            return
+        self._send(encoded)
+
+    def _write_batch(self, replies: list[dict[str, Any]]) -> None:
+        """Send a batch's answers; if together they are too large, the largest
+        become "too large" errors until the rest fits."""
+        if self.state is State.CLOSED:
+            return
+        encoded = jsonrpc.encode(replies)
+        limit = self.max_message_size
+        if limit is not None and len(encoded) > limit:
+            sizes = sorted(((len(jsonrpc.encode(r)), i) for i, r in enumerate(replies)), reverse=True)
+            total = len(encoded)
+            for size, i in sizes:
+                if total <= limit:
+                    break
+                reply = replies[i]
+                replies[i] = self._too_large("batch item", reply["id"], size)
+                total -= size - len(jsonrpc.encode(replies[i]))
+            encoded = jsonrpc.encode(replies)
+        self._send(encoded)
 
     def _reply(self, batch: _Batch | None, message: dict[str, Any]) -> None:
         if batch is None:
@@ -555,9 +655,23 @@ class Session:
         else:
             batch.add(message)
 
-    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
-        """Send a notification (dropped silently once the session closed)."""
+    def notify(self, method: str, params: dict[str, Any] | None = None, *, droppable: bool = False) -> None:
+        """Send a notification (dropped silently once the session closed).
+
+        ``droppable`` ones (progress, log messages) are also dropped while the
+        transport says the peer is far behind, so a handler that does not wait
+        for ``when_writable`` cannot make us buffer without end.
+        """
+        if droppable and self.flow is not None and self.flow.congested():
+            self._log_dropped()
+            return
         self._write(jsonrpc.notification(method, params))
+
+    def when_writable(self) -> Deferred[None]:
+        """Fires when the peer has room for more output (at once without a flow)."""
+        if self.flow is None or self.state is State.CLOSED:
+            return succeed(None)
+        return self.flow.when_writable()
 
     def request(
         self,
@@ -635,7 +749,7 @@ class Session:
         def negotiated(result: dict[str, Any]) -> dict[str, Any]:
             version = result.get("protocolVersion") if isinstance(result, dict) else None
             if version not in SUPPORTED_PROTOCOL_VERSIONS:
-                raise RPCError(INVALID_REQUEST, f"Server chose unsupported revision {version!r}")
+                raise RPCError(INVALID_REQUEST, f"Server chose unsupported revision {brief(version)}")
             self.protocol_version = version
             self.peer_capabilities = result.get("capabilities") or {}
             self.peer_info = result.get("serverInfo") or {}
@@ -670,6 +784,20 @@ class Session:
         waiter: Deferred[None] = Deferred()
         self._idle_waiters.append(waiter)
         return waiter
+
+    def abort_running(self, error: RPCError) -> int:
+        """Answer every request still running with ``error`` and cancel its
+        handler; returns how many there were.
+
+        Shutdown uses it after the drain timeout, so that every request gets
+        exactly one answer before the connection closes.
+        """
+        running = list(self._incoming.values())
+        for request in running:
+            request.abort_error = error
+            if request.deferred is not None:
+                request.deferred.cancel()
+        return len(running)
 
     def close(self, reason: str = "connection closed") -> None:
         """End the session: cancel running handlers, fail waiting requests."""

@@ -23,10 +23,13 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mcp_twisted._lograte import RepeatedEventLog
 from mcp_twisted.auth import TokenAuthenticator, certificate_subject
 from mcp_twisted.server import MCPServer
 from mcp_twisted.session import Role, Session, State
@@ -36,8 +39,12 @@ if TYPE_CHECKING:
 
 SUBPROTOCOL = "mcp"
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+DEFAULT_MAX_OUTPUT_BUFFER = 4 * 1024 * 1024
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
 
 log = Logger()
 
@@ -206,7 +213,9 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
             self._refuse(request, "path", 404, "Not Found")
         if factory.draining:
             self._refuse(request, "draining", 503, "Service Unavailable: shutting down")
-        if factory.max_connections and factory.countConnections > factory.max_connections:
+        # Only sessions hold connection slots; connections still in the
+        # handshake have their own, smaller table (see connectionMade).
+        if factory.max_connections and len(factory.connections) >= factory.max_connections:
             self._refuse(request, "capacity", 503, "Service Unavailable: too many connections")
         host = request.headers.get("host", "")
         host_trusted = is_loopback_host(host) or is_ip_literal(host) or factory.is_allowed_host(host)
@@ -231,6 +240,74 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
             self.factory.metrics.handshake_refusals.labels(reason).inc()
         raise ConnectionDeny(code, text)
 
+    # -- the opening handshake, before Autobahn sees it ------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        factory = self.factory
+        self._head: bytearray | None = bytearray()
+        self._head_lines = 0
+        self._init_timer: IDelayedCall | None = None
+        self._stall_timer: IDelayedCall | None = None
+        self._writable_waiters: list[Deferred[None]] = []
+        handshaking = factory.handshaking
+        handshaking[self] = None
+        if len(handshaking) > factory.max_handshakes:
+            # Full: drop the connection that has waited longest. A real client
+            # finishes its handshake within a round trip, so idle sockets are
+            # what this evicts, and they cannot keep new clients out.
+            oldest = next(iter(handshaking))
+            del handshaking[oldest]
+            factory.log_evicted(peer=oldest.peer)
+            if factory.metrics is not None:
+                factory.metrics.handshake_refusals.labels("handshake_evicted").inc()
+            oldest.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.factory.handshaking.pop(self, None)
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._head is None:
+            self._dataReceived(data)
+        else:
+            self._read_head(data)
+
+    def _read_head(self, data: bytes) -> None:
+        """Hold the HTTP request head until it is complete, with a size and
+        header-count limit checked as bytes arrive.
+
+        Autobahn searches its whole buffer again on every read, so a slowly
+        growing head would cost quadratic time and unbounded memory; here each
+        byte is looked at once, and Autobahn gets the head in one piece.
+        """
+        head = self._head
+        assert head is not None
+        start = max(0, len(head) - 3)
+        head += data
+        self._head_lines += data.count(b"\n")
+        end = head.find(b"\r\n\r\n", start)
+        factory = self.factory
+        if end < 0:
+            # Lines so far, less the request line: a lower bound of the header count.
+            if len(head) > factory.max_header_bytes or self._head_lines - 1 > factory.max_headers:
+                self._refuse_head(len(head))
+            return
+        headers = head.count(b"\n", 0, end + 4) - 2
+        if end + 4 > factory.max_header_bytes or headers > factory.max_headers:
+            self._refuse_head(end + 4)
+            return
+        self._head = None
+        self._dataReceived(bytes(head))
+
+    def _refuse_head(self, size: int) -> None:
+        self._head = None
+        self.factory.log_head_refused(peer=self.peer, size=size, limit=self.factory.max_header_bytes,
+                                      headers=self.factory.max_headers)
+        if self.factory.metrics is not None:
+            self.factory.metrics.handshake_refusals.labels("header_size").inc()
+        self.failHandshake("Request Header Fields Too Large", 431)
+
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         # RFC 6750: a 401 names the scheme it wants. ConnectionDeny cannot
         # carry headers, so they are added here, where Autobahn answers.
@@ -253,6 +330,7 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         factory = self.factory
+        factory.handshaking.pop(self, None)
         self.opened_at = time.monotonic()
         self.session = Session(
             self._send,
@@ -263,7 +341,12 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
             handler_timeout=factory.handler_timeout,
             request_timeout=factory.app.client_request_timeout,
             observer=factory.metrics.request_finished if factory.metrics is not None else None,
+            max_message_size=factory.max_message_size,
+            max_batch_size=factory.max_batch_size,
+            flow=self,
         )
+        if factory.init_timeout:
+            self._init_timer = factory.clock.callLater(factory.init_timeout, self._init_expired)
         self.session.attributes["identity"] = self.identity
         self.session.attributes["peer"] = self.peer
         factory.connections.add(self)
@@ -290,11 +373,47 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
 
     def resumeProducing(self) -> None:
         self.paused = False
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
         backlog = self._backlog
         while backlog and not self.paused and self.session is not None:
             self._receive(backlog.popleft())
         if not self.paused:
             self.transport.resumeProducing()
+
+    # OutputFlow, for the session: handlers that await ctx.report_progress or
+    # ctx.log wait here while the peer is behind.
+    def when_writable(self) -> Deferred[None]:
+        if not self.paused:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._writable_waiters.append(waiter)
+        return waiter
+
+    def congested(self) -> bool:
+        return self.paused and self.buffered_bytes() > self.factory.max_output_buffer
+
+    def _output_stalled(self) -> None:
+        """The peer stayed over the output limit for the whole stall timeout."""
+        self._stall_timer = None
+        if self.buffered_bytes() <= self.factory.max_output_buffer:
+            return  # it caught up; the next send over the limit starts a new timer
+        log.info("Closing {peer}: {size} bytes of output unread for {timeout:g} s", peer=self.peer,
+                 size=self.buffered_bytes(), timeout=self.factory.output_stall_timeout)
+        if self.factory.metrics is not None:
+            self.factory.metrics.output_stalls.inc()
+        self.sendCloseFrame(CLOSE_POLICY_VIOLATION, b"not reading: output limit exceeded")
+
+    def _init_expired(self) -> None:
+        self._init_timer = None
+        if self.session is None or self.session.state is State.READY:
+            return
+        log.info("Closing {peer}: no MCP initialize within {timeout:g} s", peer=self.peer,
+                 timeout=self.factory.init_timeout)
+        if self.factory.metrics is not None:
+            self.factory.metrics.init_timeouts.inc()
+        self.sendCloseFrame(CLOSE_POLICY_VIOLATION, b"MCP initialize not completed in time")
 
     def stopProducing(self) -> None:
         self._backlog.clear()
@@ -310,6 +429,22 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
 
     def onSessionReady(self) -> None:
         """The MCP handshake finished; override to react (call ``super()``)."""
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)
+        self._fragments = 0
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        # Every fragment counts, even an empty one: each costs memory to keep
+        # until the message is complete, whatever its payload size.
+        self._fragments += 1
+        if self._fragments > self.factory.max_fragments and not self.failedByMe:
+            log.info("Closing {peer}: message in over {limit} fragments", peer=self.peer,
+                     limit=self.factory.max_fragments)
+            # Autobahn's own path for limits: close frame, then ignore the rest.
+            self._fail_connection(CLOSE_MESSAGE_TOO_BIG, "message in too many fragments")
+            return
+        super().onMessageFrameBegin(length)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -328,6 +463,9 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         session.receive(payload)  # type: ignore[union-attr]
         if not self._ready_announced and session.state is State.READY:  # type: ignore[union-attr]
             self._ready_announced = True
+            if self._init_timer is not None:
+                self._init_timer.cancel()
+                self._init_timer = None
             try:
                 self.onSessionReady()
             except Exception:
@@ -339,6 +477,9 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
             self.sendMessage(data)
             if self._metrics is not None:
                 self._metrics.messages_sent.inc()
+            if self.paused and self._stall_timer is None and self.congested():
+                self._stall_timer = self.factory.clock.callLater(
+                    self.factory.output_stall_timeout, self._output_stalled)
 
     def onAutoPingTimeout(self) -> None:
         log.info("Dropping {peer}: no answer to WebSocket ping", peer=self.peer)
@@ -347,10 +488,21 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         super().onAutoPingTimeout()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        for timer in (self._init_timer, self._stall_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._init_timer = self._stall_timer = None
         if self.session is None:
             return  # the upgrade never finished: a refusal, already logged
         self.session.close(f"WebSocket closed ({code}): {reason}")
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:  # handlers carry on; what they send now is dropped
+            waiter.callback(None)
         self.factory.connections.discard(self)
+        # When we closed, record the code we sent (1001 at shutdown, 1008
+        # ...), not whatever the peer answered or 1006 if it never did.
+        if self.closedByMe and self.localCloseCode is not None:
+            code = self.localCloseCode
         if self.factory.metrics is not None:
             self.factory.metrics.connection_closed(code)
         duration = time.monotonic() - self.opened_at if self.opened_at else 0.0
@@ -382,6 +534,14 @@ class MCPServerFactory(WebSocketServerFactory):
         open_handshake_timeout: float = 5.0,
         close_handshake_timeout: float = 1.0,
         max_connections: int = 1000,
+        max_handshakes: int = 256,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_headers: int = 100,
+        init_timeout: float = 20.0,
+        max_fragments: int = 1024,
+        max_batch_size: int = 64,
+        max_output_buffer: int = DEFAULT_MAX_OUTPUT_BUFFER,
+        output_stall_timeout: float = 30.0,
         write_buffer_size: int | None = None,
         auth: TokenAuthenticator | None = None,
         metrics: Metrics | None = None,
@@ -399,7 +559,22 @@ class MCPServerFactory(WebSocketServerFactory):
         :param max_in_flight: concurrent requests per session.
         :param handler_timeout: seconds a handler may run before it is
             cancelled and the client gets an error (``None``: no limit).
-        :param max_connections: open connections; more get HTTP 503 (0: no limit).
+        :param max_connections: MCP sessions (upgraded connections); more get
+            HTTP 503 (0: no limit).
+        :param max_handshakes: connections still in the HTTP handshake; when
+            full, the one that has waited longest is dropped.
+        :param max_header_bytes, max_headers: limits of the upgrade request's
+            head; a larger one gets HTTP 431 and is closed.
+        :param init_timeout: seconds a session has to finish the MCP handshake
+            (``initialize`` and ``notifications/initialized``) before it is
+            closed with 1008 (0: no limit).
+        :param max_fragments: frames one message may arrive in; more closes 1009.
+        :param max_batch_size: messages in one JSON-RPC batch (2025-03-26);
+            a larger batch gets one error answer.
+        :param max_output_buffer: bytes of unread output per connection over
+            which progress and log notifications are dropped rather than queued.
+        :param output_stall_timeout: seconds a peer may stay over
+            ``max_output_buffer`` before it is closed with 1008.
         :param write_buffer_size: bytes of unsent output per connection above
             which we stop reading from that peer until it catches up (TCP
             listeners; ``None`` keeps Twisted's 64 KiB).
@@ -422,6 +597,23 @@ class MCPServerFactory(WebSocketServerFactory):
         self.handler_timeout = handler_timeout
         self.write_buffer_size = write_buffer_size
         self.max_connections = max_connections
+        self.max_handshakes = max_handshakes
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.init_timeout = init_timeout
+        self.max_fragments = max_fragments
+        self.max_batch_size = max_batch_size
+        self.max_message_size = max_message_size
+        self.max_output_buffer = max_output_buffer
+        self.output_stall_timeout = output_stall_timeout
+        # Connections in the HTTP handshake, oldest first (a dict keeps order).
+        self.handshaking: dict[MCPServerProtocol, None] = {}
+        self.log_evicted = RepeatedEventLog(
+            log, self.clock, "Dropped {count} connection(s) idle in the handshake ({peer} last): "
+            "the handshake table is full")
+        self.log_head_refused = RepeatedEventLog(
+            log, self.clock, "Refused {count} upgrade request(s) with an oversize head ({peer} last: "
+            "{size} bytes; limits {limit} bytes, {headers} headers): HTTP 431")
         self.auth = auth
         self.metrics = metrics
         if metrics is not None:

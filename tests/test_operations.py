@@ -646,7 +646,7 @@ async def test_tool_exception_logs_traceback_and_client_gets_only_the_error_id(s
     assert match, text
     (logged,) = [e for e in events if "error_id" in e]
     assert logged["error_id"] == match.group(1)
-    assert logged["log_level"] == LogLevel.critical
+    assert logged["log_level"] == LogLevel.error
     traceback = logged["log_failure"].getTraceback()
     assert "Traceback" in traceback and "kaboom" in traceback and "RuntimeError" in traceback
     assert match.group(1) in formatEvent(logged)

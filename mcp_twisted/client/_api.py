@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mcp_twisted import __version__
-from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError
+from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError, clip
 from mcp_twisted.protocol import LIST_CHANGED_KIND, Method, Notify, check_log_level
 from mcp_twisted.session import ConnectionLost, IncomingRequest, RequestTimedOut, Session, State, as_deferred
 
@@ -173,7 +173,7 @@ class MCPClient:
             return self.elicitation(request.params)
         if request.method == Method.ROOTS_LIST and self.roots is not None:
             return as_deferred(self.roots()).addCallback(lambda roots: {"roots": list(roots)})
-        raise RPCError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
+        raise RPCError(METHOD_NOT_FOUND, f"Method not found: {clip(request.method)}")
 
     def handle_notification(self, session: Session, method: str, params: Any) -> None:
         if method == Notify.MESSAGE and self.on_log is not None:

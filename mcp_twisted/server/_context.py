@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 
 from mcp_twisted.protocol import LOG_LEVEL_RANK, CapabilityError, Method, Notify
 
@@ -16,8 +16,10 @@ if TYPE_CHECKING:
 class Context:
     """Handed to a handler that declares a parameter annotated ``Context``.
 
-    Progress and logging return an already-fired Deferred, so both
-    ``await ctx.log(...)`` and a plain call work. Requests to the client
+    Progress and logging return a Deferred that fires when the client has
+    room for more output: ``await`` it and a handler that reports often never
+    outruns a slow client (a plain call works too, but while the client is far
+    behind such messages are dropped rather than buffered). Requests to the client
     (``sample``, ``list_roots``, ``elicit``) raise ``CapabilityError`` at once
     when the client did not declare the capability, and fail with
     ``RequestTimedOut`` when it does not answer within ``timeout`` seconds.
@@ -62,9 +64,12 @@ class Context:
     def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None
     ) -> Deferred[None]:
-        """Tell the client how far along we are, if it asked to know."""
+        """Tell the client how far along we are, if it asked to know.
+
+        Fires when the client has room for more output (see the class docstring).
+        """
         self._request.report_progress(progress, total, message)
-        return succeed(None)
+        return self.session.when_writable()
 
     def log(self, level: str, data: Any, logger: str | None = None) -> Deferred[None]:
         """Send ``notifications/message`` if ``level`` passes the client's threshold.
@@ -79,8 +84,8 @@ class Context:
             params: dict[str, Any] = {"level": level, "data": data}
             if logger is not None:
                 params["logger"] = logger
-            self.session.notify(Notify.MESSAGE, params)
-        return succeed(None)
+            self.session.notify(Notify.MESSAGE, params, droppable=True)
+        return self.session.when_writable()
 
     def _client_request(
         self, capability: str, method: str, params: dict[str, Any] | None, timeout: float | None

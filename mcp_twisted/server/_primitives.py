@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from mcp_twisted import content
@@ -151,7 +151,9 @@ class Tool:
             return failure
         # The client sees the message and an id; the traceback stays in the log.
         error_id = new_error_id()
-        log.failure("Tool {tool!r} raised (error id {error_id})", failure, tool=self.name, error_id=error_id)
+        # Error, not critical: the app's bug, and the server goes on serving.
+        log.failure("Tool {tool!r} raised (error id {error_id})", failure, LogLevel.error, tool=self.name,
+                    error_id=error_id)
         return _error_result(f"Error in tool {self.name!r}: {_exception_text(failure.value)} "
                              f"(error id {error_id})")
 

@@ -1,0 +1,38 @@
+"""One log line for a burst of the same event, not one per occurrence.
+
+Bad input can repeat an event thousands of times a second (a batch of
+refused requests, a flood of half-open connections); each still gets its
+answer, but the log says it once per interval with a count, so an attacker
+cannot turn a cheap flood into an expensive, unreadable log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+
+class RepeatedEventLog:
+    """Logs ``format`` at info at most once per ``interval`` seconds.
+
+    Each line carries ``count``: how many times the event happened since the
+    previous line (the first occurrence is logged at once, with count 1).
+    """
+
+    def __init__(self, log: Logger, clock: IReactorTime, format: str, interval: float = 10.0) -> None:
+        self.log = log
+        self.clock = clock
+        self.format = format
+        self.interval = interval
+        self.count = 0
+        self.next_line_at = 0.0
+
+    def __call__(self, times: int = 1, **fields: Any) -> None:
+        self.count += times
+        now = self.clock.seconds()
+        if now >= self.next_line_at:
+            self.log.info(self.format, count=self.count, **fields)
+            self.count = 0
+            self.next_line_at = now + self.interval

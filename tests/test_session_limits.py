@@ -1,0 +1,232 @@
+"""Limits the session enforces without any socket: batch size and in-flight
+accounting, answers too large for the transport, output flow control, and
+answering every request at shutdown. Each attack is fed as the peer would
+send it; a second, well-behaved request on the same session is answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import LogLevel, globalLogPublisher
+
+from mcp_twisted.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RPCError
+from mcp_twisted.protocol import SERVER_BUSY, SERVER_SHUTTING_DOWN
+from mcp_twisted.server import Context, MCPServer
+from tests.test_session import FakeHandler, Peer, error_code, result, waiting_route
+
+
+@pytest.fixture
+def events():
+    captured: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(captured.append)
+    yield captured
+    globalLogPublisher.removeObserver(captured.append)
+
+
+def formats(events: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    return [e for e in events if (e.get("log_format") or "").startswith(prefix)]
+
+
+def batch_peer(handler: Any = None, **options: Any) -> Peer:
+    peer = Peer(handler, **options)
+    peer.initialize("2025-03-26")
+    return peer
+
+
+# -- batches -------------------------------------------------------------------
+
+
+def test_a_batch_over_the_item_limit_gets_one_error_and_runs_nothing(events) -> None:
+    peer = batch_peer(max_batch_size=8)
+    peer.feed([{"jsonrpc": "2.0", "id": i, "method": "echo"} for i in range(1000)])
+    (reply,) = peer.take()
+    assert error_code(reply) == INVALID_REQUEST and reply["id"] is None
+    assert reply["error"]["data"] == {"limit": 8}
+    assert peer.handler.requests == []
+    assert len(formats(events, "Refused a batch")) == 1
+    peer.call("ok", "echo", {"x": 1})  # the session carries on
+    assert result(peer.take()[0]) == {"x": 1}
+
+
+def test_a_batch_counts_against_the_in_flight_limit_and_logs_its_refusals_once(events) -> None:
+    # Quick handlers free their slot at once, but their answers wait in the
+    # batch: without counting the batch, one message could run any number.
+    peer = batch_peer(max_in_flight=10, max_batch_size=100)
+    peer.feed([{"jsonrpc": "2.0", "id": i, "method": "echo", "params": {"i": i}} for i in range(100)])
+    (replies,) = peer.take()
+    assert len(replies) == 100
+    answered = [r for r in replies if "result" in r]
+    refused = [r for r in replies if "error" in r]
+    assert [r["id"] for r in answered] == list(range(10))
+    assert {error_code(r) for r in refused} == {SERVER_BUSY}
+    assert len(refused) == 90
+    (line,) = formats(events, "Refused {count} request")
+    assert line["count"] == 90
+
+
+def test_refusals_at_the_in_flight_limit_are_logged_once_per_interval(events) -> None:
+    route, _ = waiting_route()
+    peer = Peer(FakeHandler({"wait": route}), max_in_flight=2)
+    peer.initialize()
+    for i in range(500):
+        peer.call(i, "wait")
+    replies = peer.take()
+    assert len(replies) == 498 and {error_code(r) for r in replies} == {SERVER_BUSY}
+    assert len(formats(events, "Refused {count} request")) == 1
+    peer.clock.advance(11)
+    peer.call("late", "wait")
+    (line_one, line_two) = formats(events, "Refused {count} request")
+    assert (line_one["count"], line_two["count"]) == (1, 498)
+
+
+# -- answers too large to send ---------------------------------------------------
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_answer_over_the_message_limit_becomes_an_error_answer(asynchronous: bool, events) -> None:
+    gate: Deferred[Any] = Deferred()
+    big = {"text": "x" * 5000}
+    route = (lambda request: gate) if asynchronous else (lambda request: big)
+    peer = Peer(FakeHandler({"big": route}), max_message_size=1000)
+    peer.initialize()
+    peer.call(1, "big")
+    if asynchronous:
+        gate.callback(big)
+    (reply,) = peer.take()
+    assert reply["id"] == 1 and error_code(reply) == INTERNAL_ERROR
+    assert "too large" in reply["error"]["message"]
+    assert reply["error"]["data"]["limit"] == 1000
+    assert len(formats(events, "Answer to {method} is {size} bytes")) == 1
+    peer.call(2, "echo", {"small": True})  # the same session goes on
+    assert result(peer.take()[0]) == {"small": True}
+
+
+def test_a_batch_too_large_in_all_loses_only_its_largest_answers() -> None:
+    sizes = {1: 600, 2: 10, 3: 700, 4: 20}
+    peer = batch_peer(FakeHandler({"make": lambda request: "y" * sizes[request.id]}), max_message_size=1000)
+    peer.feed([{"jsonrpc": "2.0", "id": i, "method": "make"} for i in sizes])
+    (replies,) = peer.take()
+    by_id = {r["id"]: r for r in replies}
+    assert error_code(by_id[3]) == INTERNAL_ERROR  # the largest gave way
+    assert result(by_id[1]) == "y" * 600
+    assert result(by_id[2]) == "y" * 10 and result(by_id[4]) == "y" * 20
+
+
+def test_a_notification_over_the_message_limit_is_dropped_not_sent() -> None:
+    peer = Peer(max_message_size=1000)
+    peer.initialize()
+    peer.session.notify("notifications/message", {"level": "info", "data": "z" * 5000})
+    assert peer.take() == []
+    peer.session.notify("notifications/message", {"level": "info", "data": "fits"})
+    assert peer.take()[0]["params"]["data"] == "fits"
+
+
+# -- output flow -------------------------------------------------------------------
+
+
+class Flow:
+    """An OutputFlow the test controls: congested or not, writable or not."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self.waiters: list[Deferred[None]] = []
+
+    def congested(self) -> bool:
+        return self.full
+
+    def when_writable(self) -> Deferred[None]:
+        if not self.full:
+            return succeed(None)
+        self.waiters.append(Deferred())
+        return self.waiters[-1]
+
+    def drain(self) -> None:
+        self.full = False
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
+def progress_app() -> MCPServer:
+    app = MCPServer("flow")
+
+    @app.tool()
+    async def count(n: int, ctx: Context) -> int:
+        for i in range(1, n + 1):
+            await ctx.report_progress(i, n)
+            await ctx.log("info", f"step {i}")
+        return n
+
+    @app.tool()
+    def spray(n: int, ctx: Context) -> int:
+        """Reports progress without waiting: the flow must bound it anyway."""
+        for i in range(1, n + 1):
+            ctx.report_progress(i, n)
+        return n
+
+    return app
+
+
+def test_progress_and_log_wait_for_a_slow_peer_and_resume() -> None:
+    flow = Flow()
+    peer = Peer(progress_app(), flow=flow)
+    peer.initialize()
+    peer.call("level", "logging/setLevel", {"level": "info"})
+    peer.take()
+    flow.full = True
+    peer.call(1, "tools/call", {"name": "count", "arguments": {"n": 3}, "_meta": {"progressToken": "t"}})
+    # While the peer is behind, the first progress is dropped (droppable) and
+    # the handler waits for room instead of producing more.
+    assert peer.take() == [] and len(flow.waiters) == 1
+    flow.drain()  # the peer caught up: the handler runs on to the end
+    sent = peer.take()
+    assert [m["params"]["progress"] for m in sent if m.get("method") == "notifications/progress"] == [2, 3]
+    assert [m["params"]["data"] for m in sent if m.get("method") == "notifications/message"] == [
+        "step 1", "step 2", "step 3"]
+    assert result(sent[-1])["content"][0]["text"] == "3"
+
+
+def test_a_handler_that_does_not_wait_has_its_progress_dropped_while_congested(events) -> None:
+    flow = Flow()
+    peer = Peer(progress_app(), flow=flow)
+    peer.initialize()
+    flow.full = True
+    peer.call(1, "tools/call", {"name": "spray", "arguments": {"n": 10000}, "_meta": {"progressToken": 7}})
+    (answer,) = peer.take()  # no progress went out; the answer is never dropped
+    assert answer["id"] == 1 and result(answer)["content"][0]["text"] == "10000"
+    (line,) = formats(events, "Dropped {count} progress")
+    assert line["count"] == 1  # the first drop is logged; the rest are counted for the next line
+
+
+# -- shutdown ----------------------------------------------------------------------
+
+
+def test_abort_running_answers_every_running_request_once() -> None:
+    route, waiting = waiting_route()
+    peer = batch_peer(FakeHandler({"wait": route}))
+    peer.call(1, "wait")
+    peer.feed([{"jsonrpc": "2.0", "id": 2, "method": "wait"}, {"jsonrpc": "2.0", "id": 3, "method": "echo"}])
+    assert peer.take() == []
+    count = peer.session.abort_running(RPCError(SERVER_SHUTTING_DOWN, "shutting down"))
+    assert count == 2
+    single, batch = peer.take()
+    assert single["id"] == 1 and error_code(single) == SERVER_SHUTTING_DOWN
+    assert {r["id"]: r.get("error", {}).get("code") for r in batch} == {2: SERVER_SHUTTING_DOWN, 3: None}
+    assert peer.session.in_flight == 0
+    for d in waiting:  # a handler that fires late changes nothing
+        if not d.called:
+            d.callback("late")
+    assert peer.take() == []
+
+
+def test_a_failing_handler_is_logged_at_error_not_critical(events) -> None:
+    def boom(request: Any) -> Any:
+        raise RuntimeError("bug in the app")
+
+    peer = Peer(FakeHandler({"boom": boom}))
+    peer.initialize()
+    peer.call(1, "boom")
+    (logged,) = [e for e in events if "error_id" in e]
+    assert logged["log_level"] == LogLevel.error
