@@ -67,6 +67,8 @@ class Options(usage.Options):
 
     optParameters: list[Any] = [
         ["app", "a", DEFAULT_APP, "The MCPServer to serve, as module:attribute."],
+        ["app-dir", None, ".",
+         "Directory --app is imported from, ahead of installed packages (default: the current one)."],
         ["path", None, "/mcp", "The URL path clients connect to."],
         ["ping-interval", None, 20.0, "Seconds between WebSocket pings (0: off).", _positive_float],
         ["ping-timeout", None, 10.0, "Seconds to wait for a pong before dropping the peer (0: forever).",
@@ -122,11 +124,25 @@ class Options(usage.Options):
             self["endpoints"] = [DEFAULT_ENDPOINT]
 
 
-def load_app(spec: str) -> MCPServer:
-    """Import ``module:attribute`` and check it is an ``MCPServer``."""
+def load_app(spec: str, app_dir: str | None = None) -> MCPServer:
+    """Import ``module:attribute`` and check it is an ``MCPServer``.
+
+    ``app_dir`` goes first on ``sys.path``, as uvicorn's ``--app-dir`` and
+    gunicorn's working directory do: the ``twistd`` script's path starts with
+    its own directory, so an app next to the operator would not be found.
+    """
+    import sys
+    from pathlib import Path
+
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise StartupError(f"--app {spec!r}: expected module:attribute, e.g. mypkg.app:server")
+    if app_dir is not None:
+        directory = Path(app_dir).resolve()  # absolute: twistd may change directory later
+        if not directory.is_dir():
+            raise StartupError(f"--app-dir {app_dir!r}: not a directory")
+        if str(directory) not in sys.path:
+            sys.path.insert(0, str(directory))
     try:
         module = importlib.import_module(module_name)
     except Exception as e:
@@ -141,15 +157,18 @@ def load_app(spec: str) -> MCPServer:
 
 
 def make_endpoints(reactor: Any, descriptions: list[str], option: str = "--endpoint") -> dict[str, Any]:
-    """Endpoint string -> endpoint, or a one-line exit naming the bad string."""
-    from twisted.internet.endpoints import serverFromString
+    """Endpoint string -> endpoint, or a one-line exit naming the bad string.
+
+    ``ssl:`` strings get forward-secret ciphers only (see ``mcp_twisted.endpoints``).
+    """
+    from mcp_twisted.endpoints import server_from_string
 
     endpoints = {}
     for description in descriptions:
         try:
-            endpoints[description] = serverFromString(reactor, description)
+            endpoints[description] = server_from_string(reactor, description)
         except Exception as e:
-            # serverFromString reads certificate files at parse time, so a
+            # TLS endpoints read certificate files at parse time, so a
             # missing or unreadable file shows up here too.
             detail = str(e) or type(e).__name__
             if description.startswith("systemd:"):
@@ -172,7 +191,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
 
-    app = load_app(options["app"])
+    app = load_app(options["app"], options["app-dir"])
     endpoints = make_endpoints(reactor, options["endpoints"])
     auth = None
     if options["auth-token-file"]:
@@ -184,11 +203,23 @@ def makeService(options: Options) -> IService:
             raise StartupError(f"--auth-token-file: {e}") from None
     metrics = metrics_endpoint = None
     if options["metrics-endpoint"]:
+        from twisted.logger import Logger
+
+        from mcp_twisted.endpoints import loopback_by_default
         from mcp_twisted.metrics import Metrics
 
         metrics = Metrics()
-        (metrics_endpoint,) = make_endpoints(
-            reactor, [options["metrics-endpoint"]], "--metrics-endpoint").values()
+        # /metrics has no authentication: without an explicit interface= it
+        # stays on loopback instead of Twisted's every-address default.
+        given = options["metrics-endpoint"]
+        description = loopback_by_default(given)
+        if description != given:
+            Logger().warn(
+                "--metrics-endpoint {given!r} names no interface: serving /metrics and /healthz on "
+                "loopback only ({description!r}); they ask for no credentials, so to expose them "
+                "add interface=0.0.0.0 (or an address) deliberately",
+                given=given, description=description)
+        (metrics_endpoint,) = make_endpoints(reactor, [description], "--metrics-endpoint").values()
     try:
         factory = MCPServerFactory(
             app,

@@ -1,10 +1,13 @@
 """``twistd mcpws``: options, start-up errors, and serving from a real process.
 
-Every server here is a ``twistd`` subprocess started from this checkout
-(``PYTHONPATH`` is the repository root, so its ``twisted/plugins/mcpws.py`` and
-``mcp_twisted`` are the ones used), and every client talks to it over a real
-socket on 127.0.0.1: TCP, TLS, a UNIX socket, or a socket handed over the way
-systemd hands it over.
+Every server here is a ``twistd`` subprocess run by the installed ``twistd``
+script, as operators run it, with ``PYTHONPATH`` set to the repository root so
+that this checkout's ``mcp_twisted`` is the one used. Twisted reads plugin
+modules from its own ``twisted/plugins`` first, so ``twisted/plugins/mcpws.py``
+is the installed copy: after changing it, ``pip install .`` again
+(``test_plugin_is_found_in_the_installed_package`` says so when they differ).
+Every client talks to the server over a real socket on 127.0.0.1: TCP, TLS, a
+UNIX socket, or a socket handed over the way systemd hands it over.
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ from twisted.python import usage
 from twisted.python.systemd import ListenFDs
 
 from mcp_twisted import tap
+from mcp_twisted.endpoints import loopback_by_default
 from tests.support import ProbeClient, handshake
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ETC = REPO_ROOT / "etc"
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+# The console script, not ``python -c``: that would put the current directory
+# on sys.path and hide how --app is imported.
+TWISTD = [str(Path(sys.executable).with_name("twistd"))]
 START_TIMEOUT = 20.0
 DEMO_NAME = "mcp-twisted-demo"
 
@@ -304,6 +310,9 @@ def test_plugin_is_found_in_the_installed_package(tmp_path):
     for path in where.stdout.split():
         # Installed, not the checkout's source (the virtualenv may live inside the checkout).
         assert "site-packages" in Path(path).parts, path
+    installed_plugin = Path(where.stdout.split()[0])
+    assert installed_plugin.read_text() == (REPO_ROOT / "twisted" / "plugins" / "mcpws.py").read_text(), \
+        "the installed twisted/plugins/mcpws.py differs from the checkout's: pip install . again"
     result = subprocess.run([*TWISTD, "--help"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -315,7 +324,7 @@ def test_plugin_is_found_in_the_installed_package(tmp_path):
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    assert result.returncode == 1, output
     assert "Traceback" not in output, output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -326,14 +335,26 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 
 @pytest.fixture
 def pems(tmp_path: Path) -> dict[str, Any]:
-    """A CA and a key/certificate pair for localhost and 127.0.0.1, as files."""
-    ca = trustme.CA()
-    issued = ca.issue_cert("localhost", "127.0.0.1")
-    key, cert, ca_file = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "ca.pem"
-    issued.private_key_pem.write_to_path(str(key))
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    ca.cert_pem.write_to_path(str(ca_file))
-    return {"ca": ca, "key": key, "cert": cert, "ca_file": ca_file}
+    """A CA and a key/certificate pair for localhost and 127.0.0.1, as files, and
+    a client certificate with its CA (for mtls:). RSA keys: only they allow the
+    RSA key exchange that forward secrecy is about."""
+    rsa = trustme.KeyType.RSA
+    ca, client_ca = trustme.CA(key_type=rsa), trustme.CA(key_type=rsa)
+    issued = ca.issue_cert("localhost", "127.0.0.1", key_type=rsa)
+    files = {name: tmp_path / f"{name}.pem" for name in ("key", "cert", "ca_file", "client_ca_file")}
+    issued.private_key_pem.write_to_path(str(files["key"]))
+    issued.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    ca.cert_pem.write_to_path(str(files["ca_file"]))
+    client_ca.cert_pem.write_to_path(str(files["client_ca_file"]))
+    return {"ca": ca, "client": client_ca.issue_cert("client@example.com", key_type=rsa), **files}
+
+
+def tls_description(kind: str, port: int, pems: dict[str, Any], **files: Path) -> str:
+    """An ssl: or mtls: endpoint string for ``pems``; ``files`` replace its key or certificate."""
+    files = {"privateKey": pems["key"], "certKey": pems["cert"], **files}
+    if kind == "mtls":
+        files["caCerts"] = pems["client_ca_file"]
+    return ":".join([kind, str(port), "interface=127.0.0.1", *(f"{k}={v}" for k, v in files.items())])
 
 
 def test_bad_endpoint_string(tmp_path):
@@ -403,6 +424,50 @@ def test_systemd_endpoint_without_socket_activation(tmp_path):
 def test_sub_second_ping_interval(tmp_path):
     result = run_mcpws(["--endpoint", "tcp:0:interface=127.0.0.1", "--ping-interval", "0.5"], tmp_path)
     assert_one_line_error(result, "ping interval")
+
+
+@pytest.mark.parametrize("kind", ["ssl", "mtls"])
+@pytest.mark.parametrize(
+    ("files", "complaint"),
+    [
+        ({"privateKey": "cert"}, "privateKey file {cert} holds a certificate, not a usable private key"),
+        ({"certKey": "key"}, "certKey file {key} holds a private key, not a usable certificate"),
+        ({"privateKey": "other_key"}, "privateKey file {other_key} is not the key of the certificate in "
+                                      "certKey file {cert}"),
+    ],
+    ids=["certificate-as-key", "key-as-certificate", "key-of-another-certificate"],
+)
+def test_tls_key_and_certificate_mix_ups_name_the_file(tmp_path, pems, kind, files, complaint):
+    other_key = tmp_path / "other-key.pem"
+    pems["client"].private_key_pem.write_to_path(str(other_key))
+    paths = {"key": pems["key"], "cert": pems["cert"], "other_key": other_key}
+    description = tls_description(kind, 0, pems, **{option: paths[name] for option, name in files.items()})
+    result = run_mcpws(["--endpoint", description], tmp_path)
+    assert_one_line_error(result, f"--endpoint {description!r}", complaint.format(**paths))
+
+
+def test_app_dir_that_does_not_exist(tmp_path):
+    result = run_mcpws(["--app-dir", "no-such-dir", "--app", "weather:server"], tmp_path)
+    assert_one_line_error(result, "--app-dir 'no-such-dir': not a directory")
+
+
+def test_app_with_a_tool_whose_hints_have_no_schema(tmp_path):
+    (tmp_path / "opaque_app.py").write_text(textwrap.dedent("""\
+        from mcp_twisted import MCPServer
+
+        class Connection:
+            pass
+
+        server = MCPServer("opaque", "1.0.0")
+
+        @server.tool()
+        def query(sql: str, connection: Connection) -> str:
+            return sql
+    """))
+    result = run_mcpws(["--app", "opaque_app:server"], tmp_path)
+    assert_one_line_error(
+        result, "cannot import 'opaque_app'",
+        "tool 'query': parameter 'connection': type Connection cannot be described as JSON Schema")
 
 
 # -- serving --------------------------------------------------------------------
@@ -509,6 +574,116 @@ async def test_serves_over_tls(twistd, pems):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
             client_context.wrap_socket(raw, server_hostname="localhost") as tls:
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+@pytest.mark.parametrize("kind", ["ssl", "mtls"])
+@pytest_twisted.ensureDeferred
+async def test_tls_listeners_offer_only_forward_secret_ciphers(twistd, pems, kind):
+    """On TLS 1.2 only ECDHE/DHE key exchange is accepted: a recorded session stays
+    secret even if the server's key leaks later. TLS 1.3 (forward-secret) is served."""
+    port = free_port()
+    server = twistd("--endpoint", tls_description(kind, port, pems))
+    await server.wait_accepting(tcp_probe(port))
+
+    def negotiate(ciphers: str | None, tls12_only: bool = True) -> tuple[str | None, str]:
+        context = ssl.create_default_context(cafile=str(pems["ca_file"]))
+        pems["client"].configure_cert(context)  # mtls: requires one; ssl: never asks
+        if tls12_only:
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+        if ciphers is not None:
+            context.set_ciphers(ciphers)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.version(), tls.cipher()[0]
+
+    # RSA key exchange: AES128-SHA (which Twisted's default list accepts), and all the others.
+    for ciphers in ("AES128-SHA", "kRSA"):
+        with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+            negotiate(ciphers)
+    assert negotiate("ECDHE-RSA-AES128-GCM-SHA256") == ("TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256")
+    assert negotiate("ECDHE+CHACHA20") == ("TLSv1.2", "ECDHE-RSA-CHACHA20-POLY1305")
+    assert negotiate(None, tls12_only=False)[0] == "TLSv1.3"
+    assert server.process.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("given", "default"),
+    [("tcp:9100", "tcp:9100:interface=127.0.0.1"),
+     ("tcp:9100:backlog=5", "tcp:9100:backlog=5:interface=127.0.0.1"),
+     ("tcp6:9100", r"tcp6:9100:interface=\:\:1"),
+     ("ssl:9100:privateKey=C\\:/key.pem", "ssl:9100:privateKey=C\\:/key.pem:interface=127.0.0.1"),
+     ("tcp:9100:interface=0.0.0.0", None), ("tcp6:9100:interface=\\:\\:", None),
+     ("unix:/run/metrics.sock:mode=600", None), ("systemd:domain=INET:index=1", None),
+     ("mtls:9100:privateKey=k.pem:caCerts=ca.pem", None)],
+)
+def test_loopback_by_default_adds_an_interface_only_where_every_address_is_the_default(given, default):
+    assert loopback_by_default(given) == (default or given)
+
+
+def http_get(host: str, port: int, path: str) -> bytes:
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        return b"".join(iter(lambda: s.recv(4096), b""))
+
+
+# 127.0.0.2 reaches the loopback interface on Linux without any setup: a
+# listener bound to 127.0.0.1 refuses it, one bound to every address accepts it.
+@pytest.mark.skipif(sys.platform != "linux", reason="needs 127.0.0.2 routed to loopback (Linux)")
+@pytest.mark.parametrize(("interface", "listening", "not_listening"),
+                         [(None, "127.0.0.1", "127.0.0.2"), ("127.0.0.2", "127.0.0.2", "127.0.0.1")])
+@pytest_twisted.ensureDeferred
+async def test_metrics_endpoint_without_interface_listens_on_loopback(twistd, interface, listening,
+                                                                       not_listening):
+    """/metrics has no authentication: a bare tcp:PORT serves it on loopback only, and says
+    so in the log; an interface= given explicitly is used as given."""
+    port, metrics_port = free_port(), free_port()
+    metrics = f"tcp:{metrics_port}" + (f":interface={interface}" if interface else "")
+    server = twistd("--endpoint", f"tcp:{port}:interface=127.0.0.1", "--metrics-endpoint", metrics)
+    await server.wait_accepting(lambda: socket.create_connection((listening, metrics_port), timeout=1))
+    assert http_get(listening, metrics_port, "/healthz").startswith(b"HTTP/1.0 200 OK")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((not_listening, metrics_port), timeout=1)
+    notes = [line for line in server.log.splitlines() if "names no interface" in line]
+    if interface:
+        assert notes == [], notes
+    else:
+        (note,) = notes
+        assert f"--metrics-endpoint 'tcp:{metrics_port}' names no interface" in note
+        assert "loopback only" in note and "interface=0.0.0.0" in note
+
+
+def readme_first_example() -> tuple[str, list[str]]:
+    """The README's first Python block, and the options of the twistd command after it."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S)
+    command = re.search(r"```sh\n(twistd .*?)\n```", readme, re.S)
+    assert code and command, "the README no longer starts with an app and its twistd command"
+    argv = shlex.split(command[1])
+    return code[1], argv[argv.index("mcpws") + 1:]
+
+
+@pytest.mark.parametrize("app_dir", [None, "apps"])
+@pytest_twisted.ensureDeferred
+async def test_app_is_imported_from_the_current_directory_or_app_dir(twistd, tmp_path, app_dir):
+    """The README's first example as written: weather.py where twistd starts, no PYTHONPATH."""
+    code, options = readme_first_example()
+    port = free_port()
+    options = [option.replace("tcp:8080:", f"tcp:{port}:") for option in options]
+    assert options == ["--app", "weather:server", "--endpoint", f"tcp:{port}:interface=127.0.0.1"]
+    where = tmp_path
+    if app_dir is not None:
+        where = tmp_path / app_dir
+        where.mkdir()
+        options += ["--app-dir", app_dir]
+    (where / "weather.py").write_text(code)
+    server = twistd(*options)
+    await server.wait_accepting(tcp_probe(port))
+    client = await open_mcp(tcp_client(port), f"ws://127.0.0.1:{port}/mcp")
+    assert (await client.initialize())["result"]["serverInfo"]["name"] == "weather"
+    reply = await client.request(2, "tools/call", {"name": "forecast", "arguments": {"city": "Oslo"}})
+    assert reply["result"]["content"] == [{"type": "text", "text": "Sunny in Oslo for 3 days"}]
+    client.sendClose(1000)
+    assert (await client.closed)[:2] == (True, 1000)
 
 
 @pytest_twisted.ensureDeferred

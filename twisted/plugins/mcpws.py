@@ -1,4 +1,4 @@
-"""twistd plugin ``mcpws`` and the ``mtls:`` endpoint string.
+"""twistd plugin ``mcpws`` and the ``mtls:`` and forward-secret ``ssl:`` endpoint strings.
 
 Kept to declarations: importing the reactor here would break
 ``twistd --reactor=...`` for every plugin in this directory.
@@ -6,7 +6,7 @@ Kept to declarations: importing the reactor here would break
 
 from twisted.application.service import ServiceMaker
 
-from mcp_twisted.endpoints import MutualTLSServerParser
+from mcp_twisted.endpoints import ForwardSecretTLSServerParser, MutualTLSServerParser
 
 mcpws = ServiceMaker(
     "mcp-twisted WebSocket server",
@@ -16,3 +16,6 @@ mcpws = ServiceMaker(
 )
 
 mtls = MutualTLSServerParser()
+
+# Serves ssl: strings given to twistd mcpws (see mcp_twisted.endpoints.server_from_string).
+forward_secret_ssl = ForwardSecretTLSServerParser()
