@@ -220,7 +220,7 @@ def test_a_tool_raising_with_a_deep_value_is_a_tool_error(logged):
     ("tools/call", {"name": BIG}, -32602),
     ("prompts/get", {"name": BIG}, -32602),
     ("prompts/get", {"name": "greet", "arguments": {BIG: "a"}}, -32602),
-    ("resources/read", {"uri": f"nope://{BIG}"}, -32002),
+    ("resources/read", {"uri": f"nope://{BIG}"}, -32602),  # over max_uri_length
     ("resources/read", {"uri": f"users://{BIG}/profile"}, -32602),
     ("resources/subscribe", {"uri": f"nope://{BIG}"}, -32602),
     (f"nope/{BIG}", {}, -32601),
@@ -303,3 +303,12 @@ def test_subscription_uris_have_a_length_limit(logged):
     [refusal] = [e for e in logged if e["log_format"].startswith("Subscription refused")]
     assert refusal["log_level"] is LogLevel.info
     assert len(formatEvent(refusal)) < SHORT
+
+
+def test_reading_through_a_template_has_the_uri_length_limit():
+    server = hostile_server(max_uri_length=50)
+    client = Client(server)
+    assert client.result("resources/read", {"uri": "users://7/profile"})["contents"][0]["text"] == "7"
+    error = client.error("resources/read", {"uri": "users://" + "9" * 2**20 + "/profile"})
+    assert error["code"] == -32602 and error["data"] == {"limit": 50}
+    assert client.error("resources/read", {"uri": "users://7/other"})["code"] == -32002

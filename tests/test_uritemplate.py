@@ -104,3 +104,27 @@ def test_repeated_variable_raises():
 def test_template_without_variables_raises():
     with pytest.raises(ValueError, match="no variables"):
         URITemplate("config://app")
+
+
+class _NoRegex:
+    def match(self, uri: str) -> None:
+        raise AssertionError("the regex ran on a URI whose fixed text cannot match")
+
+
+@pytest.mark.parametrize("uri", [
+    "files://" + "a/" * 4000,  # no ".json" at the end
+    "other://a/b.json",  # another scheme
+])
+def test_uris_whose_fixed_text_differs_never_reach_the_regex(uri):
+    # Several {+var} in a row make a failing regex match quadratic in the
+    # URI's length; the prefix and suffix checks turn most of those away first.
+    template = URITemplate("files://{+a}/{+b}.json")
+    template._pattern = _NoRegex()  # type: ignore[assignment]
+    assert template.match(uri) is None
+
+
+def test_prefix_and_suffix_checks_keep_matches():
+    template = URITemplate("files://{+a}/{+b}.json")
+    assert template.match("files://x/y/z.json") == {"a": "x", "b": "y/z"}
+    assert URITemplate("{+path}").match("anything") == {"path": "anything"}
+    assert URITemplate("docs://{#section}").match("docs://#intro") == {"section": "intro"}

@@ -73,9 +73,10 @@ class MCPServer:
             once. Subscriptions live as long as the session, so without a cap a
             client could make the server hold any amount of memory.
         :param max_uri_length: the longest URI (in characters) a session may
-            subscribe to. 8192 is what RFC 9110 asks every HTTP server to accept
-            and about what common servers allow, so no real resource URI is
-            refused; with the default count a session holds at most ~800 KiB of URIs.
+            subscribe to or read through a template. 8192 is what RFC 9110
+            asks every HTTP server to accept and about what common servers
+            allow, so no real resource URI is refused; with the default count
+            a session holds at most ~800 KiB of URIs.
         """
         self.name = name
         self.version = version
@@ -365,6 +366,10 @@ class MCPServer:
         resource = self._resources.get(uri)
         if resource is not None:
             return resource.read(uri, {}, self._context(request, resource.signature.context_parameter))
+        if len(uri) > self.max_uri_length:
+            # Matching templates costs time that grows with the URI's length.
+            raise invalid_params(f"URI too long: {len(uri)} characters (limit {self.max_uri_length})",
+                                 {"limit": self.max_uri_length})
         for template in self._templates.values():
             variables = template.template.match(uri)  # type: ignore[union-attr]
             if variables is not None:

@@ -21,7 +21,7 @@ _RESERVED_VALUE = r".*?"
 class URITemplate:
     """A compiled template: ``match(uri)`` gives the variables or ``None``."""
 
-    __slots__ = ("_pattern", "_reserved", "template", "variables")
+    __slots__ = ("_pattern", "_prefix", "_reserved", "_suffix", "template", "variables")
 
     def __init__(self, template: str) -> None:
         self.template = template
@@ -52,12 +52,19 @@ class URITemplate:
             raise ValueError(f"{template!r} has no variables; register it as a plain resource")
         parts.append(re.escape(template[position:]))
         self._pattern = re.compile("".join(parts) + r"\Z", re.DOTALL)
+        # The fixed text around the variables: checked before the regex, so
+        # most URIs that cannot match cost no backtracking (several {+var}
+        # in a row make a failing match quadratic in the URI's length).
+        self._prefix = template[:template.index("{")]
+        self._suffix = template[position:]
 
     @staticmethod
     def is_template(uri: str) -> bool:
         return _EXPRESSION.search(uri) is not None
 
     def match(self, uri: str) -> dict[str, str] | None:
+        if not (uri.startswith(self._prefix) and uri.endswith(self._suffix)):
+            return None
         found = self._pattern.match(uri)
         if found is None:
             return None
