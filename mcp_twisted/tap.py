@@ -17,7 +17,12 @@ from twisted.python import usage
 
 from mcp_twisted.server import MCPServer
 from mcp_twisted.service import ListenError, MCPWebSocketService
-from mcp_twisted.websocket import DEFAULT_MAX_MESSAGE_SIZE, MCPServerFactory
+from mcp_twisted.websocket import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_OUTPUT_BUFFER,
+    MCPServerFactory,
+)
 
 DEFAULT_ENDPOINT = "tcp:8080:interface=127.0.0.1"
 DEFAULT_APP = "mcp_twisted.demo:server"
@@ -76,7 +81,31 @@ class Options(usage.Options):
         ["max-message-size", None, DEFAULT_MAX_MESSAGE_SIZE,
          "Largest message in bytes (K, M suffixes allowed); larger ones close with 1009.", _size],
         ["max-in-flight", None, 64, "Requests one session may have running at once.", _count(1)],
-        ["max-connections", None, 1000, "Open connections; more get HTTP 503 (0: no limit).", _count(0)],
+        ["max-connections", None, 1000,
+         "MCP sessions (upgraded connections); more get HTTP 503 (0: no limit).", _count(0)],
+        ["max-handshakes", None, 256,
+         "Connections still in the HTTP handshake; when full, the longest waiting is dropped.", _count(1)],
+        ["max-header-size", None, DEFAULT_MAX_HEADER_BYTES,
+         "Bytes in the upgrade request's head (K suffix allowed); more get HTTP 431.", _size],
+        ["max-headers", None, 100, "Header lines in the upgrade request; more get HTTP 431.", _count(1)],
+        ["init-timeout", None, 20.0,
+         "Seconds a new session has to finish the MCP handshake before it is closed (0: no limit).",
+         _positive_float],
+        ["max-fragments", None, 1024, "WebSocket frames one message may arrive in; more close with 1009.",
+         _count(1)],
+        ["max-batch-size", None, 64, "Messages in one JSON-RPC batch (2025-03-26); more get one error.",
+         _count(1)],
+        ["max-output-buffer", None, DEFAULT_MAX_OUTPUT_BUFFER,
+         "Unread output per connection (K, M suffixes) over which progress and log messages are dropped.",
+         _size],
+        ["output-stall-timeout", None, 30.0,
+         "Seconds a client may leave more than --max-output-buffer unread before it is closed (1008).",
+         _positive_float],
+        ["max-subscriptions", None, None,
+         "Resources one session may subscribe to (default: the app's, 100).", _count(0)],
+        ["max-uri-length", None, None,
+         "Longest URI a session may subscribe to or read through a template (default: the app's, 8192).",
+         _count(1)],
         ["handler-timeout", None, 0.0,
          "Seconds a handler may run before it is cancelled and the client gets an error (0: no limit).",
          _positive_float],
@@ -192,6 +221,11 @@ def makeService(options: Options) -> IService:
 
 
     app = load_app(options["app"], options["app-dir"])
+    # Per-session limits the app keeps; the operator's word wins over the app's.
+    if options["max-subscriptions"] is not None:
+        app.max_subscriptions = options["max-subscriptions"]
+    if options["max-uri-length"] is not None:
+        app.max_uri_length = options["max-uri-length"]
     endpoints = make_endpoints(reactor, options["endpoints"])
     auth = None
     if options["auth-token-file"]:
@@ -231,6 +265,14 @@ def makeService(options: Options) -> IService:
             ping_timeout=options["ping-timeout"],
             max_in_flight=options["max-in-flight"],
             max_connections=options["max-connections"],
+            max_handshakes=options["max-handshakes"],
+            max_header_bytes=options["max-header-size"],
+            max_headers=options["max-headers"],
+            init_timeout=options["init-timeout"],
+            max_fragments=options["max-fragments"],
+            max_batch_size=options["max-batch-size"],
+            max_output_buffer=options["max-output-buffer"],
+            output_stall_timeout=options["output-stall-timeout"],
             handler_timeout=options["handler-timeout"] or None,
             open_handshake_timeout=options["open-handshake-timeout"],
             close_handshake_timeout=options["close-handshake-timeout"],

@@ -40,7 +40,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.python import usage
 from twisted.python.systemd import ListenFDs
 
-from mcp_twisted import tap
+from mcp_twisted import MCPServer, tap
 from mcp_twisted.endpoints import loopback_by_default
 from tests.support import ProbeClient, handshake
 
@@ -870,3 +870,31 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), \
         result.stdout + result.stderr
+
+
+def test_hardening_limits_reach_the_factory_and_the_app():
+    options = parse(
+        "--app", "tests.test_tap:LIMITS_APP", "--max-handshakes", "9", "--max-header-size", "4K",
+        "--max-headers", "30", "--init-timeout", "7.5", "--max-fragments", "12", "--max-batch-size", "5",
+        "--max-output-buffer", "2M", "--output-stall-timeout", "4", "--max-subscriptions", "3",
+        "--max-uri-length", "99", "--endpoint", "tcp:0:interface=127.0.0.1",
+    )
+    service = tap.makeService(options)
+    factory = service.factory
+    assert (factory.max_handshakes, factory.max_header_bytes, factory.max_headers) == (9, 4096, 30)
+    assert (factory.init_timeout, factory.max_fragments, factory.max_batch_size) == (7.5, 12, 5)
+    assert (factory.max_output_buffer, factory.output_stall_timeout) == (2 << 20, 4.0)
+    assert (LIMITS_APP.max_subscriptions, LIMITS_APP.max_uri_length) == (3, 99)
+
+
+def test_hardening_limits_have_safe_defaults():
+    options = parse()
+    assert options["max-handshakes"] < options["max-connections"]
+    assert options["max-header-size"] == 16 * 1024 and options["max-headers"] == 100
+    assert 10 <= options["init-timeout"] <= 30
+    assert options["max-output-buffer"] == 4 * 1024 * 1024
+    # Unset, the app's own limits stay.
+    assert options["max-subscriptions"] is None and options["max-uri-length"] is None
+
+
+LIMITS_APP = MCPServer("limits")
