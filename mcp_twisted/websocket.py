@@ -22,8 +22,10 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -150,6 +152,13 @@ class OriginPolicy:
         return origin_host == request_host and (origin_port or default) == (request_port or default)
 
 
+def tls_failure_text(error: SSL.Error) -> str:
+    """``"http request"`` from ``[('SSL routines', '', 'http request')]``."""
+    reasons = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    texts = [entry[-1] for entry in reasons if isinstance(entry, tuple) and entry]
+    return ", ".join(str(t) for t in texts) or str(error)
+
+
 def check_timer_settings(**seconds: float) -> None:
     """Refuse timer settings Autobahn cannot honour.
 
@@ -265,6 +274,18 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.factory.handshaking.pop(self, None)
+        if isinstance(reason.value, SSL.Error):
+            # A client's TLS mistake, not the server's: Autobahn would log it
+            # as an error. Say what it was, with a hint for the usual one.
+            detail = tls_failure_text(reason.value)
+            if "http request" in detail:
+                log.info("{peer} sent plain HTTP to a TLS port: the client should use wss:// (or https://)",
+                         peer=self.peer)
+            else:
+                log.info("TLS with {peer} failed: {detail}", peer=self.peer, detail=detail)
+            if self.factory.metrics is not None:
+                self.factory.metrics.handshake_refusals.labels("tls").inc()
+            reason = Failure(ConnectionLost(f"TLS failed: {detail}"))
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:

@@ -13,7 +13,9 @@ import socket
 from typing import Any
 
 import pytest_twisted
+import trustme
 from twisted.internet import defer, endpoints, protocol, reactor, task
+from twisted.logger import LogLevel
 
 from mcp_twisted import Context, MCPServer
 from mcp_twisted.demo import server as demo_app
@@ -376,3 +378,25 @@ async def test_shutdown_answers_running_requests_then_closes_1001(events):  # no
     await until(lambda: metrics.connections_closed.labels("1001")._value.get() == 2)
     assert all(closed["code"] == 1001 for closed in find(events, "Closed"))
     deaf.transport.abortConnection()
+
+
+# 9. Client mistakes are one clear line at info.
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_ws_to_a_tls_port_logs_a_hint_at_info(tmp_path, events):  # noqa: F811
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    endpoint = endpoints.serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}")
+    factory = MCPServerFactory(flood_app())
+    port = await endpoint.listen(factory)
+    try:
+        answer = await raw_response(port.getHost().port, b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert answer == b""
+        await until(lambda: find(events, "{peer} sent plain HTTP to a TLS port"))
+        (hint,) = find(events, "{peer} sent plain HTTP to a TLS port")
+        assert hint["log_level"] == LogLevel.info
+        assert not [e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+    finally:
+        await port.stopListening()
