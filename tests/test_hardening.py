@@ -317,6 +317,28 @@ async def test_a_message_in_too_many_fragments_closes_1009():
         await stop(port, factory)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_huge_batch_of_list_requests_gets_one_error_while_others_are_served(events):  # noqa: F811
+    # Measured before: a 2.1 MB batch of tools/list gave an 86.6 MB reply,
+    # stalled every client for 0.74 s, then dropped the connection.
+    factory, port = await start(max_message_size=4 << 20)
+    number = port.getHost().port
+    try:
+        attacker = await connect(number)
+        await attacker.initialize("2025-03-26")
+        attacker.send_json([{"jsonrpc": "2.0", "id": i, "method": "tools/list"} for i in range(20_000)])
+        await polite_call(number)
+        reply = await attacker.next_message()
+        assert reply["error"]["code"] == -32600 and reply["error"]["data"] == {"limit": 64}
+        # Within the limits a batch is served as one array.
+        attacker.send_json([{"jsonrpc": "2.0", "id": i, "method": "tools/list"} for i in range(64)])
+        replies = await attacker.next_message()
+        assert len(replies) == 64 and all("result" in r for r in replies)
+        assert len(find(events, "Refused a batch")) == 1
+    finally:
+        await stop(port, factory)
+
+
 # 5. An answer too large to send becomes an error answer.
 
 
