@@ -177,7 +177,7 @@ class MCPServer:
         size: int | None = None, **details: Any,
     ) -> Resource | ResourceTemplate:
         name = name or fn.__name__
-        signature = compile_signature(fn, name)
+        signature = compile_signature(fn, name, kind="resource")
         details["description"] = details.get("description") or signature.description
         if URITemplate.is_template(uri):
             template = URITemplate(uri)
@@ -219,7 +219,7 @@ class MCPServer:
 
     def add_prompt(self, fn: Callable[..., Any], name: str | None = None, **details: Any) -> Prompt:
         name = name or fn.__name__
-        signature = compile_signature(fn, name)
+        signature = compile_signature(fn, name, kind="prompt")
         details["description"] = details.get("description") or signature.description
         prompt = Prompt(name, signature, **details)
         self._prompts[name] = prompt
