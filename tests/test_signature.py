@@ -409,7 +409,7 @@ def test_registration_fails_with_the_tool_and_prompt_names():
 
     with pytest.raises(TypeError, match=r"^tool 'find': parameter 'thing': type Opaque cannot be described"):
         MCPServer("opaque", "1.0.0").tool()(find)
-    with pytest.raises(TypeError, match=r"^prompt 'find': parameter 'thing': type Opaque cannot be described"):
+    with pytest.raises(TypeError, match=r"^prompt 'find': parameter 'thing': type Opaque cannot be"):
         MCPServer("opaque", "1.0.0").prompt()(find)
     with pytest.raises(TypeError, match=r"^resource 'find': parameter 'thing': type Opaque cannot be"):
         MCPServer("opaque", "1.0.0").resource("things://{thing}")(find)
