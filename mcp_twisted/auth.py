@@ -17,6 +17,12 @@ from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import ISSLTransport
 
+__all__ = [
+    "TokenAuthenticator",
+    "certificate_subject",
+    "load_certificates",
+]
+
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()

@@ -9,6 +9,17 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+__all__ = [
+    "CONTENT_TYPES",
+    "audio",
+    "embedded_resource",
+    "image",
+    "is_content",
+    "resource_contents",
+    "resource_link",
+    "text",
+]
+
 Content = dict[str, Any]
 
 

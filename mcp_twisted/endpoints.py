@@ -42,6 +42,16 @@ from zope.interface import implementer
 
 from mcp_twisted.auth import load_certificates
 
+__all__ = [
+    "FORWARD_SECRET_CIPHERS",
+    "ForwardSecretTLSServerParser",
+    "MutualTLSServerParser",
+    "load_key_and_certificate",
+    "loopback_by_default",
+    "server_from_string",
+    "server_tls_options",
+]
+
 FORWARD_SECRET_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
 """TLS 1.2 ciphers offered by ``ssl:`` and ``mtls:`` (OpenSSL syntax). DHE ones
 need ``dhParameters=``; without it only ECDHE is offered."""

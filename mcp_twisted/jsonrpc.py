@@ -13,6 +13,36 @@ from typing import Any
 
 import orjson
 
+__all__ = [
+    "BRIEF_LENGTH",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "BatchItem",
+    "ErrorResponse",
+    "LocalProtocolError",
+    "MCPError",
+    "Message",
+    "MessageError",
+    "Notification",
+    "RPCError",
+    "RemoteError",
+    "Request",
+    "RequestId",
+    "Response",
+    "brief",
+    "clip",
+    "encode",
+    "error_response",
+    "is_request_id",
+    "notification",
+    "parse",
+    "request",
+    "response",
+]
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -52,7 +82,17 @@ def brief(value: object, length: int = BRIEF_LENGTH) -> str:
     return clip(_BRIEF.repr(value), length)
 
 
-class RPCError(Exception):
+class MCPError(Exception):
+    """Base of every error this package raises about an MCP conversation.
+
+    Its kinds say whose side the problem is on, as h11's errors do:
+    ``RPCError`` is an error answer (raise it to answer with one),
+    ``RemoteError`` one the peer sent us, ``LocalProtocolError`` a check of
+    this side's that failed (and that nobody put on the wire).
+    """
+
+
+class RPCError(MCPError):
     """An error to answer a request with; raise it from any handler."""
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
@@ -69,6 +109,16 @@ class RPCError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.code})"
+
+
+class RemoteError(RPCError):
+    """An error answer the peer sent to one of our requests."""
+
+
+class LocalProtocolError(MCPError):
+    """This side's own protocol check failed: an event in the wrong state,
+    or a peer's answer this side cannot accept (e.g. an unsupported revision).
+    """
 
 
 class MessageError(RPCError):
@@ -105,7 +155,7 @@ class Response:
 @dataclass(slots=True, frozen=True)
 class ErrorResponse:
     id: RequestId | None
-    error: RPCError
+    error: RemoteError
 
 
 Message = Request | Notification | Response | ErrorResponse
@@ -150,7 +200,7 @@ def _to_message(obj: object) -> Message:
     if isinstance(error, dict) and "id" in obj and (known_id is not None or raw_id is None):
         code, message = error.get("code"), error.get("message")
         if type(code) is int and isinstance(message, str):
-            return ErrorResponse(known_id, RPCError(code, message, error.get("data")))
+            return ErrorResponse(known_id, RemoteError(code, message, error.get("data")))
     raise MessageError(INVALID_REQUEST, "Invalid Request: not a request, notification or response")
 
 

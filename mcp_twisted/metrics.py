@@ -24,6 +24,11 @@ from mcp_twisted.protocol import KNOWN_METHODS
 if TYPE_CHECKING:
     from mcp_twisted.websocket import MCPServerFactory
 
+__all__ = [
+    "Metrics",
+    "metrics_site",
+]
+
 
 class Metrics:
     """The counters of one ``MCPServerFactory``, in their own registry."""

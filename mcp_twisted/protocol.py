@@ -8,7 +8,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcp_twisted.jsonrpc import INVALID_PARAMS, RPCError, brief
+from mcp_twisted.jsonrpc import INVALID_PARAMS, LocalProtocolError, RPCError, brief
+
+__all__ = [
+    "BATCHING_VERSIONS",
+    "KNOWN_METHODS",
+    "LATEST_PROTOCOL_VERSION",
+    "LIST_CHANGED_KIND",
+    "LOG_LEVELS",
+    "LOG_LEVEL_RANK",
+    "REQUEST_TIMEOUT",
+    "RESOURCE_NOT_FOUND",
+    "SERVER_BUSY",
+    "SERVER_SHUTTING_DOWN",
+    "SUPPORTED_PROTOCOL_VERSIONS",
+    "URL_ELICITATION_REQUIRED",
+    "CapabilityError",
+    "Method",
+    "Notify",
+    "check_log_level",
+    "invalid_params",
+    "negotiate_version",
+    "version_at_least",
+]
 
 # Handshake-era revisions, oldest first. The newest is what we answer with
 # when a client asks for a revision we do not speak (including 2026-07-28,
@@ -108,7 +130,7 @@ def check_log_level(level: object) -> str:
     return level  # type: ignore[return-value]
 
 
-class CapabilityError(Exception):
+class CapabilityError(LocalProtocolError):
     """The peer did not declare the capability a request needs."""
 
     def __init__(self, capability: str, detail: str = "") -> None:

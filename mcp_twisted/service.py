@@ -16,6 +16,12 @@ from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.protocol import SERVER_SHUTTING_DOWN
 from mcp_twisted.websocket import MCPServerFactory
 
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "ListenError",
+    "MCPWebSocketService",
+]
+
 CLOSE_GOING_AWAY = 1001
 
 log = Logger()

@@ -30,6 +30,8 @@ from mcp_twisted._lograte import RepeatedEventLog
 from mcp_twisted.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
+    LocalProtocolError,
+    MCPError,
     MessageError,
     Notification,
     Request,
@@ -52,6 +54,23 @@ from mcp_twisted.protocol import (
     version_at_least,
 )
 
+__all__ = [
+    "MAX_TIMEOUT_RESETS",
+    "TRANSITIONS",
+    "ConnectionLost",
+    "Event",
+    "IncomingRequest",
+    "OutgoingRequest",
+    "OutputFlow",
+    "RequestTimedOut",
+    "Role",
+    "Session",
+    "SessionHandler",
+    "State",
+    "as_deferred",
+    "new_error_id",
+]
+
 log = Logger()
 
 
@@ -64,14 +83,36 @@ class State(enum.Enum):
     NEW = "new"  # nothing negotiated yet
     INITIALIZING = "initializing"  # initialize answered (server) or sent (client)
     READY = "ready"  # notifications/initialized sent (client) or received (server)
+    DRAINING = "draining"  # new requests are refused; running ones finish
     CLOSED = "closed"
 
 
-class ConnectionLost(Exception):
+class Event(enum.Enum):
+    """What moves a session from one ``State`` to the next."""
+
+    INITIALIZE = "initialize"  # server: initialize answered; client: initialize sent
+    INITIALIZED = "initialized"  # server: notifications/initialized came; client: the result was accepted
+    DRAIN = "drain"  # shutdown began
+    CLOSE = "close"  # the transport is gone
+
+
+_OPEN_STATES = (State.NEW, State.INITIALIZING, State.READY, State.DRAINING)
+
+# The whole lifecycle, for both roles: every state change goes through this
+# table (Session._advance), so an event in the wrong state fails in one place.
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.NEW, Event.INITIALIZE): State.INITIALIZING,
+    (State.INITIALIZING, Event.INITIALIZED): State.READY,
+    **{(state, Event.DRAIN): State.DRAINING for state in _OPEN_STATES},
+    **{(state, Event.CLOSE): State.CLOSED for state in _OPEN_STATES},
+}
+
+
+class ConnectionLost(MCPError):
     """The session ended while a request was waiting for its answer."""
 
 
-class RequestTimedOut(Exception):
+class RequestTimedOut(MCPError):
     """The peer did not answer a request in time; it was sent a cancellation."""
 
     def __init__(self, method: str, timeout: float) -> None:
@@ -133,6 +174,7 @@ class IncomingRequest:
         "deferred",
         "id",
         "method",
+        "outcome",
         "params",
         "progress_token",
         "session",
@@ -153,6 +195,10 @@ class IncomingRequest:
         # Set when the session gives up on the handler (shutdown): the error
         # the peer gets instead of the handler's answer.
         self.abort_error: RPCError | None = None
+        # What the observer records for an answer that is not an error: the
+        # app above may say more (a tool's isError result is "tool_error")
+        # without the session knowing result shapes.
+        self.outcome = "ok"
         self.deferred: Deferred[Any] | None = None
         self._batch = batch
         self._timer: IDelayedCall | None = None
@@ -283,8 +329,6 @@ class Session:
         self.initialize_result: dict[str, Any] | None = None
         # Free for the layers above (auth identity, per-connection data).
         self.attributes: dict[str, Any] = {}
-        # Set by drain(): new requests are refused while running ones finish.
-        self.draining = False
         self._idle_waiters: list[Deferred[None]] = []
         self._send = send
         self._incoming: dict[RequestId, IncomingRequest] = {}
@@ -294,6 +338,21 @@ class Session:
             log, clock, "Refused {count} request(s): {limit} requests in flight")
         self._log_dropped = RepeatedEventLog(
             log, clock, "Dropped {count} progress/log notification(s): the peer is not reading")
+
+    def _advance(self, event: Event) -> None:
+        """Move to the state ``TRANSITIONS`` gives for ``event``; the one place
+        that refuses an event in the wrong state."""
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            raise LocalProtocolError(
+                f"Session {self.role.value}: {event.value!r} is not possible in state {self.state.value!r}"
+            ) from None
+
+    @property
+    def draining(self) -> bool:
+        """True once ``drain()`` was called (and until the session closes)."""
+        return self.state is State.DRAINING
 
     # -- input ------------------------------------------------------------
 
@@ -370,27 +429,26 @@ class Session:
         if method == Method.PING:
             self._reply(batch, jsonrpc.response(message.id, {}))
             return
-        if self.role is Role.SERVER and self.state is not State.READY:
-            if method == Method.INITIALIZE:
+        if self.state is State.DRAINING:
+            error = RPCError(SERVER_SHUTTING_DOWN, "Server is shutting down; reconnect and retry")
+            self._reply(batch, jsonrpc.error_response(message.id, error))
+            if self.observer is not None:
+                self.observer(method, "refused", 0.0)
+            return
+        if method == Method.INITIALIZE:
+            if self.role is Role.SERVER:
                 self._reply(batch, self._answer_initialize(message))
-                return
-            if self.state is State.NEW:
-                error = RPCError(INVALID_REQUEST, "Session not initialized: send 'initialize' first")
+            else:
+                error = RPCError(INVALID_REQUEST, "A client does not answer initialize")
                 self._reply(batch, jsonrpc.error_response(message.id, error))
-                return
-        elif method == Method.INITIALIZE:
-            error = RPCError(INVALID_REQUEST, "Session already initialized")
+            return
+        if self.role is Role.SERVER and self.state is State.NEW:
+            error = RPCError(INVALID_REQUEST, "Session not initialized: send 'initialize' first")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
         if message.id in self._incoming:
             error = RPCError(INVALID_REQUEST, "Request id is already in use by a request in flight")
             self._reply(batch, jsonrpc.error_response(message.id, error))
-            return
-        if self.draining:
-            error = RPCError(SERVER_SHUTTING_DOWN, "Server is shutting down; reconnect and retry")
-            self._reply(batch, jsonrpc.error_response(message.id, error))
-            if self.observer is not None:
-                self.observer(method, "refused", 0.0)
             return
         if len(self._incoming) >= self.max_in_flight:
             if batch is None:
@@ -456,15 +514,14 @@ class Session:
             return jsonrpc.error_response(
                 message.id, RPCError(INTERNAL_ERROR, "Internal error", {"errorId": error_id}))
         self.initialize_result = result
-        self.state = State.INITIALIZING
+        self._advance(Event.INITIALIZE)
         return jsonrpc.response(message.id, result)
 
     def _request_done(self, result: Any, request: IncomingRequest) -> None:
         if self._finish(request):
             self._answer(request, jsonrpc.response(request.id, result))
             if self.observer is not None:
-                failed = type(result) is dict and result.get("isError") is True
-                self._observe(request, "tool_error" if failed else "ok")
+                self._observe(request, request.outcome)
         elif self.observer is not None:
             self._observe(request, "cancelled")
         if self._idle_waiters:
@@ -568,8 +625,8 @@ class Session:
         elif method == Notify.PROGRESS:
             self._peer_progress(params)
         elif method == Notify.INITIALIZED and self.role is Role.SERVER:
-            if self.state is State.INITIALIZING:
-                self.state = State.READY
+            if self.state is State.INITIALIZING:  # a repeat, or one in another state, is ignored
+                self._advance(Event.INITIALIZED)
                 self.handler.session_ready(self)
         elif self.state is not State.NEW or self.role is Role.CLIENT:
             try:
@@ -741,7 +798,10 @@ class Session:
         """
         if self.state is State.CLOSED:
             return fail(ConnectionLost("The session is closed"))
-        self.state = State.INITIALIZING
+        try:
+            self._advance(Event.INITIALIZE)
+        except LocalProtocolError as e:
+            return fail(e)
         params = {"protocolVersion": protocol_version, "capabilities": capabilities,
                   "clientInfo": client_info}
         d = self.request(Method.INITIALIZE, params)
@@ -749,13 +809,13 @@ class Session:
         def negotiated(result: dict[str, Any]) -> dict[str, Any]:
             version = result.get("protocolVersion") if isinstance(result, dict) else None
             if version not in SUPPORTED_PROTOCOL_VERSIONS:
-                raise RPCError(INVALID_REQUEST, f"Server chose unsupported revision {brief(version)}")
+                raise LocalProtocolError(f"Server chose unsupported revision {brief(version)}")
             self.protocol_version = version
             self.peer_capabilities = result.get("capabilities") or {}
             self.peer_info = result.get("serverInfo") or {}
             self.initialize_result = result
             self.notify(Notify.INITIALIZED)
-            self.state = State.READY
+            self._advance(Event.INITIALIZED)
             self.handler.session_ready(self)
             return result
 
@@ -778,8 +838,10 @@ class Session:
 
         Used for graceful shutdown: answers already owed are still sent.
         """
-        self.draining = True
-        if not self._incoming or self.state is State.CLOSED:
+        if self.state is State.CLOSED:
+            return succeed(None)
+        self._advance(Event.DRAIN)
+        if not self._incoming:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._idle_waiters.append(waiter)
@@ -803,7 +865,7 @@ class Session:
         """End the session: cancel running handlers, fail waiting requests."""
         if self.state is State.CLOSED:
             return
-        self.state = State.CLOSED
+        self._advance(Event.CLOSE)
         incoming, self._incoming = self._incoming, {}
         for request in incoming.values():
             request.cancelled = True

@@ -14,7 +14,13 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from mcp_twisted import jsonrpc
-from mcp_twisted.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RPCError
+from mcp_twisted.jsonrpc import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    LocalProtocolError,
+    RPCError,
+)
 from mcp_twisted.protocol import (
     LATEST_PROTOCOL_VERSION,
     REQUEST_TIMEOUT,
@@ -967,7 +973,7 @@ def test_client_initialize_fails_on_an_unsupported_version(answer: Any) -> None:
     d = peer.session.initialize({"name": "cli", "version": "1"}, {}, "2024-11-05")
     peer.take()
     peer.feed(jsonrpc.response(0, answer))
-    assert failure_of(d).check(RPCError)
+    assert failure_of(d).check(LocalProtocolError)  # this side's check, not an answer from the peer
     assert peer.take() == []  # no notifications/initialized
     assert peer.session.state is not State.READY
     assert peer.handler.ready == []

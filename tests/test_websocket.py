@@ -188,6 +188,7 @@ async def test_auto_ping_drops_a_silent_peer():
     try:
         client = await connect(port.getHost().port, client=SilentClient)
         await client.initialize()
+        await client.request("after-initialized", "ping")  # the server has seen notifications/initialized
         assert len(factory.connections) == 1 and len(app.sessions) == 1
         (session,) = app.sessions
         was_clean, _, _ = await client.closed

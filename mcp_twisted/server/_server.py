@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError, brief, clip, is_request_id
@@ -134,6 +135,11 @@ class MCPServer:
         return register
 
     def add_tool(self, fn: Callable[..., Any], name: str | None = None, **details: Any) -> Tool:
+        """Register ``fn`` as a tool (what ``@tool`` does), replacing one of
+        the same name; connected clients are told the list changed.
+
+        ``details`` are the decorator's keywords (``title``, ``annotations``, ...).
+        """
         name = name or fn.__name__
         signature = compile_signature(fn, name, output=True)
         details["description"] = details.get("description") or signature.description
@@ -143,7 +149,12 @@ class MCPServer:
         return tool
 
     def remove_tool(self, name: str) -> None:
-        del self._tools[name]
+        """Unregister a tool; connected clients are told the list changed.
+
+        Raises ``KeyError`` naming the tool if there is none by that name.
+        """
+        if self._tools.pop(name, None) is None:
+            raise KeyError(f"no tool named {name!r}")
         self._list_changed(Notify.TOOLS_LIST_CHANGED)
 
     def resource(
@@ -176,6 +187,10 @@ class MCPServer:
         self, fn: Callable[..., Any], uri: str, *, name: str | None = None,
         size: int | None = None, **details: Any,
     ) -> Resource | ResourceTemplate:
+        """Register ``fn`` as the resource at ``uri`` (what ``@resource`` does);
+        a ``uri`` with ``{variables}`` makes a template. Replaces one with the
+        same URI; connected clients are told the list changed.
+        """
         name = name or fn.__name__
         signature = compile_signature(fn, name, kind="resource")
         details["description"] = details.get("description") or signature.description
@@ -194,8 +209,12 @@ class MCPServer:
         return entry
 
     def remove_resource(self, uri: str) -> None:
-        if self._resources.pop(uri, None) is None:
-            del self._templates[uri]
+        """Unregister the resource or template registered at ``uri``.
+
+        Raises ``KeyError`` naming the URI if there is none.
+        """
+        if self._resources.pop(uri, None) is None and self._templates.pop(uri, None) is None:
+            raise KeyError(f"no resource or template at {uri!r}")
         self._list_changed(Notify.RESOURCES_LIST_CHANGED)
 
     def prompt(
@@ -218,6 +237,8 @@ class MCPServer:
         return register
 
     def add_prompt(self, fn: Callable[..., Any], name: str | None = None, **details: Any) -> Prompt:
+        """Register ``fn`` as a prompt (what ``@prompt`` does), replacing one of
+        the same name; connected clients are told the list changed."""
         name = name or fn.__name__
         signature = compile_signature(fn, name, kind="prompt")
         details["description"] = details.get("description") or signature.description
@@ -227,7 +248,9 @@ class MCPServer:
         return prompt
 
     def remove_prompt(self, name: str) -> None:
-        del self._prompts[name]
+        """Unregister a prompt; raises ``KeyError`` naming it if there is none."""
+        if self._prompts.pop(name, None) is None:
+            raise KeyError(f"no prompt named {name!r}")
         self._list_changed(Notify.PROMPTS_LIST_CHANGED)
 
     def completion(
@@ -255,7 +278,7 @@ class MCPServer:
 
     @property
     def sessions(self) -> list[Session]:
-        """The live sessions of this app, over every transport."""
+        """The sessions past the MCP handshake, over every transport."""
         return list(self._sessions)
 
     def notify_resource_updated(self, uri: str) -> None:
@@ -279,7 +302,6 @@ class MCPServer:
     # -- SessionHandler ---------------------------------------------------
 
     def describe(self, session: Session) -> dict[str, Any]:
-        self._sessions.setdefault(session, _SessionState(self.default_log_level))
         capabilities: dict[str, Any] = {"logging": {}}
         if self._tools:
             capabilities["tools"] = {"listChanged": True}
@@ -320,7 +342,16 @@ class MCPServer:
             log.debug("Client roots changed")
 
     def session_ready(self, session: Session) -> None:
-        self._sessions.setdefault(session, _SessionState(self.default_log_level))
+        """From now on the session hears of list changes."""
+        self._state_for(session)
+
+    def _state_for(self, session: Session) -> _SessionState:
+        """This app's state of a session, made on first use (a request may
+        come before ``notifications/initialized``) and dropped when it closes."""
+        state = self._sessions.get(session)
+        if state is None:
+            state = self._sessions[session] = _SessionState(self.default_log_level)
+        return state
 
     def session_closed(self, session: Session) -> None:
         self._sessions.pop(session, None)
@@ -353,7 +384,10 @@ class MCPServer:
         elif not isinstance(arguments, dict):
             raise invalid_params("tools/call arguments must be an object")
         context = self._context(request, tool.signature.context_parameter)
-        return tool.call(arguments, context, request.protocol_version)
+        result = tool.call(arguments, context, request.protocol_version)
+        if isinstance(result, Deferred):
+            return result.addCallback(_note_tool_error, request)
+        return _note_tool_error(result, request)
 
     def _list_resources(self, request: IncomingRequest) -> dict[str, Any]:
         return self._page(request, "resources", list(self._resources.values()))
@@ -379,7 +413,7 @@ class MCPServer:
 
     def _subscribe(self, request: IncomingRequest) -> dict[str, Any]:
         uri = _required_string(request.params, "uri")
-        subscriptions = self._sessions[request.session].subscriptions
+        subscriptions = self._state_for(request.session).subscriptions
         if len(uri) > self.max_uri_length:
             log.info("Subscription refused: a URI of {length} characters (limit {limit}): {uri}",
                      length=len(uri), limit=self.max_uri_length, uri=brief(uri))
@@ -395,7 +429,7 @@ class MCPServer:
 
     def _unsubscribe(self, request: IncomingRequest) -> dict[str, Any]:
         uri = _required_string(request.params, "uri")
-        self._sessions[request.session].subscriptions.discard(uri)
+        self._state_for(request.session).subscriptions.discard(uri)
         return {}
 
     def _list_prompts(self, request: IncomingRequest) -> dict[str, Any]:
@@ -436,7 +470,7 @@ class MCPServer:
 
     def _set_level(self, request: IncomingRequest) -> dict[str, Any]:
         level = check_log_level(request.params.get("level"))
-        self._sessions[request.session].log_level = level
+        self._state_for(request.session).log_level = level
         return {}
 
 
@@ -447,6 +481,13 @@ def _completion_result(values: Sequence[str]) -> dict[str, Any]:
         "total": len(values),
         "hasMore": len(values) > MAX_COMPLETION_VALUES,
     }}
+
+
+def _note_tool_error(result: dict[str, Any], request: IncomingRequest) -> dict[str, Any]:
+    """Tell the session's observer (metrics) that the tool reported an error."""
+    if result.get("isError") is True:
+        request.outcome = "tool_error"
+    return result
 
 
 def _required_string(params: dict[str, Any], key: str, where: str = "") -> str:
