@@ -122,26 +122,38 @@ class MCPServer:
         annotations: dict[str, Any] | None = None,
         icons: list[dict[str, Any]] | None = None,
         meta: dict[str, Any] | None = None,
+        input_schema: dict[str, Any] | None = None,
     ) -> Callable[[F], F]:
         """Register a function as a tool; its hints give the input schema and
         its docstring the description. A dict-like return annotation gives
-        an output schema and structured results."""
+        an output schema and structured results.
+
+        ``input_schema`` is sent in ``tools/list`` exactly as given instead of
+        the generated schema, for keywords hints cannot express (``$defs``,
+        ``allOf``, ``if``/``then``/``else``...). It must be an object schema
+        whose ``properties`` are the function's parameters (``TypeError`` at
+        registration otherwise); the hints still validate and convert the
+        arguments, so keep the two in agreement."""
 
         def register(fn: F) -> F:
             self.add_tool(fn, name, title=title, description=description,
-                          annotations=annotations, icons=icons, meta=meta)
+                          annotations=annotations, icons=icons, meta=meta,
+                          input_schema=input_schema)
             return fn
 
         return register
 
-    def add_tool(self, fn: Callable[..., Any], name: str | None = None, **details: Any) -> Tool:
+    def add_tool(
+        self, fn: Callable[..., Any], name: str | None = None, *,
+        input_schema: dict[str, Any] | None = None, **details: Any,
+    ) -> Tool:
         """Register ``fn`` as a tool (what ``@tool`` does), replacing one of
         the same name; connected clients are told the list changed.
 
         ``details`` are the decorator's keywords (``title``, ``annotations``, ...).
         """
         name = name or fn.__name__
-        signature = compile_signature(fn, name, output=True)
+        signature = compile_signature(fn, name, output=True, input_schema=input_schema)
         details["description"] = details.get("description") or signature.description
         tool = Tool(name, signature, **details)
         self._tools[name] = tool

@@ -17,6 +17,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
@@ -198,14 +199,55 @@ def _unschemable(what: str, subject: str, annotation: Any, error: pydantic.Pydan
     return TypeError(f"{what}: {subject}: type {_type_name(annotation)} {reason}")
 
 
+def verbatim_schema(
+    schema: Mapping[str, Any], what: str, parameters: list[inspect.Parameter]
+) -> dict[str, Any]:
+    """A JSON copy of an input schema given by hand, after checks that catch
+    a tool no client could call; each failure is a one-line ``TypeError``.
+
+    The schema must be a JSON object schema (``"type": "object"``, as MCP
+    requires of ``inputSchema``). Its top-level ``properties`` must name
+    parameters of the function, and list every parameter without a default:
+    arguments are still validated by the function's hints, so a property
+    with no parameter would always be refused, and a required parameter the
+    schema does not show would never be sent. Everything else (``$schema``,
+    ``$defs``, ``allOf``, ``if``/``then``/``else``...) is kept as written.
+    The copy is taken now, so changing the dict later changes nothing.
+    """
+    if not isinstance(schema, Mapping) or schema.get("type") != "object":
+        found = repr(schema.get("type")) if isinstance(schema, Mapping) else type(schema).__name__
+        raise TypeError(f'{what}: input_schema must be a JSON object schema ("type": "object"), '
+                        f"not {clip(found, 60)}")
+    try:
+        copy: dict[str, Any] = orjson.loads(orjson.dumps(dict(schema)))
+    except TypeError as e:  # orjson.JSONEncodeError is a TypeError
+        raise TypeError(f"{what}: input_schema is not JSON: {e}") from None
+    properties = copy.get("properties", {})
+    if not isinstance(properties, dict):
+        raise TypeError(f"{what}: input_schema properties must be an object")
+    names = [p.name for p in parameters]
+    unknown = [key for key in properties if key not in names]
+    if unknown:
+        raise TypeError(f"{what}: input_schema properties {unknown} are not parameters "
+                        f"of the function (it takes {names})")
+    missing = [p.name for p in parameters if p.default is p.empty and p.name not in properties]
+    if missing:
+        raise TypeError(f"{what}: required parameters {missing} are not in input_schema properties")
+    return copy
+
+
 def compile_signature(
-    fn: Callable[..., Any], name: str, *, output: bool = False, kind: str | None = None
+    fn: Callable[..., Any], name: str, *, output: bool = False, kind: str | None = None,
+    input_schema: Mapping[str, Any] | None = None,
 ) -> Signature:
     """Read ``fn`` once: parameters, Context slot, input (and output) schema.
 
     Hints that cannot become a schema raise a one-line ``TypeError`` naming
     the handler (``kind`` and ``name``, e.g. "tool 'search'") and the parameter.
     ``kind`` defaults to "tool" when an output schema is asked for, else "handler".
+
+    ``input_schema``, if given, is what clients are shown instead of the
+    generated schema (see ``verbatim_schema``); the hints still validate.
     """
     what = f"{kind or ('tool' if output else 'handler')} {name!r}"
     try:
@@ -240,7 +282,10 @@ def compile_signature(
         model = pydantic.create_model(
             f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
         )
-        input_schema = json_schema(model)
+        # A schema given verbatim replaces the generated one: the hints then
+        # only need to validate, not to be describable.
+        schema = json_schema(model) if input_schema is None else verbatim_schema(
+            input_schema, what, parameters)
     except pydantic.PydanticUserError as e:
         # Only now, on failure, look at each parameter alone to name the culprit.
         for parameter, (annotation, _) in zip(parameters, fields.values(), strict=True):
@@ -249,7 +294,8 @@ def compile_signature(
                 raise _unschemable(what, f"parameter {parameter.name!r}", annotation, error) from None
         raise TypeError(f"{what}: its parameters cannot be described as JSON Schema: "
                         f"{str(e).splitlines()[0]}") from None
-    input_schema.setdefault("properties", {})
+    if input_schema is None:
+        schema.setdefault("properties", {})
     output_adapter = output_schema = None
     returns = hints.get("return")
     if output and returns is not None and _is_object_type(returns):
@@ -260,5 +306,5 @@ def compile_signature(
         output_schema = json_schema(output_adapter)
     return Signature(
         fn, description, parameters, parameter_docs, context_parameter, model,
-        input_schema, output_adapter, output_schema,
+        schema, output_adapter, output_schema,
     )
