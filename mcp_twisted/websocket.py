@@ -31,6 +31,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mcp_twisted._autobahn import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNSUPPORTED_DATA,
+    SUBPROTOCOL,
+    FastPathMixin,
+    check_timer_settings,
+)
 from mcp_twisted._lograte import RepeatedEventLog
 from mcp_twisted.auth import TokenAuthenticator, certificate_subject
 from mcp_twisted.server import MCPServer
@@ -39,14 +47,9 @@ from mcp_twisted.session import Role, Session, State
 if TYPE_CHECKING:
     from mcp_twisted.metrics import Metrics
 
-SUBPROTOCOL = "mcp"
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_OUTPUT_BUFFER = 4 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
-
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_MESSAGE_TOO_BIG = 1009
 
 log = Logger()
 
@@ -157,42 +160,6 @@ def tls_failure_text(error: SSL.Error) -> str:
     reasons = error.args[0] if error.args and isinstance(error.args[0], list) else []
     texts = [entry[-1] for entry in reasons if isinstance(entry, tuple) and entry]
     return ", ".join(str(t) for t in texts) or str(error)
-
-
-def check_timer_settings(**seconds: float) -> None:
-    """Refuse timer settings Autobahn cannot honour.
-
-    Autobahn schedules pings and handshake timeouts through txaio's batched
-    timer, which rounds each deadline down to a whole second: a 0.5 s timeout
-    can fire at once and drop a healthy peer.
-    """
-    for name, value in seconds.items():
-        if 0 < value < 1:
-            raise ValueError(f"{name.replace('_', ' ')} {value:g} s: use 0 (off) or whole seconds >= 1")
-
-
-class FastPathMixin:
-    """Skips two debug log calls Autobahn makes for every read and write.
-
-    ``dataReceived`` and ``sendData`` build their debug messages' arguments
-    (``hltype``/``hlval``, about 8 us each) before the logger discards them at
-    the default level: about a tenth of the server's CPU per call. These
-    overrides do what Autobahn does minus that; anything unusual (chopping,
-    synchronous sends, a queue) still goes through Autobahn's own code.
-    """
-
-    def dataReceived(self, data: bytes) -> None:
-        self._dataReceived(data)  # type: ignore[attr-defined]
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]
-            super().sendData(data, sync, chopsize)  # type: ignore[misc]
-            return
-        self.transport.write(data)  # type: ignore[attr-defined]
-        if self.state == WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
-            self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
-        else:
-            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
 
 
 @implementer(IPushProducer)

@@ -20,14 +20,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mcp_twisted._autobahn import CLOSE_NORMAL, SUBPROTOCOL, FastPathMixin, check_timer_settings
 from mcp_twisted.auth import load_certificates
 from mcp_twisted.client._api import ConnectionFailed, MCPClient
 from mcp_twisted.session import Role, Session
-from mcp_twisted.websocket import SUBPROTOCOL, FastPathMixin, check_timer_settings
 
 log = Logger()
-
-CLOSE_NORMAL = 1000
 
 
 def backoff_policy(
