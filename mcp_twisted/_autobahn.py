@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from autobahn.websocket.protocol import WebSocketProtocol
 
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_UNSUPPORTED_DATA",
+    "SUBPROTOCOL",
+    "FastPathMixin",
+    "check_timer_settings",
+]
+
 SUBPROTOCOL = "mcp"
 
 # RFC 6455 close codes this package sends.

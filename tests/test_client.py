@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import trustme
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import defer, endpoints, protocol, reactor, ssl, task
 from twisted.internet.address import IPv4Address
@@ -21,6 +22,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.test import iosim
 from zope.interface import implementer
 
@@ -28,7 +30,9 @@ from mcp_twisted import Context, MCPServer
 from mcp_twisted.client import (
     ConnectionFailed,
     ConnectionLost,
+    ConnectionState,
     MCPClient,
+    MCPClientProtocol,
     MCPClientService,
     NotConnected,
     RequestTimedOut,
@@ -36,7 +40,7 @@ from mcp_twisted.client import (
 )
 from mcp_twisted.demo import server as demo_app
 from mcp_twisted.jsonrpc import RPCError
-from mcp_twisted.session import State
+from mcp_twisted.session import Session, State
 from mcp_twisted.websocket import MCPServerFactory, MCPServerProtocol
 from tests.support import stop
 
@@ -139,6 +143,48 @@ async def harness():
     await h.close()
 
 
+@pytest.fixture
+def logged_errors() -> Any:
+    """Errors logged during the test, as text: an exception raised in a
+    ``connectionLost`` (such as automat's ``NoTransition``) is one."""
+    errors: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        failure = event.get("log_failure")
+        if failure is not None or event.get("log_level") in (LogLevel.error, LogLevel.critical):
+            errors.append(f"{formatEvent(event)} {failure.getTraceback() if failure else ''}")
+
+    globalLogPublisher.addObserver(observe)
+    yield errors
+    globalLogPublisher.removeObserver(observe)
+
+
+class SilentServer(WebSocketServerProtocol):
+    """Accepts the upgrade, then never answers: the client stays INITIALIZING."""
+
+    def onConnect(self, request: ConnectionRequest) -> str:
+        return "mcp"
+
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if not self.factory.first_message.called:
+            self.factory.first_message.callback(payload)
+
+
+def silent_server() -> WebSocketServerFactory:
+    factory = WebSocketServerFactory()
+    factory.protocol = SilentServer
+    factory.first_message = Deferred()
+    return factory
+
+
+class OldServer(MCPServer):
+    """Answers ``initialize`` with a revision no client knows."""
+
+    def describe(self, session: Session) -> dict[str, Any]:
+        return {**super().describe(session), "protocolVersion": "1999-01-01"}
+
+
 # ---------------------------------------------------------------------------
 # 1. Backoff: the policy, and the service's schedule on a task.Clock.
 
@@ -206,12 +252,20 @@ class ScriptedEndpoint:
         return [b - a for a, b in itertools.pairwise(times)]
 
 
-def run_attempts(clock: task.Clock, endpoint: ScriptedEndpoint, count: int) -> None:
-    """Advance the clock, one scheduled call at a time, until ``count`` attempts were made."""
+def run_attempts(clock: task.Clock, endpoint: ScriptedEndpoint, count: int, flush: bool = False) -> None:
+    """Advance the clock, one scheduled call at a time, until ``count`` attempts were made
+    (with ``flush``, the connections' bytes are moved before and after every step)."""
+
+    def move_bytes() -> None:
+        for pump in endpoint.pumps if flush else ():
+            pump.flush()
+
+    move_bytes()
     while len(endpoint.attempts) < count:
         calls = clock.getDelayedCalls()
         assert calls, f"nothing scheduled after {len(endpoint.attempts)} attempts"
         clock.advance(min(call.getTime() for call in calls) - clock.seconds())
+        move_bytes()
 
 
 def clocked_service(clock: task.Clock, endpoint: ScriptedEndpoint, **options: Any) -> MCPClientService:
@@ -305,6 +359,99 @@ def test_after_giving_up_new_requests_fail_at_once_and_restart_retries_afresh():
     assert not service.running
 
 
+def clocked_app(clock: task.Clock, app: MCPServer | None = None, **options: Any) -> MCPServerFactory:
+    if app is None:
+        app = MCPServer("clocked", "1.0")
+        app.tool()(lambda text: text)
+    return MCPServerFactory(app, clock=clock, ping_interval=0, ping_timeout=0, **options)
+
+
+def failure_of(d: Deferred[Any]) -> BaseException:
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert failures, "the Deferred has not failed"
+    return failures[0].value
+
+
+@pytest.mark.parametrize(("server", "reason"), [
+    (lambda clock: clocked_app(clock, path="/elsewhere"), "404"),
+    (lambda clock: clocked_app(clock, OldServer("old", "1.0")),
+     "initialize failed: Server chose unsupported revision '1999-01-01'"),
+], ids=["refused-upgrade", "rejected-initialize"])
+def test_failed_upgrades_and_handshakes_grow_the_backoff_then_give_up(logged_errors, server, reason):
+    clock = task.Clock()
+    endpoint = ScriptedEndpoint(clock)
+    endpoint.server = server(clock)  # TCP connects every time
+    service = clocked_service(clock, endpoint, max_attempts=4)
+    ready = service.when_ready()
+    service.startService()
+    run_attempts(clock, endpoint, 4, flush=True)
+    assert endpoint.gaps() == [1.0, 2.0, 4.0]  # ClientService alone: 1.0 each time
+    clock.advance(0)
+    assert not service.running
+    error = failure_of(ready)
+    assert isinstance(error, ConnectionFailed)
+    assert str(error).startswith("Gave up on ws://127.0.0.1:9/mcp after 4 failed attempts: "), str(error)
+    assert reason in str(error), str(error)
+    clock.advance(100)
+    assert len(endpoint.attempts) == 4
+    assert logged_errors == []  # no automat NoTransition when the refused connections close
+
+
+def test_after_a_session_the_attempts_before_giving_up_are_counted_afresh():
+    clock = task.Clock()
+    endpoint = ScriptedEndpoint(clock)
+    endpoint.server = clocked_app(clock)
+    service = clocked_service(clock, endpoint, max_attempts=2)
+    service.startService()
+    endpoint.pumps[-1].flush()
+    assert service.client.connected
+    endpoint.server = None
+    endpoint.pumps[-1].serverIO.loseConnection()
+    endpoint.pumps[-1].flush()
+    run_attempts(clock, endpoint, 2)
+    clock.advance(0)
+    assert service.running  # the lost session is not a failed attempt: one failure so far
+    run_attempts(clock, endpoint, 3)
+    clock.advance(0)
+    assert not service.running
+    assert "after 2 failed attempts: Connection was refused" in str(failure_of(service.when_ready()))
+
+
+def test_when_connected_fires_with_the_protocol_once_its_session_is_up():
+    clock = task.Clock()
+    endpoint = ScriptedEndpoint(clock)
+    endpoint.server = clocked_app(clock)
+    service = clocked_service(clock, endpoint)
+    connected = service.whenConnected()
+    service.startService()
+    assert not connected.called  # TCP is up, the WebSocket and MCP handshakes are not
+    endpoint.pumps[-1].flush()
+    protocol = connected.result
+    assert isinstance(protocol, MCPClientProtocol) and protocol.connection_state is ConnectionState.READY
+    assert service.whenConnected().result is protocol
+
+
+def test_stopping_while_initializing_closes_with_1000_and_counts_no_failure(logged_errors):
+    clock = task.Clock()
+    endpoint = ScriptedEndpoint(clock)
+    endpoint.server = silent_server()
+    service = clocked_service(clock, endpoint)
+    service.startService()
+    pump = endpoint.pumps[-1]
+    pump.flush()
+    assert service.factory.current.connection_state is ConnectionState.INITIALIZING
+    stopped = service.stopService()
+    pump.flush()
+    assert stopped.called and not service.running
+    assert pump.server.remoteCloseCode == 1000
+    assert service.factory.current is None
+    assert service.failures == 0 and service.last_error is None
+    clock.advance(100)
+    assert len(endpoint.attempts) == 1
+    assert logged_errors == []
+
+
 # A server that answers the upgrade with 101 but selects a subprotocol the client did not offer.
 class WrongSubprotocol(protocol.Protocol):
     def connectionMade(self) -> None:
@@ -350,7 +497,7 @@ def refusing_server(kind: str) -> Any:
     ("401", "401"), ("404", "404"), ("wrong-subprotocol", "subprotocol"),
 ])
 @pytest_twisted.ensureDeferred
-async def test_refused_upgrade_counts_as_a_failed_attempt(harness, kind, expected):
+async def test_refused_upgrade_counts_as_a_failed_attempt(harness, logged_errors, kind, expected):
     factory = refusing_server(kind)
     port = await harness.serve(factory)
     asked: list[int] = []
@@ -364,13 +511,61 @@ async def test_refused_upgrade_counts_as_a_failed_attempt(harness, kind, expecte
     with pytest.raises(ConnectionFailed) as failed:
         await service.when_ready().addTimeout(5, reactor)
     # ClientService alone would reset its count at each TCP connect and ask for attempt 1 each time.
-    assert asked == [1, 2, 3]
+    # It asks for the 4th delay before it tells whenConnected() that 4 attempts failed; the give-up
+    # cancels that retry (4 upgrades, below).
+    assert asked == [1, 2, 3, 4]
     assert len(factory.upgrades) == 4
     gaps = [b - a for a, b in itertools.pairwise(factory.upgrades)]
     assert all(gap >= want - 0.01 for gap, want in zip(gaps, [0.05, 0.1, 0.2], strict=True)), gaps
     assert "after 4 failed attempts" in str(failed.value)
     assert expected in str(failed.value), str(failed.value)
     assert not service.client.connected
+    assert logged_errors == []  # the refused connections' ends reach no state machine that refuses them
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rejected_initialize_and_a_stop_while_initializing_log_no_error(harness, logged_errors):
+    old = RecordingFactory(OldServer("old", "1.0"))
+    port = await harness.serve(old)
+    service = harness.service(f"ws://127.0.0.1:{port}/mcp", max_attempts=2)
+    with pytest.raises(ConnectionFailed, match="unsupported revision"):
+        await service.when_ready().addTimeout(5, reactor)
+
+    silent = silent_server()
+    port = await harness.serve(silent)
+    service = harness.service(f"ws://127.0.0.1:{port}/mcp")
+    await silent.first_message.addTimeout(5, reactor)  # initialize sent, never answered
+    protocol = service.factory.current
+    await service.stopService()
+    assert protocol.connection_state is ConnectionState.CLOSED
+    assert protocol.localCloseCode == 1000
+    assert logged_errors == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_logged_errors_sees_an_exception_raised_in_connection_lost(logged_errors):
+    """The check above is able to fail: the reactor logs what a connectionLost raises."""
+    lost: Deferred[None] = Deferred()
+
+    class Raising(protocol.Protocol):
+        def connectionLost(self, reason: Any) -> None:
+            reactor.callLater(0, lost.callback, None)
+            raise RuntimeError("no transition for _clientDisconnected")
+
+    closing = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(Closing))
+    try:
+        client = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", closing.getHost().port)
+        await client.connect(protocol.Factory.forProtocol(Raising))
+        await lost.addTimeout(5, reactor)
+    finally:
+        await closing.stopListening()
+    assert any("no transition for _clientDisconnected" in error for error in logged_errors), logged_errors
+
+
+class Closing(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 """
 
 from mcp_twisted.client._api import MCPClient, NotConnected
+from mcp_twisted.client._lifecycle import ConnectionState
 from mcp_twisted.client._websocket import (
     ConnectionFailed,
     MCPClientFactory,
@@ -22,6 +23,7 @@ from mcp_twisted.session import ConnectionLost, RequestTimedOut
 __all__ = [
     "ConnectionFailed",
     "ConnectionLost",
+    "ConnectionState",
     "MCPClient",
     "MCPClientFactory",
     "MCPClientProtocol",

@@ -119,10 +119,24 @@ class MCPClient:
 
     def start_session(self, session: Session) -> Deferred[dict[str, Any]]:
         """Run the handshake on a new session; on success it becomes current."""
-        d = session.initialize(self.client_info, self.capabilities)
-        return d.addCallback(self._attached, session)
 
-    def _attached(self, result: dict[str, Any], session: Session) -> dict[str, Any]:
+        def attached(result: dict[str, Any]) -> dict[str, Any]:
+            self.attach(session)
+            return result
+
+        return self.handshake(session).addCallback(attached)
+
+    def handshake(self, session: Session) -> Deferred[dict[str, Any]]:
+        """Send ``initialize`` on ``session``; fires with the server's result.
+
+        The session is not used for requests until ``attach``: the transport
+        runs its own bookkeeping in between (see ``MCPClientProtocol``).
+        """
+        return session.initialize(self.client_info, self.capabilities)
+
+    def attach(self, session: Session) -> None:
+        """Make an initialized ``session`` current: restore subscriptions,
+        then wake whoever waits for a session."""
         self.session = session
         self._gave_up = None
         for uri in self._subscriptions:
@@ -133,7 +147,6 @@ class MCPClient:
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
             waiter.callback(self)
-        return result
 
     def when_ready(self) -> Deferred[MCPClient]:
         """Fires with this client once a session is initialized; fails with

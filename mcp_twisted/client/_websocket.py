@@ -1,4 +1,11 @@
-"""The client's WebSocket transport and the reconnecting service around it."""
+"""The client's WebSocket transport and the reconnecting service around it.
+
+``MCPClientService`` is Twisted's ``ClientService`` for which a connection is
+an MCP session: its endpoint (``_SessionEndpoint``) reports a connection only
+once the WebSocket upgrade and the MCP handshake are done, so a refused
+upgrade or a failed ``initialize`` is a failed attempt like a refused TCP
+connection, and ``ClientService`` grows the backoff and counts it.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,10 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.application.internet import ClientService
-from twisted.internet import endpoints, ssl
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet import defer, endpoints, ssl
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -23,7 +31,8 @@ from zope.interface import implementer
 from mcp_twisted._autobahn import CLOSE_NORMAL, SUBPROTOCOL, FastPathMixin, check_timer_settings
 from mcp_twisted.auth import load_certificates
 from mcp_twisted.client._api import ConnectionFailed, MCPClient
-from mcp_twisted.session import Role, Session
+from mcp_twisted.client._lifecycle import TRANSITIONS, ConnectionEvent, ConnectionState, advance
+from mcp_twisted.session import ConnectionLost, Role, Session
 
 log = Logger()
 
@@ -50,32 +59,89 @@ def backoff_policy(
 
 
 class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
-    """One WebSocket connection carrying one client session."""
+    """One WebSocket connection carrying one client session.
+
+    ``connection_state`` follows ``_lifecycle.TRANSITIONS``. ``initialized``
+    fires with this protocol once the session is initialized (READY), and
+    fails with ``ConnectionFailed`` (saying why) if the connection ends
+    before; cancelling it gives the connection up.
+    """
 
     factory: MCPClientFactory
     session: Session | None = None
-    failure_reason: str | None = None
-    ready = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connection_state = ConnectionState.CONNECTING
+        self.failure_reason: str | None = None  # why it never became a session
+        self.initialized: Deferred[MCPClientProtocol] = Deferred(self._abandon)
+        self.lost_reason: Failure | None = None  # set when the connection is gone
+        self._closed_waiters: list[Deferred[None]] = []
+
+    def _advance(self, event: ConnectionEvent) -> None:
+        self.connection_state = advance(self.connection_state, event)
+
+    @property
+    def closable(self) -> bool:
+        """Whether ``close()`` is possible now: upgraded, and not closing yet."""
+        return (self.connection_state, ConnectionEvent.CLOSE) in TRANSITIONS
+
+    def connectionMade(self) -> None:
+        self.factory.current = self
+        super().connectionMade()
 
     def onOpen(self) -> None:
+        self._advance(ConnectionEvent.OPENED)
         client = self.factory.client
         self.session = Session(
             self._send, role=Role.CLIENT, handler=client, clock=client.clock,
             request_timeout=client.request_timeout,
         )
-        self.factory.current = self
-        client.start_session(self.session).addCallbacks(self._ready, self._initialize_failed)
+        client.handshake(self.session).addCallbacks(self._initialized, self._rejected)
 
-    def _ready(self, result: dict[str, Any]) -> None:
-        self.ready = True
-        self.factory.on_session(self)
+    def _initialized(self, result: dict[str, Any]) -> None:
+        self._advance(ConnectionEvent.INITIALIZED)
+        # The service takes the session before the client wakes its waiters:
+        # code woken by when_ready() may stop the service at once.
+        self.initialized.callback(self)
+        self.factory.client.attach(self.session)  # type: ignore[arg-type]
 
-    def _initialize_failed(self, failure: Failure) -> None:
+    def _rejected(self, failure: Failure) -> None:
+        if failure.check(ConnectionLost):
+            return  # the session closed with the connection: LOST says why
+        self._advance(ConnectionEvent.REJECTED)
         self.failure_reason = f"initialize failed: {failure.getErrorMessage()}"
         log.warn("MCP handshake with {url} failed: {error}", url=self.factory.url,
                  error=failure.getErrorMessage())
-        if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendClose(CLOSE_NORMAL)
+        self._close_session()
+
+    def close(self) -> Deferred[None]:
+        """Close with 1000: requests in flight fail at once. Fires when the
+        connection is gone."""
+        self._advance(ConnectionEvent.CLOSE)
+        self._close_session()
+        return self.when_closed()
+
+    def _close_session(self) -> None:
+        # Closed first, so that nothing the server still sends is acted on.
+        self.session.close("closed by the client")  # type: ignore[union-attr]
+        self.sendClose(CLOSE_NORMAL)
+
+    def _abandon(self, initialized: Deferred[MCPClientProtocol]) -> None:
+        """The attempt is no longer wanted (the service stops before the session is up)."""
+        if self.closable:
+            self.close()
+        else:
+            self.dropConnection(abort=True)
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once the connection is gone (``lost_reason`` says how)."""
+        d: Deferred[None] = Deferred()
+        if self.lost_reason is not None:
+            d.callback(None)
+        else:
+            self._closed_waiters.append(d)
+        return d
 
     def _send(self, data: bytes) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -85,20 +151,26 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
         if self.session is not None:
             self.session.receive(payload)
 
-    def connectionLost(self, reason: Failure) -> None:
-        # TLS failures reach onClose only as 1006; the real cause is here.
-        if self.session is None and self.failure_reason is None:
-            self.failure_reason = _describe_failure(reason, self.factory.host)
-        super().connectionLost(reason)
-
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:
             self.session.close(f"WebSocket closed ({code}): {reason}")
-        if self.failure_reason is None and not self.ready:  # a session that worked is no failure
+        if self.failure_reason is None and not self.initialized.called:
             self.failure_reason = reason or f"closed with code {code}"
+
+    def connectionLost(self, reason: Failure) -> None:
+        # TLS failures reach onClose only as 1006; the real cause is here.
+        if self.connection_state is ConnectionState.CONNECTING and self.failure_reason is None:
+            self.failure_reason = _describe_failure(reason, self.factory.host)
+        super().connectionLost(reason)  # Autobahn calls onClose
+        self._advance(ConnectionEvent.LOST)
         if self.factory.current is self:
             self.factory.current = None
-        self.factory.on_closed(self)
+        if not self.initialized.called:
+            self.initialized.errback(ConnectionFailed(self.failure_reason or "connection lost"))
+        self.lost_reason = reason
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
 
 def _describe_failure(reason: Failure, host: str) -> str | None:
@@ -121,7 +193,10 @@ def _describe_failure(reason: Failure, host: str) -> str | None:
 
 
 class MCPClientFactory(WebSocketClientFactory):
-    """Builds a fresh protocol per attempt, all feeding the same ``MCPClient``."""
+    """Builds a fresh protocol per attempt, all feeding the same ``MCPClient``.
+
+    ``current`` is the connection being attempted or in use, if any.
+    """
 
     protocol = MCPClientProtocol
 
@@ -139,16 +214,12 @@ class MCPClientFactory(WebSocketClientFactory):
         check_timer_settings(ping_interval=ping_interval, ping_timeout=ping_timeout)
         self.client = client
         self.current: MCPClientProtocol | None = None
-        self.on_session: Callable[[MCPClientProtocol], object] = lambda p: None
-        self.on_closed: Callable[[MCPClientProtocol], object] = lambda p: None
         self.setProtocolOptions(
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
         )
-
-
 
 
 def endpoint_for_url(
@@ -199,31 +270,54 @@ def endpoint_for_url(
 
 
 @implementer(IStreamClientEndpoint)
-class _ReportingEndpoint:
-    """Passes connection attempts through, reporting why one failed
-    (``ClientService`` swallows the reason)."""
+class _SessionEndpoint:
+    """``MCPClientService``'s endpoint: the connections it makes are sessions.
 
-    def __init__(self, endpoint: IStreamClientEndpoint, on_failure: Callable[[Failure], object]) -> None:
+    ``connect`` connects ``endpoint`` with the MCP factory and fires once the
+    WebSocket upgrade and the MCP handshake are done, or fails with why not
+    (refused, TLS, HTTP 401, a failed ``initialize``): to ``ClientService``
+    all of these are failed attempts. For each session, ``ClientService`` is
+    given a stand-in protocol on the session's transport (stopping the
+    service closes it) that is told when the session's connection is lost
+    (the service reconnects).
+
+    Not ``ClientService(prepareConnection=...)``: ClientService leaves a
+    connection whose preparation failed open, and has no transition for its
+    ``connectionLost`` in any state it can be in by then (Connecting,
+    Waiting, Stopped), so closing it logs automat's ``NoTransition`` as an
+    unhandled error (Twisted 26.10). Here it only ever sees sessions.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, service: MCPClientService) -> None:
         self.endpoint = endpoint
-        self.on_failure = on_failure
+        self.service = service
 
-    def connect(self, factory: Any) -> Deferred[Any]:
-        def failed(failure: Failure) -> Failure:
-            self.on_failure(failure)
-            return failure
+    def __repr__(self) -> str:  # ClientService logs "Scheduling retry 1 to connect <this> in ..."
+        return f"<MCP session to {self.service.factory.url}>"
 
-        return self.endpoint.connect(factory).addErrback(failed)
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        attempt = self.endpoint.connect(self.service.factory)
+        attempt.addCallback(lambda protocol: protocol.initialized)
+        return attempt.addCallbacks(self._session_up, self.service._attempt_failed, callbackArgs=(factory,))
+
+    def _session_up(self, protocol: MCPClientProtocol, factory: IProtocolFactory) -> IProtocol:
+        stand_in = factory.buildProtocol(protocol.transport.getPeer())
+        stand_in.makeConnection(protocol.transport)
+        ended = protocol.when_closed().addCallback(lambda _: stand_in.connectionLost(protocol.lost_reason))
+        ended.addCallback(lambda _: self.service._session_ended())
+        self.service._session_up()
+        return stand_in
 
 
 class MCPClientService(ClientService):
     """Keeps an MCP session to ``url`` alive: connect, initialize, reconnect.
 
-    Built on Twisted's ``ClientService``, with one change that matters: a
-    connection counts as a success only once the MCP handshake finished. A
-    server that refuses the WebSocket upgrade (401, 403, 404, a wrong
-    subprotocol) or fails ``initialize`` is retried with growing delays,
-    where ``ClientService`` alone would see a working TCP connection and retry
-    at the initial delay forever.
+    Twisted's ``ClientService``, with one change that matters: a connection
+    counts as a success only once the MCP handshake finished. A server that
+    refuses the WebSocket upgrade (401, 403, 404, a wrong subprotocol) or
+    fails ``initialize`` is retried with growing delays, where
+    ``ClientService`` alone would see a working TCP connection and retry at
+    the initial delay forever.
 
     :param max_attempts: consecutive failed attempts before giving up:
         ``when_ready()`` then fails with ``ConnectionFailed``. ``None``: never.
@@ -255,18 +349,15 @@ class MCPClientService(ClientService):
         self.factory = MCPClientFactory(
             self.client, url, headers=headers, ping_interval=ping_interval, ping_timeout=ping_timeout
         )
-        self.factory.on_session = self._session_up
-        self.factory.on_closed = self._connection_closed
         self.backoff = backoff or backoff_policy()
         self.max_attempts = max_attempts
         self.close_timeout = close_timeout
         self.failures = 0
         self.last_error: str | None = None
-        self._protocol: MCPClientProtocol | None = None
         if endpoint is None:
             endpoint = endpoint_for_url(reactor, url, tls_ca=tls_ca, tls_client_cert=tls_client_cert,
                                         tls_client_key=tls_client_key)
-        super().__init__(_ReportingEndpoint(endpoint, self._connect_failed), self.factory,
+        super().__init__(_SessionEndpoint(endpoint, self), Factory.forProtocol(Protocol),
                          retryPolicy=self._retry_delay, clock=self.clock)
 
     def startService(self) -> None:
@@ -277,6 +368,8 @@ class MCPClientService(ClientService):
         self.last_error = None
         self.client.retrying()
         super().startService()
+        # An endpoint may fail at once, inside startService: that attempt counts too.
+        self._watch(failed=self.failures)
 
     def when_ready(self) -> Deferred[MCPClient]:
         """Fires with the ``MCPClient`` once connected and initialized."""
@@ -284,48 +377,74 @@ class MCPClientService(ClientService):
 
     whenReady = when_ready
 
-    def _session_up(self, protocol: MCPClientProtocol) -> None:
-        self.failures = 0
-        self.last_error = None
+    def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[MCPClientProtocol]:  # type: ignore[override]
+        """The protocol of the session that is up, or of the next one
+        (``ClientService`` itself holds a stand-in for it)."""
+        return super().whenConnected(failAfterFailures).addCallback(lambda _: self.factory.current)
 
-    def _connect_failed(self, failure: Failure) -> None:
-        # No protocol was built (refused, unreachable, DNS): the reason is here.
-        self.last_error = failure.getErrorMessage()
-        log.info("Connection to {url} failed: {error}", url=self.factory.url, error=self.last_error)
+    def _watch(self, failed: int = 0) -> None:
+        """Give up after ``max_attempts`` failed attempts in a row (``failed`` of them made)."""
+        if self.max_attempts is None:
+            return
+        if failed >= self.max_attempts:
+            self._give_up()
+            return
+        super().whenConnected(failAfterFailures=self.max_attempts - failed).addErrback(self._attempts_failed)
 
-    def _connection_closed(self, protocol: MCPClientProtocol) -> None:
-        if protocol.failure_reason is not None:
-            self.last_error = protocol.failure_reason
-            log.info("Connection to {url} failed: {error}", url=self.factory.url, error=self.last_error)
-
-    def _retry_delay(self, attempt: int) -> float:
-        # ClientService resets its own count at every TCP connect, so count here:
-        # every call is one failed attempt or one lost session.
-        self.failures += 1
-        if self.max_attempts is not None and self.failures >= self.max_attempts:
-            self.clock.callLater(0, self._give_up)
-            return 3600.0
-        return self.backoff(self.failures)
+    def _attempts_failed(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return  # the service was stopped
+        # This fires inside ClientService's state machine, which cannot be
+        # re-entered with stopService(): give up once it has settled.
+        self.clock.callLater(0, self._give_up)
 
     def _give_up(self) -> None:
         error = ConnectionFailed(
-            f"Gave up on {self.factory.url} after {self.failures} failed attempts"
+            f"Gave up on {self.factory.url} after {self.max_attempts} failed attempts"
             + (f": {self.last_error}" if self.last_error else "")
         )
         log.warn("{error}", error=str(error))
-        self.client.fail_waiters(error)
-        self.stopService()
+        self._stop(error)
+
+    def _attempt_failed(self, failure: Failure) -> Failure:
+        if not failure.check(CancelledError):  # cancelled: the service is stopping
+            self.last_error = failure.getErrorMessage()
+            log.info("Connection to {url} failed: {error}", url=self.factory.url, error=self.last_error)
+        return failure
+
+    def _session_up(self) -> None:
+        self.failures = 0
+        self.last_error = None
+
+    def _session_ended(self) -> None:
+        # ClientService is waiting to reconnect by now: count the attempts afresh.
+        self._watch()
+
+    def _retry_delay(self, attempt: int) -> float:
+        # Counted here rather than ClientService's ``attempt``: that one goes
+        # on across a stop and start, and a restart starts a fresh series.
+        self.failures += 1
+        return self.backoff(self.failures)
+
+    def stopService(self) -> Deferred[None]:
+        """Close the session cleanly (1000) and stop reconnecting."""
+        return self._stop(ConnectionFailed(f"The client for {self.factory.url} was stopped"))
 
     @inlineCallbacks
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        """Close the session cleanly (1000) and stop reconnecting."""
+    def _stop(self, error: ConnectionFailed) -> Any:
         protocol = self.factory.current
-        if protocol is not None and protocol.state == WebSocketProtocol.STATE_OPEN:
-            protocol.sendClose(CLOSE_NORMAL)
-            closed = DeferredList([protocol.is_closed], consumeErrors=True)
-            closed.addTimeout(self.close_timeout, self.clock)
-            with contextlib.suppress(Exception):  # a timeout: the TCP close below follows
-                yield closed
+        if protocol is not None and protocol.connection_state is ConnectionState.READY:
+            # Closed and answered before ClientService drops the TCP connection.
+            yield self._wait_closed(protocol.close())
         if self.running:
-            yield super().stopService()
-        self.client.fail_waiters(ConnectionFailed(f"The client for {self.factory.url} was stopped"))
+            yield super().stopService()  # cancels an attempt under way (see _abandon)
+        if protocol is not None:
+            yield self._wait_closed(protocol.when_closed())
+        # Nobody waits for a session that will not come.
+        self.client.fail_waiters(error)
+
+    @inlineCallbacks
+    def _wait_closed(self, closed: Deferred[None]) -> Any:
+        """Wait for ``closed``, ``close_timeout`` seconds at most."""
+        with contextlib.suppress(defer.TimeoutError):
+            yield closed.addTimeout(self.close_timeout, self.clock)
