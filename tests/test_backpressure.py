@@ -9,17 +9,10 @@ from twisted.internet import reactor, task
 
 from mcp_twisted import MCPServer
 from mcp_twisted.websocket import MCPServerFactory
-from tests.support import connect, listen, stop
+from tests.support import connect, listen, stop, until
 
 RESPONSE_SIZE = 64 * 1024
 REQUESTS = 400  # 25 MiB of answers if nothing held them back
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        assert reactor.seconds() < deadline, "condition not reached in time"
-        await task.deferLater(reactor, 0.02)
 
 
 @pytest_twisted.ensureDeferred
@@ -41,7 +34,7 @@ async def test_non_reading_client_is_paused_and_others_are_served():
         for i in range(REQUESTS):
             greedy.send_json({"jsonrpc": "2.0", "id": i, "method": "tools/call",
                               "params": {"name": "blob", "arguments": {"size": RESPONSE_SIZE}}})
-        await wait_until(lambda: server_side.paused)
+        await until(lambda: server_side.paused)
         peak = 0
         for _ in range(25):
             peak = max(peak, server_side.buffered_bytes())
@@ -56,7 +49,7 @@ async def test_non_reading_client_is_paused_and_others_are_served():
         assert reply["result"]["content"][0]["text"] == "x" * 10
 
         greedy.transport.resumeProducing()  # read again: every answer arrives, once
-        await wait_until(lambda: len(greedy.messages) >= REQUESTS, timeout=60)
+        await until(lambda: len(greedy.messages) >= REQUESTS, timeout=60)
         ids = sorted(json.loads(payload)["id"] for payload, _ in greedy.messages)
         assert ids == list(range(REQUESTS))
         assert not server_side.paused

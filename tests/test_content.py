@@ -1,15 +1,13 @@
 """Content block helpers, alone and as they travel in tool results and prompt messages."""
 
 import base64
-import json
 from typing import Any
 
 import pytest
-from twisted.internet import task
 
 from mcp_twisted import content
 from mcp_twisted.server import MCPServer
-from mcp_twisted.session import Role, Session
+from tests.support import initialized
 
 ANNOTATIONS = {"audience": ["user", "assistant"], "priority": 0.7, "lastModified": "2025-01-12T15:00:58Z"}
 META = {"example.com/trace": "abc"}
@@ -19,20 +17,7 @@ PNG_B64 = base64.b64encode(PNG).decode()
 
 def ask(server: MCPServer, method: str, params: dict[str, Any]) -> dict[str, Any]:
     """Initialize a fresh session, send one request, return its result."""
-    sent: list[dict[str, Any]] = []
-    session = Session(lambda data: sent.append(json.loads(data)), role=Role.SERVER, handler=server,
-                      clock=task.Clock())
-    for message in (
-        {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}},
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
-    ):
-        session.receive(json.dumps(message))
-    [answer] = [m for m in sent if m.get("id") == 1]
-    assert "result" in answer, answer
-    return answer["result"]
+    return initialized(server).result(method, params)  # type: ignore[no-any-return]
 
 
 # -- the helpers -------------------------------------------------------------

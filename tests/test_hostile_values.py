@@ -20,7 +20,8 @@ from typing_extensions import TypedDict
 
 from mcp_twisted.jsonrpc import BRIEF_LENGTH, brief, clip
 from mcp_twisted.server import MCPServer
-from tests.test_server import Client, text_of
+from mcp_twisted.testing import Peer
+from tests.support import initialized, text_of
 
 T = TypeVar("T")
 
@@ -66,7 +67,7 @@ def case_id(value: object) -> str:
     return json.dumps(value).replace(json.dumps(HOLE), "HOLE").replace(BIG, "BIG")
 
 
-def ask(client: Client, method: str, params: dict[str, Any], raw: str = "null") -> dict[str, Any]:
+def ask(client: Peer, method: str, params: dict[str, Any], raw: str = "null") -> dict[str, Any]:
     """Send a request whose params hold the JSON text ``raw`` where ``HOLE`` is, from deep in the stack."""
     request_id = f"hostile-{next(_ids)}"
     message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
@@ -181,7 +182,7 @@ INVALID_PARAMS_CASES = [
     *((method, params, DEEP_LIST) for method, params in OBJECTS_WELCOME),
 ], ids=case_id)
 def test_deeply_nested_values_are_invalid_params(method, params, raw, logged):
-    answer = ask(Client(hostile_server()), method, params, raw)
+    answer = ask(initialized(hostile_server()), method, params, raw)
     assert answer["error"]["code"] == -32602, answer
     assert len(answer["error"]["message"]) < SHORT
     assert_logs_are_short(logged)
@@ -196,7 +197,7 @@ def test_deeply_nested_values_are_invalid_params(method, params, raw, logged):
 ], ids=case_id)
 def test_deeply_nested_tool_arguments_are_short_tool_errors(name, arguments, raw, logged):
     # Tools answer bad arguments with isError, so that the model can correct itself.
-    answer = ask(Client(hostile_server()), "tools/call", {"name": name, "arguments": arguments}, raw)
+    answer = ask(initialized(hostile_server()), "tools/call", {"name": name, "arguments": arguments}, raw)
     result = answer["result"]
     assert result["isError"] is True
     assert text_of(result).startswith("Invalid arguments: ")
@@ -205,7 +206,7 @@ def test_deeply_nested_tool_arguments_are_short_tool_errors(name, arguments, raw
 
 
 def test_a_tool_raising_with_a_deep_value_is_a_tool_error(logged):
-    answer = ask(Client(hostile_server()), "tools/call", {"name": "fail", "arguments": {"value": HOLE}},
+    answer = ask(initialized(hostile_server()), "tools/call", {"name": "fail", "arguments": {"value": HOLE}},
                  DEEP_LIST)
     assert answer["result"]["isError"] is True
     assert text_of(answer["result"]).startswith("Error in tool 'fail': ValueError (error id ")
@@ -226,28 +227,29 @@ def test_a_tool_raising_with_a_deep_value_is_a_tool_error(logged):
     (f"nope/{BIG}", {}, -32601),
 ], ids=case_id)
 def test_huge_strings_are_quoted_briefly(method, params, code, logged):
-    answer = ask(Client(hostile_server()), method, params)
+    answer = ask(initialized(hostile_server()), method, params)
     assert answer["error"]["code"] == code
     assert len(answer["error"]["message"]) < SHORT
     assert_logs_are_short(logged)
 
 
 def test_huge_argument_names_are_quoted_briefly(logged):
-    result = Client(hostile_server()).tool("echo", text="hi", **{BIG: 1})
+    result = initialized(hostile_server()).call_tool("echo", {"text": "hi", BIG: 1})
     assert result["isError"] is True
     assert len(text_of(result)) < 2 * SHORT
     assert_logs_are_short(logged)
 
 
 def test_a_tool_raising_with_a_huge_value_is_clipped(logged):
-    result = Client(hostile_server()).tool("fail", value=BIG)
+    result = initialized(hostile_server()).call_tool("fail", {"value": BIG})
     assert result["isError"] is True
     assert len(text_of(result)) < 1100
     assert_logs_are_short(logged)
 
 
 def test_many_bad_items_are_summarized():
-    result = Client(hostile_server()).tool("echo", text="hi", **{f"extra{n}": n for n in range(1000)})
+    extras = {f"extra{n}": n for n in range(1000)}
+    result = initialized(hostile_server()).call_tool("echo", {"text": "hi", **extras})
     message = text_of(result)
     assert message.endswith("; and 995 more")
     assert len(message) < 2 * SHORT
@@ -255,7 +257,7 @@ def test_many_bad_items_are_summarized():
 
 # -- subscriptions -----------------------------------------------------------------------
 
-def subscriptions(server: MCPServer, client: Client) -> set[str]:
+def subscriptions(server: MCPServer, client: Peer) -> set[str]:
     return server._sessions[client.session].subscriptions
 
 
@@ -266,7 +268,7 @@ def test_subscription_limits_have_safe_defaults():
 
 def test_subscriptions_per_session_are_capped(logged):
     server = hostile_server(max_subscriptions=3)
-    client, other = Client(server), Client(server)
+    client, other = initialized(server), initialized(server)
     for n in range(3):
         assert client.result("resources/subscribe", {"uri": f"config://{n}"}) == {}
     error = client.error("resources/subscribe", {"uri": "config://3"})
@@ -292,7 +294,7 @@ def test_subscriptions_per_session_are_capped(logged):
 
 def test_subscription_uris_have_a_length_limit(logged):
     server = hostile_server(max_uri_length=50)
-    client = Client(server)
+    client = initialized(server)
     longest = "config://" + "a" * 41
     assert client.result("resources/subscribe", {"uri": longest}) == {}
     too_long = "config://" + "b" * 2**20
@@ -307,7 +309,7 @@ def test_subscription_uris_have_a_length_limit(logged):
 
 def test_reading_through_a_template_has_the_uri_length_limit():
     server = hostile_server(max_uri_length=50)
-    client = Client(server)
+    client = initialized(server)
     assert client.result("resources/read", {"uri": "users://7/profile"})["contents"][0]["text"] == "7"
     error = client.error("resources/read", {"uri": "users://" + "9" * 2**20 + "/profile"})
     assert error["code"] == -32602 and error["data"] == {"limit": 50}

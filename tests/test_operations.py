@@ -1,9 +1,8 @@
 """Running in production, over real sockets on 127.0.0.1: limits, auth
 (bearer tokens and mutual TLS), Prometheus metrics and health, and logs.
 
-Autobahn's timers (auto-ping, opening and closing handshake timeouts) round
-deadlines down to whole seconds, so those tests use values >= 1 s and check
-that a connection is dropped, not exactly when.
+Timeouts run on a ``task.Clock`` (the factory's, with Autobahn's timers put
+on it by ``served(clock=...)``): the socket is real, the waiting is not.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import json
 import re
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import pytest
 import pytest_twisted
 import trustme
 from autobahn.twisted.websocket import WebSocketClientFactory
+from autobahn.websocket.protocol import WebSocketProtocol
 from cryptography import x509
 from OpenSSL import SSL
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,99 +32,38 @@ from twisted.logger import (
     LogLevel,
     eventsFromJSONLogFile,
     formatEvent,
-    globalLogPublisher,
 )
 from twisted.plugin import getPlugins
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from mcp_twisted import Context, MCPServer
 from mcp_twisted.auth import TokenAuthenticator
 from mcp_twisted.endpoints import MutualTLSServerParser
 from mcp_twisted.logs import json_stdout
 from mcp_twisted.metrics import Metrics, metrics_site
 from mcp_twisted.service import MCPWebSocketService
-from mcp_twisted.websocket import MCPServerFactory, MCPServerProtocol
-from tests.support import ProbeClient, RecordingEndpoint, connect, handshake, listen, stop
+from mcp_twisted.websocket import MCPServerFactory
+from tests.support import (
+    ProbeClient,
+    RecordingEndpoint,
+    RecordingFactory,
+    SilentClient,
+    connect,
+    find,
+    handshake,
+    listen,
+    make_app,
+    stop,
+    until,
+)
 
 TOKEN = "tok-5f3a9c1e-very-secret"
 WRONG_TOKEN = "tok-00000000-wrong"
 
 
-def make_app() -> tuple[MCPServer, dict[str, Any]]:
-    app = MCPServer("ops-test", "1.0")
-    state: dict[str, Any] = {"gates": [], "cancelled": 0}
-
-    @app.tool()
-    def echo(text: str) -> str:
-        return text
-
-    @app.tool()
-    def whoami(ctx: Context) -> str:
-        return str(ctx.identity)
-
-    @app.tool()
-    def boom() -> str:
-        raise RuntimeError("kaboom")
-
-    @app.tool()
-    async def hang() -> str:
-        """Waits until the test fires its gate (or it is cancelled)."""
-        gate: defer.Deferred[str] = defer.Deferred()
-        state["gates"].append(gate)
-        try:
-            return await gate
-        except defer.CancelledError:
-            state["cancelled"] += 1
-            raise
-
-    return app, state
-
-
 def call(client: ProbeClient, request_id: Any, tool: str, **arguments: Any) -> None:
     client.send_json({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
                       "params": {"name": tool, "arguments": arguments}})
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not reached in time")
-        await task.deferLater(reactor, 0.01)
-
-
-@pytest.fixture
-def events():
-    """Every twisted.logger event emitted during the test."""
-    captured: list[dict[str, Any]] = []
-    observer = captured.append
-    globalLogPublisher.addObserver(observer)
-    yield captured
-    globalLogPublisher.removeObserver(observer)
-
-
-def find(events: list[dict[str, Any]], prefix: str, **fields: Any) -> list[dict[str, Any]]:
-    """Events whose format starts with ``prefix`` and whose fields match."""
-    return [e for e in events if (e.get("log_format") or "").startswith(prefix)
-            and all(e.get(k) == v for k, v in fields.items())]
-
-
-@pytest_twisted.async_yield_fixture
-async def served():
-    """Start a factory built by the test; everything is torn down afterwards."""
-    started: list[tuple[Any, Any]] = []
-
-    async def start(**options: Any) -> tuple[MCPServerFactory, int, dict[str, Any]]:
-        app, state = make_app()
-        factory = MCPServerFactory(app, **options)
-        port = await listen(factory)
-        started.append((port, factory))
-        return factory, port.getHost().port, state
-
-    yield start
-    for port, factory in started:
-        await stop(port, factory)
 
 
 # 1. Limits.
@@ -168,16 +106,20 @@ class _PartialRequest(protocol.Protocol):
 
 @pytest_twisted.ensureDeferred
 async def test_opening_handshake_timeout_drops_a_client_that_never_finishes(served):
-    factory, port, _ = await served(open_handshake_timeout=2)
+    clock = task.Clock()
+    factory, port, _ = await served(open_handshake_timeout=2, clock=clock)
     endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    started = time.monotonic()
     client = await endpoints.connectProtocol(endpoint, _PartialRequest())
     try:
-        await client.lost.addTimeout(8, reactor)
+        await until(lambda: factory.handshaking)
+        (server_side,) = factory.handshaking
+        clock.advance(1.9)
+        assert server_side.state == WebSocketProtocol.STATE_CONNECTING and not server_side.droppedByMe
+        clock.advance(0.1)  # dropped by the timer, at its deadline
+        assert server_side.droppedByMe
+        await client.lost.addTimeout(5, reactor)
     finally:
         client.transport.abortConnection()
-    # Dropped by the timer (a 2 s deadline fires after 1 to 2 s), not at once.
-    assert time.monotonic() - started > 0.5
     assert client.received == b""
     assert factory.connections == set()
 
@@ -193,15 +135,20 @@ class DeafToCloseClient(ProbeClient):
 
 @pytest_twisted.ensureDeferred
 async def test_closing_handshake_timeout_drops_a_client_that_never_answers(served, events):
-    factory, port, _ = await served(close_handshake_timeout=2)
+    clock = task.Clock()
+    factory, port, _ = await served(close_handshake_timeout=2, clock=clock)
     client = await connect(port, client=DeafToCloseClient)
-    started = time.monotonic()
+    (server_side,) = factory.connections
     # A binary frame makes the server start the closing handshake (1003).
     client.sendMessage(b"{}", isBinary=True)
-    was_clean, _, _ = await client.closed.addTimeout(8, reactor)
+    await until(lambda: getattr(client, "close_frames", None))
+    clock.advance(1.9)  # the server waits for the answer first
+    assert server_side.state == WebSocketProtocol.STATE_CLOSING and not server_side.droppedByMe
+    clock.advance(0.1)
+    assert server_side.droppedByMe
+    was_clean, _, _ = await client.closed.addTimeout(5, reactor)
     assert client.close_frames == [1003]
     assert not was_clean
-    assert time.monotonic() - started > 0.5  # the server waited for the answer first
     await until(lambda: not factory.connections)
     (closed,) = find(events, "Closed")
     assert closed["clean"] is False
@@ -238,14 +185,18 @@ async def test_max_in_flight_refuses_the_request_over_the_limit(served):
 
 @pytest_twisted.ensureDeferred
 async def test_handler_timeout_cancels_the_handler_and_answers_32001(served):
-    _, port, state = await served(handler_timeout=0.5)
+    clock = task.Clock()
+    factory, port, state = await served(handler_timeout=0.5, clock=clock)
     client = await connect(port)
     await client.initialize()
-    started = time.monotonic()
-    reply = await client.request(1, "tools/call", {"name": "hang", "arguments": {}})
-    assert reply["error"]["code"] == -32001
+    call(client, 1, "hang")
+    await until(lambda: state["gates"])
+    clock.advance(0.4)
+    assert factory.app.sessions[0].in_flight == 1 and state["cancelled"] == 0
+    clock.advance(0.1)
+    reply = await client.next_message()
+    assert reply["id"] == 1 and reply["error"]["code"] == -32001
     assert "time limit" in reply["error"]["message"]
-    assert time.monotonic() - started >= 0.4
     assert state["cancelled"] == 1
     # Fast handlers are not affected, and the session goes on.
     reply = await client.request(2, "tools/call", {"name": "echo", "arguments": {"text": "quick"}})
@@ -338,32 +289,6 @@ async def test_identity_is_the_token_name_and_the_token_is_never_logged(served, 
             assert WRONG_TOKEN not in text, event
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A server certificate (for localhost) and client certificates from two CAs."""
-    directory = tmp_path_factory.mktemp("pki")
-    server_ca, client_ca, other_ca = trustme.CA(), trustme.CA(), trustme.CA()
-    server = server_ca.issue_cert("localhost", "127.0.0.1")
-    files = {name: directory / f"{name}.pem" for name in ("key", "cert", "client_ca")}
-    server.private_key_pem.write_to_path(str(files["key"]))
-    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    client_ca.cert_pem.write_to_path(str(files["client_ca"]))
-    return {
-        "files": files,
-        "server_ca": server_ca,
-        "client": client_ca.issue_cert("alice@example.com", common_name="alice"),
-        "stranger": other_ca.issue_cert("mallory@example.com", common_name="mallory"),
-    }
-
-
-class RecordingProtocol(MCPServerProtocol):
-    upgrades: list[Any] = []
-
-    def onConnect(self, request: Any) -> Any:
-        self.upgrades.append(request)
-        return super().onConnect(request)
-
-
 class TLSProbeClient(ProbeClient):
     def connectionLost(self, reason: Any) -> None:
         self.factory.lost_reason = reason
@@ -398,13 +323,10 @@ async def mtls_server(pki):
     (parser,) = [p for p in getPlugins(IStreamServerEndpointStringParser) if p.prefix == "mtls"]
     # The repo's plugin (twisted/plugins/mcpws.py) with the repo's parser.
     assert isinstance(parser, MutualTLSServerParser)
-    files = pki["files"]
     endpoint = endpoints.serverFromString(
-        reactor, f"mtls:0:privateKey={files['key']}:certKey={files['cert']}:caCerts={files['client_ca']}")
-    app, _ = make_app()
-    factory = MCPServerFactory(app)
-    factory.protocol = RecordingProtocol
-    RecordingProtocol.upgrades = []
+        reactor, f"mtls:0:privateKey={pki['server.key']}:certKey={pki['server.pem']}"
+                 f":caCerts={pki['client_ca.pem']}")
+    factory = RecordingFactory(make_app()[0])
     port = await endpoint.listen(factory)
     assert port.getHost().host == "127.0.0.1"
     yield factory, port.getHost().port
@@ -414,10 +336,10 @@ async def mtls_server(pki):
 @pytest_twisted.ensureDeferred
 async def test_mtls_client_certificate_is_the_identity(pki, mtls_server):
     _, port = mtls_server
-    client = await tls_connect(port, pki["server_ca"], pki["client"])
+    client = await tls_connect(port, pki["ca"], pki["alice"])
     await client.initialize()
     reply = await client.request(1, "tools/call", {"name": "whoami", "arguments": {}})
-    subject = x509.load_pem_x509_certificate(pki["client"].cert_chain_pems[0].bytes()).subject
+    subject = x509.load_pem_x509_certificate(pki["alice"].cert_chain_pems[0].bytes()).subject
     assert reply["result"]["content"][0]["text"] == subject.rfc4514_string()
     assert "CN=alice" in subject.rfc4514_string()
     client.sendClose(1000)
@@ -429,15 +351,15 @@ async def test_mtls_client_certificate_is_the_identity(pki, mtls_server):
 async def test_mtls_refuses_clients_without_a_trusted_certificate(pki, mtls_server, who):
     factory, port = mtls_server
     with pytest.raises(ConnectionError) as raised:
-        await tls_connect(port, pki["server_ca"], pki[who] if who else None)
+        await tls_connect(port, pki["ca"], pki[who] if who else None)
     # Refused in the TLS handshake: no HTTP request ever reached the server.
     assert raised.value.lost.check(SSL.Error), raised.value.lost  # type: ignore[attr-defined]
-    assert RecordingProtocol.upgrades == []
+    assert factory.upgrades == []
     assert factory.connections == set()
     # The listener still serves trusted clients.
-    client = await tls_connect(port, pki["server_ca"], pki["client"])
+    client = await tls_connect(port, pki["ca"], pki["alice"])
     assert (await client.request(1, "ping"))["result"] == {}
-    assert len(RecordingProtocol.upgrades) == 1
+    assert len(factory.upgrades) == 1
 
 
 # 3. Metrics and health.
@@ -561,17 +483,16 @@ async def test_scrape_reads_live_state_in_the_reactor_thread(metered):
     assert content_type.startswith("application/openmetrics-text")
 
 
-class SilentClient(ProbeClient):
-    answer_pings = False
-
-
 @pytest_twisted.ensureDeferred
 async def test_ping_timeout_is_counted_and_logged(served, events):
-    factory, port, _ = await served(metrics=Metrics(), ping_interval=1, ping_timeout=1)
+    clock = task.Clock()
+    factory, port, _ = await served(metrics=Metrics(), ping_interval=1, ping_timeout=1, clock=clock)
     client = await connect(port, client=SilentClient)
     peer = f"tcp4:127.0.0.1:{client.transport.getHost().port}"
     await client.initialize()
-    was_clean, _, _ = await client.closed.addTimeout(8, reactor)
+    clock.advance(1)  # ping
+    clock.advance(1)  # no pong
+    was_clean, _, _ = await client.closed.addTimeout(5, reactor)
     assert not was_clean
     await until(lambda: not factory.connections)
     assert factory.metrics.registry.get_sample_value("mcp_ping_timeouts_total") == 1

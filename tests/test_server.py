@@ -3,93 +3,21 @@
 import base64
 import dataclasses
 import enum
-import itertools
 import json
 from typing import Any
 
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import defer
 from typing_extensions import TypedDict
 
 from mcp_twisted import content
 from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.server import Context, MCPServer, ToolError, ToolResult
-from mcp_twisted.session import Role, Session
+from mcp_twisted.testing import Peer
+from tests.support import initialized, text_of
 
 LATEST = "2025-11-25"
 VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-
-
-class Client:
-    """The client end of one session: sends JSON-RPC, collects what the server sends."""
-
-    def __init__(self, server: MCPServer, version: str = LATEST, *, ready: bool = True,
-                 capabilities: dict[str, Any] | None = None) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.clock = task.Clock()
-        self.session = Session(lambda data: self.sent.append(json.loads(data)), role=Role.SERVER,
-                               handler=server, clock=self.clock)
-        self._ids = itertools.count(1)
-        self.initialize_result = self.result("initialize", {
-            "protocolVersion": version, "capabilities": capabilities or {},
-            "clientInfo": {"name": "pytest", "version": "1.0"},
-        })
-        if ready:
-            self.notify("notifications/initialized")
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.session.receive(json.dumps(message))
-
-    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
-        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
-        if params is not None:
-            message["params"] = params
-        self.send(message)
-
-    def start(self, method: str, params: dict[str, Any] | None = None) -> int:
-        """Send a request without expecting its answer yet; returns its id."""
-        request_id = next(self._ids)
-        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-        if params is not None:
-            message["params"] = params
-        self.send(message)
-        return request_id
-
-    def answer(self, request_id: int) -> dict[str, Any] | None:
-        answers = [m for m in self.sent if m.get("id") == request_id and "method" not in m]
-        assert len(answers) <= 1, answers
-        return answers[0] if answers else None
-
-    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        answer = self.answer(self.start(method, params))
-        assert answer is not None, f"no answer to {method}"
-        return answer
-
-    def result(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        answer = self.call(method, params)
-        assert "result" in answer, answer
-        return answer["result"]
-
-    def error(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        answer = self.call(method, params)
-        assert "error" in answer, answer
-        return answer["error"]
-
-    def tool(self, name: str, **arguments: Any) -> dict[str, Any]:
-        return self.result("tools/call", {"name": name, "arguments": arguments})
-
-    def notifications(self, method: str | None = None) -> list[dict[str, Any]]:
-        """Params of the notifications received, oldest first."""
-        return [m.get("params", {}) for m in self.sent
-                if "id" not in m and (method is None or m["method"] == method)]
-
-    def notification_methods(self) -> list[str]:
-        return [m["method"] for m in self.sent if "id" not in m]
-
-
-def text_of(result: dict[str, Any]) -> str:
-    assert [block["type"] for block in result["content"]] == ["text"], result
-    return result["content"][0]["text"]
 
 
 class Color(enum.Enum):
@@ -112,21 +40,21 @@ class Weather(TypedDict):
 
 def test_capabilities_follow_what_is_registered():
     server = MCPServer("empty")
-    assert Client(server).initialize_result["capabilities"] == {"logging": {}}
+    assert initialized(server).initialize_result["capabilities"] == {"logging": {}}
 
     server.add_tool(lambda: "x", "t")
-    assert Client(server).initialize_result["capabilities"] == {
+    assert initialized(server).initialize_result["capabilities"] == {
         "logging": {}, "tools": {"listChanged": True},
     }
 
     only_template = MCPServer("templates")
     only_template.add_resource(lambda id: id, "item://{id}", name="item")
-    capabilities = Client(only_template).initialize_result["capabilities"]
+    capabilities = initialized(only_template).initialize_result["capabilities"]
     assert capabilities == {"logging": {}, "resources": {"subscribe": True, "listChanged": True}}
 
     only_prompt = MCPServer("prompts")
     only_prompt.add_prompt(lambda: "hi", "p")
-    assert Client(only_prompt).initialize_result["capabilities"] == {
+    assert initialized(only_prompt).initialize_result["capabilities"] == {
         "logging": {}, "prompts": {"listChanged": True},
     }
 
@@ -135,14 +63,14 @@ def test_completions_capability_is_declared_from_2025_03_26():
     server = MCPServer("s")
     server.add_prompt(lambda name: name, "greet")
     server.completion("name", prompt="greet")(lambda value: ["Ann"])
-    assert "completions" not in Client(server, "2024-11-05").initialize_result["capabilities"]
-    assert Client(server, "2025-03-26").initialize_result["capabilities"]["completions"] == {}
+    assert "completions" not in initialized(server, "2024-11-05").initialize_result["capabilities"]
+    assert initialized(server, "2025-03-26").initialize_result["capabilities"]["completions"] == {}
 
 
 def test_server_info_fields_follow_the_version():
     server = MCPServer("srv", "1.2.3", "Use me well", title="Server", website_url="https://example.com",
                       icons=[{"src": "https://example.com/i.png"}])
-    info = {v: Client(server, v).initialize_result for v in VERSIONS}
+    info = {v: initialized(server, v).initialize_result for v in VERSIONS}
     assert info["2024-11-05"]["serverInfo"] == {"name": "srv", "version": "1.2.3"}
     assert info["2025-06-18"]["serverInfo"] == {"name": "srv", "version": "1.2.3", "title": "Server"}
     assert info["2025-11-25"]["serverInfo"] == {
@@ -154,7 +82,7 @@ def test_server_info_fields_follow_the_version():
 
 
 def test_unknown_method_is_method_not_found():
-    assert Client(MCPServer("s")).error("tools/frobnicate")["code"] == -32601
+    assert initialized(MCPServer("s")).error("tools/frobnicate")["code"] == -32601
 
 
 # -- tools: listing ----------------------------------------------------------
@@ -181,7 +109,7 @@ def make_tool_server() -> MCPServer:
 
 
 def test_tool_list_entry():
-    tools = Client(make_tool_server()).result("tools/list")["tools"]
+    tools = initialized(make_tool_server()).result("tools/list")["tools"]
     assert [t["name"] for t in tools] == ["forecast", "echo"]
     forecast = tools[0]
     assert forecast["description"] == "Get the forecast."
@@ -215,7 +143,7 @@ def test_tool_list_entry():
     ("2025-11-25", {"annotations", "title", "outputSchema", "_meta", "icons"}),
 ])
 def test_tool_fields_older_versions_do_not_know_are_left_out(version, present):
-    forecast = Client(make_tool_server(), version).result("tools/list")["tools"][0]
+    forecast = initialized(make_tool_server(), version).result("tools/list")["tools"][0]
     assert set(forecast) == {"name", "description", "inputSchema"} | present
 
 
@@ -227,20 +155,20 @@ def test_explicit_description_and_name_override_the_function():
         """From the docstring."""
         return "x"
 
-    tool = Client(server).result("tools/list")["tools"][0]
+    tool = initialized(server).result("tools/list")["tools"][0]
     assert (tool["name"], tool["description"]) == ("renamed", "Explicit.")
 
 
 # -- tools: calling ----------------------------------------------------------
 
 def test_sync_tool_result_is_text():
-    assert text_of(Client(make_tool_server()).tool("echo", text="hé")) == "hé"
+    assert text_of(initialized(make_tool_server()).call_tool("echo", {"text": "hé"})) == "hé"
 
 
 def test_arguments_may_be_omitted_for_a_tool_without_parameters():
     server = MCPServer("s")
     server.add_tool(lambda: "pong", "ping_tool")
-    client = Client(server)
+    client = initialized(server)
     assert text_of(client.result("tools/call", {"name": "ping_tool"})) == "pong"
     assert text_of(client.result("tools/call", {"name": "ping_tool", "arguments": None})) == "pong"
 
@@ -259,7 +187,7 @@ def test_bad_arguments_give_is_error_with_readable_text(arguments, fragments):
         called.append(text)
         return text
 
-    result = Client(server).result("tools/call", {"name": "echo", "arguments": arguments})
+    result = initialized(server).result("tools/call", {"name": "echo", "arguments": arguments})
     assert result["isError"] is True
     message = text_of(result)
     assert message.startswith("Invalid arguments: ")
@@ -270,12 +198,12 @@ def test_bad_arguments_give_is_error_with_readable_text(arguments, fragments):
 
 
 def test_arguments_that_are_not_an_object_are_invalid_params():
-    error = Client(make_tool_server()).error("tools/call", {"name": "echo", "arguments": ["a"]})
+    error = initialized(make_tool_server()).error("tools/call", {"name": "echo", "arguments": ["a"]})
     assert error["code"] == -32602
 
 
 def test_unknown_tool_is_invalid_params():
-    client = Client(make_tool_server())
+    client = initialized(make_tool_server())
     error = client.error("tools/call", {"name": "nope", "arguments": {}})
     assert error["code"] == -32602
     assert "nope" in error["message"]
@@ -291,7 +219,7 @@ def test_enum_and_dataclass_arguments_are_converted():
         seen.append((color, box, scale))
         return "ok"
 
-    result = Client(server).tool("paint", color="green", box={"width": 3}, scale=2)
+    result = initialized(server).call_tool("paint", {"color": "green", "box": {"width": 3}, "scale": 2})
     assert text_of(result) == "ok"
     assert seen == [(Color.GREEN, Box(width=3, height=1), 2.0)]
     assert isinstance(seen[0][1], Box) and isinstance(seen[0][2], float)
@@ -304,9 +232,9 @@ def test_parameters_named_schema_and_json_work():
     def validate(schema: str, json: int) -> str:
         return f"{schema}:{json}"
 
-    client = Client(server)
+    client = initialized(server)
     assert set(client.result("tools/list")["tools"][0]["inputSchema"]["properties"]) == {"schema", "json"}
-    assert text_of(client.tool("validate", schema="s", json=3)) == "s:3"
+    assert text_of(client.call_tool("validate", {"schema": "s", "json": 3})) == "s:3"
 
 
 def test_exception_in_tool_gives_is_error_with_its_text():
@@ -316,7 +244,7 @@ def test_exception_in_tool_gives_is_error_with_its_text():
     def divide(a: int, b: int) -> str:
         return str(a // b)
 
-    result = Client(server).tool("divide", a=1, b=0)
+    result = initialized(server).call_tool("divide", {"a": 1, "b": 0})
     assert result["isError"] is True
     assert "integer division or modulo by zero" in text_of(result)
     assert "Traceback" not in text_of(result)
@@ -329,7 +257,7 @@ def test_tool_error_gives_is_error_with_exactly_its_message():
     def fail() -> str:
         raise ToolError("The city is unknown")
 
-    assert Client(server).tool("fail") == {
+    assert initialized(server).call_tool("fail") == {
         "content": [{"type": "text", "text": "The city is unknown"}], "isError": True,
     }
 
@@ -342,7 +270,7 @@ def test_rpc_error_raised_by_a_sync_tool_is_a_json_rpc_error():
     def guarded() -> str:
         raise RPCError(-32042, "Authorisation needed", {"elicitations": []})
 
-    assert Client(server).error("tools/call", {"name": "guarded"}) == {
+    assert initialized(server).error("tools/call", {"name": "guarded"}) == {
         "code": -32042, "message": "Authorisation needed", "data": {"elicitations": []},
     }
 
@@ -356,8 +284,8 @@ def test_async_tool_answers_when_its_deferred_fires():
         value = await pending
         return f"{label}={value}"
 
-    client = Client(server)
-    request_id = client.start("tools/call", {"name": "wait", "arguments": {"label": "n"}})
+    client = initialized(server)
+    request_id = client.request("tools/call", {"name": "wait", "arguments": {"label": "n"}})
     assert client.answer(request_id) is None
     assert client.session.in_flight == 1
     pending.callback(7)
@@ -371,8 +299,8 @@ def test_deferred_returning_tool():
     pending: defer.Deferred[str] = defer.Deferred()
     server = MCPServer("s")
     server.add_tool(lambda: pending, "later")
-    client = Client(server)
-    request_id = client.start("tools/call", {"name": "later"})
+    client = initialized(server)
+    request_id = client.request("tools/call", {"name": "later"})
     assert client.answer(request_id) is None
     pending.callback("done")
     assert client.answer(request_id)["result"] == {"content": [{"type": "text", "text": "done"}]}
@@ -387,8 +315,8 @@ def test_async_tool_failures_are_tool_errors():
         await pending
         raise ToolError("late failure")
 
-    client = Client(server)
-    request_id = client.start("tools/call", {"name": "broken"})
+    client = initialized(server)
+    request_id = client.request("tools/call", {"name": "broken"})
     pending.callback(None)
     assert client.answer(request_id)["result"] == {
         "content": [{"type": "text", "text": "late failure"}], "isError": True,
@@ -404,8 +332,8 @@ def test_async_tool_raising_rpc_error_is_a_json_rpc_error():
         raise RPCError(-32602, "no such thing")
 
     server.add_tool(guarded)
-    client = Client(server)
-    request_id = client.start("tools/call", {"name": "guarded"})
+    client = initialized(server)
+    request_id = client.request("tools/call", {"name": "guarded"})
     pending.callback(None)
     assert client.answer(request_id)["error"] == {"code": -32602, "message": "no such thing"}
 
@@ -423,8 +351,8 @@ def test_cancelled_async_tool_sends_no_response():
             outcome.append(("cancelled", ctx.cancelled))
             raise
 
-    client = Client(server)
-    request_id = client.start("tools/call", {"name": "slow"})
+    client = initialized(server)
+    request_id = client.request("tools/call", {"name": "slow"})
     client.notify("notifications/cancelled", {"requestId": request_id, "reason": "user"})
     assert outcome == [("cancelled", True)]
     assert client.answer(request_id) is None
@@ -450,8 +378,8 @@ def test_cancelled_deferred_tool_calls_its_canceller():
     pending: defer.Deferred[str] = defer.Deferred(lambda d: cancelled.append(True))
     server = MCPServer("s")
     server.add_tool(lambda: pending, "later")
-    client = Client(server)
-    request_id = client.start("tools/call", {"name": "later"})
+    client = initialized(server)
+    request_id = client.request("tools/call", {"name": "later"})
     client.notify("notifications/cancelled", {"requestId": request_id})
     assert cancelled == [True]
     assert client.answer(request_id) is None
@@ -462,12 +390,12 @@ def test_cancelled_deferred_tool_sends_nothing_even_if_fired_later():
     pending: defer.Deferred[str] = defer.Deferred()  # no canceller: Twisted eats the late result
     server = MCPServer("s")
     server.add_tool(lambda: pending, "later")
-    client = Client(server)
-    request_id = client.start("tools/call", {"name": "later"})
+    client = initialized(server)
+    request_id = client.request("tools/call", {"name": "later"})
     client.notify("notifications/cancelled", {"requestId": request_id})
-    before = list(client.sent)
+    before = list(client.received)
     pending.callback("too late")
-    assert client.sent == before
+    assert client.received == before
     assert client.answer(request_id) is None
 
 
@@ -481,10 +409,11 @@ def test_context_gives_request_details():
                     caps=here.client_capabilities, server=here.server, session=here.session)
         return "ok"
 
-    client = Client(server, "2025-06-18", capabilities={"roots": {}})
-    request_id = client.start("tools/call", {"name": "inspect_me", "arguments": {"x": 1}})
-    assert seen == {"id": request_id, "version": "2025-06-18", "info": {"name": "pytest", "version": "1.0"},
-                    "caps": {"roots": {}}, "server": server, "session": client.session}
+    client = initialized(server, "2025-06-18", capabilities={"roots": {}})
+    request_id = client.request("tools/call", {"name": "inspect_me", "arguments": {"x": 1}})
+    assert seen == {"id": request_id, "version": "2025-06-18",
+                    "info": {"name": "mcp-twisted-testing", "version": "0"}, "caps": {"roots": {}},
+                    "server": server, "session": client.session}
 
 
 def test_progress_from_an_async_tool():
@@ -498,8 +427,8 @@ def test_progress_from_an_async_tool():
         await ctx.report_progress(2, 2)
         return "done"
 
-    client = Client(server)
-    client.start("tools/call", {"name": "work", "_meta": {"progressToken": "tok"}})
+    client = initialized(server)
+    client.request("tools/call", {"name": "work", "_meta": {"progressToken": "tok"}})
     pending.callback(None)
     assert client.notifications("notifications/progress") == [
         {"progressToken": "tok", "progress": 1, "total": 2, "message": "half"},
@@ -515,15 +444,15 @@ def test_progress_from_a_sync_tool_is_sent():
         ctx.report_progress(1, 1)
         return "done"
 
-    client = Client(server)
-    client.start("tools/call", {"name": "work", "_meta": {"progressToken": 9}})
+    client = initialized(server)
+    client.request("tools/call", {"name": "work", "_meta": {"progressToken": 9}})
     assert client.notifications("notifications/progress") == [{"progressToken": 9, "progress": 1, "total": 1}]
 
 
 def test_sync_result_that_is_not_json_gives_internal_error():
     server = MCPServer("s")
     server.add_tool(lambda: ToolResult(structured_content={1, 2}), "setty")
-    client = Client(server)
+    client = initialized(server)
     assert client.error("tools/call", {"name": "setty"})["code"] == -32603
 
 
@@ -562,7 +491,7 @@ def make_structured_server() -> tuple[MCPServer, defer.Deferred[None]]:
 
 
 def test_output_schemas_in_tools_list():
-    tools = {t["name"]: t for t in Client(make_structured_server()[0]).result("tools/list")["tools"]}
+    tools = {t["name"]: t for t in initialized(make_structured_server()[0]).result("tools/list")["tools"]}
     assert tools["weather"]["outputSchema"]["properties"] == {
         "city": {"type": "string"}, "celsius": {"type": "number"},
     }
@@ -581,7 +510,7 @@ def test_output_schemas_in_tools_list():
 ])
 def test_structured_results_carry_structured_content_and_json_text(name, structured):
     arguments = {"city": "Oslo"} if name == "weather" else {}
-    result = Client(make_structured_server()[0]).tool(name, **arguments)
+    result = initialized(make_structured_server()[0]).call_tool(name, arguments)
     assert result["structuredContent"] == structured
     assert json.loads(text_of(result)) == structured
     assert "isError" not in result
@@ -589,23 +518,23 @@ def test_structured_results_carry_structured_content_and_json_text(name, structu
 
 def test_async_structured_result():
     server, pending = make_structured_server()
-    client = Client(server)
-    request_id = client.start("tools/call", {"name": "later"})
+    client = initialized(server)
+    request_id = client.request("tools/call", {"name": "later"})
     pending.callback(None)
     assert client.answer(request_id)["result"]["structuredContent"] == {"width": 5, "height": 6}
 
 
 def test_tool_result_passes_through():
-    assert Client(make_structured_server()[0]).tool("full") == {
+    assert initialized(make_structured_server()[0]).call_tool("full") == {
         "content": [{"type": "text", "text": "mine"}], "structuredContent": {"k": 1}, "_meta": {"m": True},
     }
 
 
 @pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26"])
 def test_older_versions_get_no_output_schema_and_no_structured_content(version):
-    client = Client(make_structured_server()[0], version)
+    client = initialized(make_structured_server()[0], version)
     assert all("outputSchema" not in t for t in client.result("tools/list")["tools"])
-    result = client.tool("weather", city="Oslo")
+    result = client.call_tool("weather", {"city": "Oslo"})
     assert result == {"content": [{"type": "text", "text": '{"city":"Oslo","celsius":20.0}'}]}
 
 
@@ -616,7 +545,7 @@ def test_output_breaking_the_schema_is_a_tool_error():
     def liar() -> Weather:
         return {"city": "Oslo"}  # type: ignore[typeddict-item]
 
-    result = Client(server).tool("liar")
+    result = initialized(server).call_tool("liar")
     assert result["isError"] is True
     assert "output schema" in text_of(result)
     assert "structuredContent" not in result
@@ -628,11 +557,11 @@ def test_unstructured_return_values_become_content():
     server.add_tool(lambda: 42, "number")
     server.add_tool(lambda: {"a": [1, 2]}, "mapping")
     server.add_tool(lambda: ["one", content.image(b"\x00", "image/png"), {"k": 1}], "mixed")
-    client = Client(server)
-    assert client.tool("nothing") == {"content": []}
-    assert text_of(client.tool("number")) == "42"
-    assert json.loads(text_of(client.tool("mapping"))) == {"a": [1, 2]}
-    assert client.tool("mixed")["content"] == [
+    client = initialized(server)
+    assert client.call_tool("nothing") == {"content": []}
+    assert text_of(client.call_tool("number")) == "42"
+    assert json.loads(text_of(client.call_tool("mapping"))) == {"a": [1, 2]}
+    assert client.call_tool("mixed")["content"] == [
         {"type": "text", "text": "one"},
         {"type": "image", "data": "AA==", "mimeType": "image/png"},
         {"type": "text", "text": '{"k":1}'},
@@ -670,7 +599,7 @@ def make_resource_server() -> MCPServer:
 
 
 def test_static_resources_are_listed():
-    resources = Client(make_resource_server()).result("resources/list")["resources"]
+    resources = initialized(make_resource_server()).result("resources/list")["resources"]
     assert resources == [
         {"uri": "config://app", "name": "app_config", "description": "The app configuration.",
          "title": "App config", "annotations": {"priority": 0.5}, "icons": [{"src": "data:,i"}],
@@ -681,19 +610,19 @@ def test_static_resources_are_listed():
 
 
 def test_resource_fields_for_older_versions():
-    entry = Client(make_resource_server(), "2025-03-26").result("resources/list")["resources"][0]
+    entry = initialized(make_resource_server(), "2025-03-26").result("resources/list")["resources"][0]
     assert set(entry) == {"uri", "name", "description", "annotations", "size"}
-    entry = Client(make_resource_server(), "2025-06-18").result("resources/list")["resources"][0]
+    entry = initialized(make_resource_server(), "2025-06-18").result("resources/list")["resources"][0]
     assert set(entry) == {"uri", "name", "description", "annotations", "size", "title", "_meta"}
 
 
 def test_read_static_text_resource():
-    result = Client(make_resource_server()).result("resources/read", {"uri": "config://app"})
+    result = initialized(make_resource_server()).result("resources/read", {"uri": "config://app"})
     assert result == {"contents": [{"uri": "config://app", "mimeType": "text/plain", "text": "debug=true"}]}
 
 
 def test_read_bytes_resource_is_a_base64_blob():
-    result = Client(make_resource_server()).result("resources/read", {"uri": "data://logo"})
+    result = initialized(make_resource_server()).result("resources/read", {"uri": "data://logo"})
     [entry] = result["contents"]
     assert entry == {"uri": "data://logo", "mimeType": "image/png", "blob": "iVBORw=="}
     assert base64.b64decode(entry["blob"]) == b"\x89PNG"
@@ -703,7 +632,7 @@ def test_bytes_and_str_default_mime_types():
     server = MCPServer("s")
     server.add_resource(lambda: b"\x00", "raw://b", name="b")
     server.add_resource(lambda: "t", "raw://t", name="t")
-    client = Client(server)
+    client = initialized(server)
     assert client.result("resources/read", {"uri": "raw://b"})["contents"] == [
         {"uri": "raw://b", "mimeType": "application/octet-stream", "blob": "AA=="},
     ]
@@ -711,33 +640,33 @@ def test_bytes_and_str_default_mime_types():
 
 
 def test_read_dict_resource_is_json_text():
-    [entry] = Client(make_resource_server()).result("resources/read", {"uri": "data://settings"})["contents"]
+    [entry] = initialized(make_resource_server()).result("resources/read", {"uri": "data://settings"})["contents"]
     assert entry["mimeType"] == "application/json"
     assert json.loads(entry["text"]) == {"theme": "dark", "size": 3}
 
 
 def test_read_template_converts_typed_variables():
-    [entry] = Client(make_resource_server()).result(
+    [entry] = initialized(make_resource_server()).result(
         "resources/read", {"uri": "users://42/profile"})["contents"]
     assert entry["uri"] == "users://42/profile"
     assert json.loads(entry["text"]) == {"id": 42, "type": "int"}
 
 
 def test_read_reserved_template_with_context():
-    [entry] = Client(make_resource_server()).result(
+    [entry] = initialized(make_resource_server()).result(
         "resources/read", {"uri": "files:///etc/my%20app/conf"})["contents"]
     assert entry == {"uri": "files:///etc/my%20app/conf", "mimeType": "text/plain",
-                     "text": "contents of etc/my app/conf for pytest"}
+                     "text": "contents of etc/my app/conf for mcp-twisted-testing"}
 
 
 def test_template_variable_that_does_not_convert_is_invalid_params():
-    error = Client(make_resource_server()).error("resources/read", {"uri": "users://abc/profile"})
+    error = initialized(make_resource_server()).error("resources/read", {"uri": "users://abc/profile"})
     assert error["code"] == -32602
     assert "user_id" in error["message"]
 
 
 def test_unknown_resource_is_resource_not_found():
-    client = Client(make_resource_server())
+    client = initialized(make_resource_server())
     assert client.error("resources/read", {"uri": "nope://x"}) == {
         "code": -32002, "message": "Resource not found: nope://x", "data": {"uri": "nope://x"},
     }
@@ -748,7 +677,7 @@ def test_unknown_resource_is_resource_not_found():
 
 
 def test_templates_are_listed():
-    templates = Client(make_resource_server()).result("resources/templates/list")["resourceTemplates"]
+    templates = initialized(make_resource_server()).result("resources/templates/list")["resourceTemplates"]
     assert templates == [
         {"uriTemplate": "users://{user_id}/profile", "name": "profile", "description": "A user's profile"},
         {"uriTemplate": "files:///{+path}", "name": "file", "mimeType": "text/plain"},
@@ -768,7 +697,7 @@ def test_resource_returning_contents_and_async_resource():
                         "a://all", name="all")
     server.add_resource(lambda: pending, "a://later", name="later")
     server.add_resource(lambda: [], "a://empty", name="empty")
-    client = Client(server)
+    client = initialized(server)
     assert client.result("resources/read", {"uri": "a://all"})["contents"] == [
         {"uri": "a://1", "text": "one"}, {"uri": "a://2", "mimeType": "application/x", "blob": "AQ=="},
     ]
@@ -776,7 +705,7 @@ def test_resource_returning_contents_and_async_resource():
     assert client.result("resources/read", {"uri": "a://empty"})["contents"] == [
         {"uri": "a://empty", "mimeType": "application/json", "text": "[]"},
     ]
-    request_id = client.start("resources/read", {"uri": "a://later"})
+    request_id = client.request("resources/read", {"uri": "a://later"})
     assert client.answer(request_id) is None
     pending.callback("ready")
     assert client.answer(request_id)["result"]["contents"] == [
@@ -786,7 +715,7 @@ def test_resource_returning_contents_and_async_resource():
 
 def test_subscribe_and_unsubscribe():
     server = make_resource_server()
-    subscribed, other = Client(server), Client(server)
+    subscribed, other = initialized(server), initialized(server)
     assert subscribed.result("resources/subscribe", {"uri": "config://app"}) == {}
     server.notify_resource_updated("config://app")
     server.notify_resource_updated("data://logo")
@@ -800,7 +729,7 @@ def test_subscribe_and_unsubscribe():
 
 def test_closed_session_is_forgotten():
     server = make_resource_server()
-    client = Client(server)
+    client = initialized(server)
     client.result("resources/subscribe", {"uri": "config://app"})
     assert server.sessions == [client.session]
     client.session.close()
@@ -844,7 +773,7 @@ def make_prompt_server() -> MCPServer:
 
 
 def test_prompts_are_listed_with_arguments():
-    prompts = Client(make_prompt_server()).result("prompts/list")["prompts"]
+    prompts = initialized(make_prompt_server()).result("prompts/list")["prompts"]
     greet = prompts[0]
     assert greet == {
         "name": "greet", "description": "Greet someone.", "title": "Greeting",
@@ -858,12 +787,12 @@ def test_prompts_are_listed_with_arguments():
 
 
 def test_prompt_fields_for_older_versions():
-    greet = Client(make_prompt_server(), "2025-03-26").result("prompts/list")["prompts"][0]
+    greet = initialized(make_prompt_server(), "2025-03-26").result("prompts/list")["prompts"][0]
     assert set(greet) == {"name", "description", "arguments"}
 
 
 def test_get_prompt_with_arguments():
-    client = Client(make_prompt_server())
+    client = initialized(make_prompt_server())
     assert client.result("prompts/get", {"name": "greet", "arguments": {"name": "Ann"}}) == {
         "description": "Greet someone.",
         "messages": [{"role": "user", "content": {"type": "text", "text": "Say hello to Ann, friendly"}}],
@@ -874,12 +803,12 @@ def test_get_prompt_with_arguments():
 
 def test_prompt_argument_strings_are_converted():
     params = {"name": "count", "arguments": {"times": "2"}}
-    result = Client(make_prompt_server()).result("prompts/get", params)
+    result = initialized(make_prompt_server()).result("prompts/get", params)
     assert result["messages"][0]["content"]["text"] == "again again "
 
 
 def test_prompt_returning_messages_and_content_blocks():
-    result = Client(make_prompt_server()).result("prompts/get",
+    result = initialized(make_prompt_server()).result("prompts/get",
                                                  {"name": "dialogue", "arguments": {"topic": "tea"}})
     assert result == {"messages": [
         {"role": "assistant", "content": {"type": "text", "text": "Let's talk about tea"}},
@@ -889,7 +818,7 @@ def test_prompt_returning_messages_and_content_blocks():
 
 
 def test_prompt_errors():
-    client = Client(make_prompt_server())
+    client = initialized(make_prompt_server())
     missing = client.error("prompts/get", {"name": "greet", "arguments": {}})
     assert missing["code"] == -32602
     assert "name" in missing["message"] and "required" in missing["message"]
@@ -908,8 +837,8 @@ def test_async_prompt():
     async def slow(topic: str) -> str:
         return f"{topic}: {await pending}"
 
-    client = Client(server)
-    request_id = client.start("prompts/get", {"name": "slow", "arguments": {"topic": "t"}})
+    client = initialized(server)
+    request_id = client.request("prompts/get", {"name": "slow", "arguments": {"topic": "t"}})
     assert client.answer(request_id) is None
     pending.callback("now")
     assert client.answer(request_id)["result"]["messages"][0]["content"]["text"] == "t: now"
@@ -937,7 +866,7 @@ def make_completion_server() -> MCPServer:
     return server
 
 
-def complete(client: Client, ref: dict[str, Any], name: str, value: str,
+def complete(client: Peer, ref: dict[str, Any], name: str, value: str,
              context: dict[str, Any] | None = None) -> dict[str, Any]:
     params: dict[str, Any] = {"ref": ref, "argument": {"name": name, "value": value}}
     if context is not None:
@@ -946,14 +875,14 @@ def complete(client: Client, ref: dict[str, Any], name: str, value: str,
 
 
 def test_completion_values():
-    client = Client(make_completion_server())
+    client = initialized(make_completion_server())
     ref = {"type": "ref/prompt", "name": "greet"}
     assert complete(client, ref, "name", "An") == {"values": ["Ann", "Anna"], "total": 2, "hasMore": False}
     assert complete(client, ref, "name", "Z") == {"values": [], "total": 0, "hasMore": False}
 
 
 def test_completion_is_capped_at_100_and_gets_the_other_arguments():
-    client = Client(make_completion_server())
+    client = initialized(make_completion_server())
     result = complete(client, {"type": "ref/prompt", "name": "greet"}, "style", "f",
                       {"arguments": {"name": "Ann"}})
     assert len(result["values"]) == 100
@@ -965,7 +894,7 @@ def test_completion_is_capped_at_100_and_gets_the_other_arguments():
 
 
 def test_completion_for_a_resource_template():
-    client = Client(make_completion_server())
+    client = initialized(make_completion_server())
     result = complete(client, {"type": "ref/resource", "uri": "repo://{owner}/{repo}"}, "repo", "tw",
                       {"arguments": {"owner": "me"}})
     assert result == {"values": ["me/twx"], "total": 1, "hasMore": False}
@@ -978,15 +907,15 @@ def test_completion_for_a_resource_template():
     ({"type": "ref/other", "name": "greet"}, "name"),
 ])
 def test_completion_for_unknown_refs_is_empty(ref, name):
-    assert complete(Client(make_completion_server()), ref, name, "a") == {
+    assert complete(initialized(make_completion_server()), ref, name, "a") == {
         "values": [], "total": 0, "hasMore": False,
     }
 
 
 def test_completion_errors():
-    client = Client(make_completion_server())
+    client = initialized(make_completion_server())
     assert client.error("completion/complete", {"ref": "greet", "argument": {}})["code"] == -32602
-    no_completions = Client(make_prompt_server())
+    no_completions = initialized(make_prompt_server())
     error = no_completions.error("completion/complete", {
         "ref": {"type": "ref/prompt", "name": "greet"}, "argument": {"name": "name", "value": ""}})
     assert error["code"] == -32601
@@ -1019,7 +948,7 @@ def paged_server() -> MCPServer:
     ("resources/templates/list", "resourceTemplates", "name"),
 ])
 def test_following_next_cursor_visits_every_item_once(method, key, field):
-    client = Client(paged_server())
+    client = initialized(paged_server())
     pages, cursor = [], None
     while True:
         page = client.result(method, {"cursor": cursor} if cursor is not None else None)
@@ -1036,7 +965,7 @@ def test_exact_multiple_of_page_size_has_no_empty_last_page():
     server = MCPServer("s", page_size=2)
     for i in range(4):
         server.add_tool(lambda: "x", f"t{i}")
-    client = Client(server)
+    client = initialized(server)
     second = client.result("tools/list", {"cursor": client.result("tools/list")["nextCursor"]})
     assert [t["name"] for t in second["tools"]] == ["t2", "t3"]
     assert "nextCursor" not in second
@@ -1044,12 +973,12 @@ def test_exact_multiple_of_page_size_has_no_empty_last_page():
 
 @pytest.mark.parametrize("cursor", ["garbage!", "", "AAAA", "dG9vbHM6MA==", 17, ["x"]])
 def test_invalid_cursors_are_invalid_params(cursor):
-    error = Client(paged_server()).error("tools/list", {"cursor": cursor})
+    error = initialized(paged_server()).error("tools/list", {"cursor": cursor})
     assert error["code"] == -32602
 
 
 def test_cursor_of_another_list_is_invalid():
-    client = Client(paged_server())
+    client = initialized(paged_server())
     prompts_cursor = client.result("prompts/list")["nextCursor"]
     assert client.error("tools/list", {"cursor": prompts_cursor})["code"] == -32602
     assert client.error("resources/list", {"cursor": prompts_cursor})["code"] == -32602
@@ -1057,7 +986,7 @@ def test_cursor_of_another_list_is_invalid():
 
 def test_cursor_out_of_range_is_invalid():
     server = paged_server()
-    client = Client(server)
+    client = initialized(server)
     first = client.result("tools/list")
     third_page_cursor = client.result("tools/list", {"cursor": first["nextCursor"]})["nextCursor"]
     for i in range(4):
@@ -1080,13 +1009,13 @@ def make_logging_server() -> MCPServer:
     return server
 
 
-def logged_levels(client: Client) -> list[str]:
+def logged_levels(client: Peer) -> list[str]:
     return [params["level"] for params in client.notifications("notifications/message")]
 
 
 def test_default_log_level_is_info():
-    client = Client(make_logging_server())
-    client.tool("chatty")
+    client = initialized(make_logging_server())
+    client.call_tool("chatty")
     assert logged_levels(client) == [
         "info", "notice", "warning", "error", "critical", "alert", "emergency", "error",
     ]
@@ -1097,31 +1026,31 @@ def test_default_log_level_is_info():
 
 def test_set_level_filters_by_rank_per_session():
     server = make_logging_server()
-    strict, default = Client(server), Client(server)
+    strict, default = initialized(server), initialized(server)
     assert strict.result("logging/setLevel", {"level": "error"}) == {}
-    strict.tool("chatty")
-    default.tool("chatty")
+    strict.call_tool("chatty")
+    default.call_tool("chatty")
     assert logged_levels(strict) == ["error", "critical", "alert", "emergency", "error"]
     assert logged_levels(default)[0] == "info"
     strict.result("logging/setLevel", {"level": "debug"})
-    strict.sent.clear()
-    strict.tool("chatty")
-    assert logged_levels(strict)[:2] == ["debug", "info"]
+    before = len(logged_levels(strict))
+    strict.call_tool("chatty")
+    assert logged_levels(strict)[before:before + 2] == ["debug", "info"]
 
 
 def test_server_default_log_level():
     server = make_logging_server()
     server.default_log_level = "emergency"
-    client = Client(server)
-    client.tool("chatty")
+    client = initialized(server)
+    client.call_tool("chatty")
     assert logged_levels(client) == ["emergency"]
 
 
 @pytest.mark.parametrize("level", ["verbose", "INFO", "", None, 3])
 def test_invalid_log_level_is_invalid_params(level):
-    client = Client(make_logging_server())
+    client = initialized(make_logging_server())
     assert client.error("logging/setLevel", {"level": level})["code"] == -32602
-    client.tool("chatty")
+    client.call_tool("chatty")
     assert logged_levels(client)[0] == "info"  # unchanged
 
 
@@ -1135,8 +1064,8 @@ def test_async_tool_awaits_log():
         await ctx.log("warning", "careful")
         return "ok"
 
-    client = Client(server)
-    request_id = client.start("tools/call", {"name": "work"})
+    client = initialized(server)
+    request_id = client.request("tools/call", {"name": "work"})
     pending.callback(None)
     assert client.notifications("notifications/message") == [{"level": "warning", "data": "careful"}]
     assert client.answer(request_id)["result"] == {"content": [{"type": "text", "text": "ok"}]}
@@ -1154,7 +1083,7 @@ def full_server() -> MCPServer:
 
 def test_list_changed_goes_to_ready_sessions_only():
     server = full_server()
-    ready, initializing = Client(server), Client(server, ready=False)
+    ready, initializing = initialized(server), initialized(server, ready=False)
     server.add_tool(lambda: "y", "t2")
     server.remove_tool("t2")
     server.add_resource(lambda: "y", "r://2", name="r2")
@@ -1163,12 +1092,12 @@ def test_list_changed_goes_to_ready_sessions_only():
     server.remove_resource("r://{v}/x")
     server.add_prompt(lambda: "y", "p2")
     server.remove_prompt("p2")
-    assert ready.notification_methods() == [
+    assert [m["method"] for m in ready.take()] == [
         "notifications/tools/list_changed", "notifications/tools/list_changed",
         *["notifications/resources/list_changed"] * 4,
         "notifications/prompts/list_changed", "notifications/prompts/list_changed",
     ]
-    assert initializing.notification_methods() == []
+    assert [m["method"] for m in initializing.take()] == []
     names = [t["name"] for t in ready.result("tools/list")["tools"]]
     assert names == ["t"]
 
@@ -1176,15 +1105,15 @@ def test_list_changed_goes_to_ready_sessions_only():
 def test_list_changed_only_for_declared_capabilities():
     server = MCPServer("s")
     server.add_tool(lambda: "x", "t")
-    client = Client(server)
+    client = initialized(server)
     server.add_prompt(lambda: "x", "p")  # the session was not told about prompts
     server.add_tool(lambda: "y", "t2")
-    assert client.notification_methods() == ["notifications/tools/list_changed"]
+    assert [m["method"] for m in client.take()] == ["notifications/tools/list_changed"]
 
 
 def test_removed_tool_is_unknown():
     server = full_server()
-    client = Client(server)
+    client = initialized(server)
     server.remove_tool("t")
     assert client.error("tools/call", {"name": "t"})["code"] == -32602
     assert client.result("tools/list")["tools"] == []
@@ -1201,7 +1130,7 @@ def test_a_bad_log_level_in_a_tool_is_a_tool_bug_not_invalid_params():
         await ctx.log("verbose", "x")
         return "unreachable"
 
-    result = Client(server).tool("noisy")
+    result = initialized(server).call_tool("noisy")
     assert result["isError"] is True
     assert "Invalid log level 'verbose'" in result["content"][0]["text"]
 
@@ -1211,13 +1140,11 @@ def test_a_failing_describe_answers_initialize_with_an_internal_error():
         def describe(self, session):
             raise RuntimeError("bad icons")
 
-    sent: list[dict[str, Any]] = []
-    session = Session(lambda data: sent.append(json.loads(data)), role=Role.SERVER,
-                      handler=Broken("broken"), clock=task.Clock())
-    session.receive(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": LATEST, "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}}))
-    (reply,) = sent
-    assert reply["error"]["code"] == -32603 and "errorId" in reply["error"]["data"]
+    peer = Peer(Broken("broken"))
+    error = peer.error("initialize", {"protocolVersion": LATEST, "capabilities": {},
+                                      "clientInfo": {"name": "c", "version": "1"}})
+    assert error["code"] == -32603 and "errorId" in error["data"]
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 1, "error": error}]
 
 
 def test_ctx_cancelled_is_true_once_the_handler_time_limit_passed():
@@ -1231,9 +1158,9 @@ def test_ctx_cancelled_is_true_once_the_handler_time_limit_passed():
         await blocker
         return "done"
 
-    client = Client(server)
+    client = initialized(server)
     client.session.handler_timeout = 5
-    request_id = client.start("tools/call", {"name": "wait", "arguments": {}})
+    request_id = client.request("tools/call", {"name": "wait", "arguments": {}})
     assert seen["ctx"].cancelled is False
     client.clock.advance(5)
     assert seen["ctx"].cancelled is True

@@ -7,11 +7,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from mcp_twisted import jsonrpc
 from mcp_twisted.jsonrpc import (
@@ -35,120 +32,19 @@ from mcp_twisted.session import (
     IncomingRequest,
     RequestTimedOut,
     Role,
-    Session,
     State,
 )
-
-Route = Callable[[IncomingRequest], Any]
-
-
-class FakeHandler:
-    """A SessionHandler whose methods are a dict of functions, recording every call."""
-
-    def __init__(self, routes: dict[str, Route] | None = None) -> None:
-        self.routes: dict[str, Route] = {"echo": lambda request: request.params, **(routes or {})}
-        self.requests: list[IncomingRequest] = []
-        self.notifications: list[tuple[str, Any]] = []
-        self.ready: list[Session] = []
-        self.closed: list[Session] = []
-
-    def describe(self, session: Session) -> dict[str, Any]:
-        return {"capabilities": {"tools": {}}, "serverInfo": {"name": "fake", "version": "1"}}
-
-    def handle_request(self, request: IncomingRequest) -> Any:
-        self.requests.append(request)
-        route = self.routes.get(request.method)
-        if route is None:
-            raise RPCError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
-        return route(request)
-
-    def handle_notification(self, session: Session, method: str, params: Any) -> None:
-        self.notifications.append((method, params))
-
-    def session_ready(self, session: Session) -> None:
-        self.ready.append(session)
-
-    def session_closed(self, session: Session) -> None:
-        self.closed.append(session)
-
-
-class Peer:
-    """The other end of a session: a Clock, and the list the session writes to."""
-
-    def __init__(self, handler: Any = None, *, role: Role = Role.SERVER, **options: Any) -> None:
-        self.clock = Clock()
-        self.sent: list[bytes] = []
-        self.handler = handler if handler is not None else FakeHandler()
-        self.session = Session(self.sent.append, role=role, handler=self.handler, clock=self.clock, **options)
-
-    def feed(self, message: Any) -> None:
-        self.session.receive(json.dumps(message))
-
-    def call(self, request_id: str | int, method: str, params: Any = None) -> None:
-        self.feed(jsonrpc.request(request_id, method, params))
-
-    def notify(self, method: str, params: Any = None) -> None:
-        self.feed(jsonrpc.notification(method, params))
-
-    def take(self) -> list[Any]:
-        """What the session sent since the last take, decoded."""
-        out = [orjson.loads(text) for text in self.sent]
-        self.sent.clear()
-        return out
-
-    def initialize(self, version: str = LATEST_PROTOCOL_VERSION, capabilities: Any = None) -> dict[str, Any]:
-        self.call("init", "initialize", {
-            "protocolVersion": version, "capabilities": capabilities or {},
-            "clientInfo": {"name": "test-client", "version": "0"},
-        })
-        self.notify("notifications/initialized")
-        (reply,) = self.take()
-        return reply
-
-
-def waiting_route() -> tuple[Route, list[Deferred[Any]]]:
-    """A route whose every request waits on a fresh Deferred, and the list of them."""
-    deferreds: list[Deferred[Any]] = []
-
-    def wait(request: IncomingRequest) -> Deferred[Any]:
-        deferreds.append(Deferred())
-        return deferreds[-1]
-
-    return wait, deferreds
-
-
-def result(reply: dict[str, Any]) -> Any:
-    assert "error" not in reply, reply
-    return reply["result"]
-
-
-def error_code(reply: dict[str, Any]) -> int:
-    return reply["error"]["code"]
-
-
-def failure_of(d: Deferred[Any]) -> Failure:
-    failures: list[Failure] = []
-    d.addErrback(failures.append)
-    assert len(failures) == 1, "the Deferred has not failed"
-    return failures[0]
-
-
-def success_of(d: Deferred[Any]) -> Any:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert len(results) == 1, "the Deferred has not fired"
-    assert not isinstance(results[0], Failure), results[0]
-    return results[0]
-
+from mcp_twisted.testing import Peer, failure_of, result_of
+from tests.support import FakeHandler, error_code, result, waiting_route
 
 # -- lifecycle -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("version", SUPPORTED_PROTOCOL_VERSIONS)
 def test_initialize_echoes_a_supported_version(version: str) -> None:
-    peer = Peer()
-    peer.call(1, "initialize", {"protocolVersion": version, "capabilities": {"roots": {}},
-                                "clientInfo": {"name": "c", "version": "9"}})
+    peer = Peer(FakeHandler())
+    peer.request("initialize", {"protocolVersion": version, "capabilities": {"roots": {}},
+                                "clientInfo": {"name": "c", "version": "9"}}, id=1)
     (reply,) = peer.take()
     assert reply["id"] == 1
     assert result(reply) == {"protocolVersion": version, "capabilities": {"tools": {}},
@@ -161,27 +57,27 @@ def test_initialize_echoes_a_supported_version(version: str) -> None:
 
 @pytest.mark.parametrize("version", ["1999-01-01", "2026-07-28", "2025-11-26", ""])
 def test_initialize_offers_the_latest_version_for_unknown_ones(version: str) -> None:
-    peer = Peer()
-    peer.call(1, "initialize", {"protocolVersion": version})
+    peer = Peer(FakeHandler())
+    peer.request("initialize", {"protocolVersion": version}, id=1)
     (reply,) = peer.take()
     assert result(reply)["protocolVersion"] == "2025-11-25" == LATEST_PROTOCOL_VERSION
     assert peer.session.protocol_version == "2025-11-25"
 
 
 def test_ping_is_answered_before_and_after_initialize() -> None:
-    peer = Peer()
-    peer.call("p1", "ping")
+    peer = Peer(FakeHandler())
+    peer.request("ping", id="p1")
     assert peer.take() == [{"jsonrpc": "2.0", "id": "p1", "result": {}}]
     peer.initialize()
-    peer.call(0, "ping")
+    peer.request("ping", id=0)
     assert peer.take() == [{"jsonrpc": "2.0", "id": 0, "result": {}}]
     assert peer.handler.requests == []
 
 
 @pytest.mark.parametrize("method", ["echo", "tools/list", "nope"])
 def test_requests_before_initialize_are_refused(method: str) -> None:
-    peer = Peer()
-    peer.call(5, method, {})
+    peer = Peer(FakeHandler())
+    peer.request(method, {}, id=5)
     (reply,) = peer.take()
     assert reply["id"] == 5
     assert error_code(reply) == INVALID_REQUEST
@@ -189,7 +85,7 @@ def test_requests_before_initialize_are_refused(method: str) -> None:
 
 
 def test_notifications_before_initialize_do_not_reach_the_handler() -> None:
-    peer = Peer()
+    peer = Peer(FakeHandler())
     peer.notify("notifications/roots/list_changed")
     peer.notify("notifications/initialized")  # no initialize yet: ignored
     assert peer.session.state is State.NEW
@@ -199,11 +95,11 @@ def test_notifications_before_initialize_do_not_reach_the_handler() -> None:
 
 
 def test_second_initialize_is_refused() -> None:
-    peer = Peer()
-    peer.call(1, "initialize", {"protocolVersion": "2025-06-18"})
-    peer.call(2, "initialize", {"protocolVersion": "2024-11-05"})  # before initialized
+    peer = Peer(FakeHandler())
+    peer.request("initialize", {"protocolVersion": "2025-06-18"}, id=1)
+    peer.request("initialize", {"protocolVersion": "2024-11-05"}, id=2)  # before initialized
     peer.notify("notifications/initialized")
-    peer.call(3, "initialize", {"protocolVersion": "2024-11-05"})  # after
+    peer.request("initialize", {"protocolVersion": "2024-11-05"}, id=3)  # after
     first, second, third = peer.take()
     assert result(first)["protocolVersion"] == "2025-06-18"
     assert (second["id"], error_code(second)) == (2, INVALID_REQUEST)
@@ -212,15 +108,15 @@ def test_second_initialize_is_refused() -> None:
 
 
 def test_initialized_notification_makes_the_session_ready() -> None:
-    peer = Peer()
-    peer.call(1, "initialize", {"protocolVersion": "2025-06-18"})
+    peer = Peer(FakeHandler())
+    peer.request("initialize", {"protocolVersion": "2025-06-18"}, id=1)
     assert peer.handler.ready == []
     peer.notify("notifications/initialized")
     assert peer.session.state is State.READY
     assert peer.handler.ready == [peer.session]
     peer.notify("notifications/initialized")  # a repeat changes nothing
     assert peer.handler.ready == [peer.session]
-    peer.call(2, "echo", {"a": 1})
+    peer.request("echo", {"a": 1}, id=2)
     assert result(peer.take()[-1]) == {"a": 1}
 
 
@@ -231,12 +127,12 @@ def test_initialized_notification_makes_the_session_ready() -> None:
     {"protocolVersion": "2025-06-18", "clientInfo": "me"},
 ])
 def test_bad_initialize_params_are_invalid_params(params: Any) -> None:
-    peer = Peer()
-    peer.call(1, "initialize", params)
+    peer = Peer(FakeHandler())
+    peer.request("initialize", params, id=1)
     (reply,) = peer.take()
     assert (reply["id"], error_code(reply)) == (1, INVALID_PARAMS)
     assert peer.session.state is State.NEW
-    peer.call(2, "initialize", {"protocolVersion": "2025-06-18"})  # a good one still works
+    peer.request("initialize", {"protocolVersion": "2025-06-18"}, id=2)  # a good one still works
     assert result(peer.take()[0])["protocolVersion"] == "2025-06-18"
 
 
@@ -248,24 +144,23 @@ def test_initialize_with_the_real_server() -> None:
         return a + b
 
     peer = Peer(server)
-    reply = peer.initialize("2025-06-18")
-    assert result(reply) == {
+    assert peer.initialize("2025-06-18") == {
         "protocolVersion": "2025-06-18",
         "capabilities": {"logging": {}, "tools": {"listChanged": True}},
         "serverInfo": {"name": "real", "version": "2.0", "title": "Real"},
         "instructions": "Be nice.",
     }
     assert server.sessions == [peer.session]
-    peer.call(2, "tools/call", {"name": "add", "arguments": {"a": 2, "b": 3}})
+    peer.request("tools/call", {"name": "add", "arguments": {"a": 2, "b": 3}}, id=2)
     assert result(peer.take()[0])["content"] == [{"type": "text", "text": "5"}]
     peer.session.close()
     assert server.sessions == []
 
 
 def test_array_params_are_refused_before_the_handler() -> None:
-    peer = Peer()
+    peer = Peer(FakeHandler())
     peer.initialize()
-    peer.call(1, "echo", [1, 2])
+    peer.request("echo", [1, 2], id=1)
     (reply,) = peer.take()
     assert (reply["id"], error_code(reply)) == (1, INVALID_PARAMS)
     assert peer.handler.requests == []
@@ -280,9 +175,9 @@ def test_handler_errors_become_error_responses() -> None:
 
     peer = Peer(FakeHandler({"crash": crash, "refuse": refuse}))
     peer.initialize()
-    peer.call(1, "crash")
-    peer.call(2, "refuse")
-    peer.call(3, "missing")
+    peer.request("crash", id=1)
+    peer.request("refuse", id=2)
+    peer.request("missing", id=3)
     crashed, refused, missing = peer.take()
     assert (crashed["id"], error_code(crashed)) == (1, -32603)
     assert refused == {"jsonrpc": "2.0", "id": 2,
@@ -295,8 +190,8 @@ def test_a_result_json_cannot_carry_becomes_an_internal_error() -> None:
     pending: Deferred[Any] = Deferred()
     peer = Peer(FakeHandler({"bad": lambda r: {"x": object()}, "later": lambda r: pending}))
     peer.initialize()
-    peer.call(1, "bad")  # answered synchronously
-    peer.call(2, "later")
+    peer.request("bad", id=1)  # answered synchronously
+    peer.request("later", id=2)
     pending.callback({1, 2})  # a set: not JSON
     first, second = peer.take()
     assert (first["id"], error_code(first)) == (1, -32603)
@@ -309,9 +204,9 @@ def test_a_result_json_cannot_carry_becomes_an_internal_error() -> None:
 
 @pytest.mark.parametrize("version", ["2024-11-05", "2025-06-18", "2025-11-25"])
 def test_batches_are_refused_outside_2025_03_26(version: str) -> None:
-    peer = Peer()
+    peer = Peer(FakeHandler())
     peer.initialize(version)
-    peer.feed([jsonrpc.request(1, "echo", {}), jsonrpc.request(2, "ping")])
+    peer.send([jsonrpc.request(1, "echo", {}), jsonrpc.request(2, "ping")])
     (reply,) = peer.take()
     assert reply["id"] is None
     assert error_code(reply) == INVALID_REQUEST
@@ -319,16 +214,16 @@ def test_batches_are_refused_outside_2025_03_26(version: str) -> None:
 
 
 def test_batches_are_refused_before_initialize() -> None:
-    peer = Peer()
-    peer.feed([jsonrpc.request(1, "ping")])
+    peer = Peer(FakeHandler())
+    peer.send([jsonrpc.request(1, "ping")])
     (reply,) = peer.take()
     assert (reply["id"], error_code(reply)) == (None, INVALID_REQUEST)
 
 
 def test_batch_on_2025_03_26_is_answered_as_one_array() -> None:
-    peer = Peer()
+    peer = Peer(FakeHandler())
     peer.initialize("2025-03-26")
-    peer.feed([
+    peer.send([
         jsonrpc.request(1, "echo", {"n": 1}),
         jsonrpc.notification("notifications/roots/list_changed", {"x": 1}),
         5,
@@ -336,8 +231,7 @@ def test_batch_on_2025_03_26_is_answered_as_one_array() -> None:
         {"jsonrpc": "2.0", "id": 3, "method": 3},
         jsonrpc.request(4, "missing"),
     ])
-    assert len(peer.sent) == 1
-    (replies,) = peer.take()
+    (replies,) = peer.take()  # one text
     assert isinstance(replies, list)
     by_id = {json.dumps(reply["id"]): reply for reply in replies}
     assert len(replies) == 5
@@ -353,7 +247,7 @@ def test_batch_waits_for_its_slowest_request() -> None:
     pending: Deferred[Any] = Deferred()
     peer = Peer(FakeHandler({"slow": lambda r: pending}))
     peer.initialize("2025-03-26")
-    peer.feed([jsonrpc.request(1, "slow"), jsonrpc.request(2, "echo", {"fast": True})])
+    peer.send([jsonrpc.request(1, "slow"), jsonrpc.request(2, "echo", {"fast": True})])
     assert peer.take() == []
     pending.callback("done")
     (replies,) = peer.take()
@@ -361,18 +255,18 @@ def test_batch_waits_for_its_slowest_request() -> None:
 
 
 def test_batch_of_notifications_gets_no_reply() -> None:
-    peer = Peer()
+    peer = Peer(FakeHandler())
     peer.initialize("2025-03-26")
-    peer.feed([jsonrpc.notification("a"), jsonrpc.notification("b", {"c": 1})])
+    peer.send([jsonrpc.notification("a"), jsonrpc.notification("b", {"c": 1})])
     assert peer.take() == []
     assert [method for method, _ in peer.handler.notifications] == ["a", "b"]
 
 
 def test_initialize_inside_a_batch_is_refused() -> None:
-    peer = Peer()
+    peer = Peer(FakeHandler())
     peer.initialize("2025-03-26")
     initialize = jsonrpc.request(1, "initialize", {"protocolVersion": "2025-03-26"})
-    peer.feed([initialize, jsonrpc.request(2, "ping")])
+    peer.send([initialize, jsonrpc.request(2, "ping")])
     (replies,) = peer.take()
     by_id = {reply["id"]: reply for reply in replies}
     assert error_code(by_id[1]) == INVALID_REQUEST
@@ -383,7 +277,7 @@ def test_cancelled_batch_element_is_left_out_of_the_reply() -> None:
     pending: Deferred[Any] = Deferred()
     peer = Peer(FakeHandler({"slow": lambda r: pending}))
     peer.initialize("2025-03-26")
-    peer.feed([jsonrpc.request(1, "slow"), jsonrpc.request(2, "ping")])
+    peer.send([jsonrpc.request(1, "slow"), jsonrpc.request(2, "ping")])
     peer.notify("notifications/cancelled", {"requestId": 1})
     (replies,) = peer.take()
     assert replies == [{"jsonrpc": "2.0", "id": 2, "result": {}}]
@@ -392,7 +286,7 @@ def test_cancelled_batch_element_is_left_out_of_the_reply() -> None:
 def test_bad_result_in_a_batch_does_not_lose_the_batch() -> None:
     peer = Peer(FakeHandler({"bad": lambda r: object()}))
     peer.initialize("2025-03-26")
-    peer.feed([jsonrpc.request(1, "bad"), jsonrpc.request(2, "ping")])
+    peer.send([jsonrpc.request(1, "bad"), jsonrpc.request(2, "ping")])
     (replies,) = peer.take()
     by_id = {reply["id"]: reply for reply in replies}
     assert error_code(by_id[1]) == -32603
@@ -411,8 +305,8 @@ def test_no_head_of_line_blocking() -> None:
 
     peer = Peer(FakeHandler({"wait": wait}))
     peer.initialize()
-    peer.call(1, "wait", {"name": "first"})
-    peer.call(2, "wait", {"name": "second"})
+    peer.request("wait", {"name": "first"}, id=1)
+    peer.request("wait", {"name": "second"}, id=2)
     assert peer.take() == []
     assert peer.session.in_flight == 2
     deferreds["second"].callback("b")
@@ -427,23 +321,23 @@ def test_max_in_flight_refuses_the_request_over_the_limit() -> None:
 
     peer = Peer(FakeHandler({"wait": wait}), max_in_flight=2)
     peer.initialize()
-    peer.call(1, "wait")
-    peer.call(2, "wait")
-    peer.call(3, "wait")
+    peer.request("wait", id=1)
+    peer.request("wait", id=2)
+    peer.request("wait", id=3)
     (busy,) = peer.take()
     assert busy["id"] == 3
     assert error_code(busy) == SERVER_BUSY == -32000
     assert busy["error"]["data"] == {"limit": 2}
     assert len(deferreds) == 2  # the third never reached the handler
-    peer.call(4, "ping")  # ping needs no slot
+    peer.request("ping", id=4)  # ping needs no slot
     assert result(peer.take()[0]) == {}
     deferreds[0].callback("one")
     deferreds[1].callback("two")
     assert peer.take() == [{"jsonrpc": "2.0", "id": 1, "result": "one"},
                            {"jsonrpc": "2.0", "id": 2, "result": "two"}]
     # The slots were released: two more are accepted.
-    peer.call(5, "wait")
-    peer.call(6, "wait")
+    peer.request("wait", id=5)
+    peer.request("wait", id=6)
     assert peer.take() == []
     assert peer.session.in_flight == 2
     assert len(deferreds) == 4
@@ -454,11 +348,11 @@ def test_failed_and_cancelled_requests_release_their_slots() -> None:
 
     peer = Peer(FakeHandler({"wait": wait}), max_in_flight=1)
     peer.initialize()
-    peer.call(1, "wait")
+    peer.request("wait", id=1)
     deferreds[0].errback(RPCError(-32602, "bad"))
-    peer.call(2, "wait")
+    peer.request("wait", id=2)
     peer.notify("notifications/cancelled", {"requestId": 2})
-    peer.call(3, "wait")
+    peer.request("wait", id=3)
     assert peer.session.in_flight == 1
     assert [reply["id"] for reply in peer.take()] == [1]
 
@@ -467,11 +361,11 @@ def test_duplicate_id_in_flight_is_refused() -> None:
     pending: Deferred[Any] = Deferred()
     peer = Peer(FakeHandler({"wait": lambda r: pending}))
     peer.initialize()
-    peer.call(7, "wait")
-    peer.call(7, "echo", {})
+    peer.request("wait", id=7)
+    peer.request("echo", {}, id=7)
     (reply,) = peer.take()
     assert (reply["id"], error_code(reply)) == (7, INVALID_REQUEST)
-    peer.call("7", "echo", {"s": 1})  # a string id is a different id
+    peer.request("echo", {"s": 1}, id="7")  # a string id is a different id
     assert result(peer.take()[0]) == {"s": 1}
     pending.callback(1)
     assert peer.take() == [{"jsonrpc": "2.0", "id": 7, "result": 1}]
@@ -485,7 +379,7 @@ def test_cancelled_notification_cancels_the_handler_and_suppresses_the_answer() 
     pending: Deferred[Any] = Deferred(cancelled.append)
     peer = Peer(FakeHandler({"wait": lambda r: pending}))
     peer.initialize()
-    peer.call("job", "wait")
+    peer.request("wait", id="job")
     peer.notify("notifications/cancelled", {"requestId": "job", "reason": "user"})
     assert cancelled == [pending]
     assert peer.handler.requests[0].cancelled
@@ -498,7 +392,7 @@ def test_no_answer_even_if_the_handler_finishes_after_cancellation() -> None:
     pending: Deferred[Any] = Deferred(lambda d: d.callback("result anyway"))
     peer = Peer(FakeHandler({"wait": lambda r: pending}))
     peer.initialize()
-    peer.call(1, "wait")
+    peer.request("wait", id=1)
     peer.notify("notifications/cancelled", {"requestId": 1})
     assert pending.called
     assert peer.take() == []
@@ -517,7 +411,7 @@ def test_handler_that_ignores_cancellation_is_not_answered() -> None:
     second: Deferred[Any] = Deferred()
     peer = Peer(FakeHandler({"stubborn": stubborn}))
     peer.initialize()
-    peer.call(1, "stubborn")
+    peer.request("stubborn", id=1)
     peer.notify("notifications/cancelled", {"requestId": 1})
     second.callback(None)
     assert peer.take() == []
@@ -528,7 +422,7 @@ def test_cancelling_unknown_ids_is_ignored(request_id: Any) -> None:
     pending: Deferred[Any] = Deferred()
     peer = Peer(FakeHandler({"wait": lambda r: pending}))
     peer.initialize()
-    peer.call(1, "wait")
+    peer.request("wait", id=1)
     peer.notify("notifications/cancelled", {"requestId": request_id})
     peer.notify("notifications/cancelled", {})
     peer.notify("notifications/cancelled", [1])
@@ -552,7 +446,7 @@ def test_coroutine_handler_sees_cancelled_error() -> None:
 
     peer = Peer(FakeHandler({"coro": handler}))
     peer.initialize()
-    peer.call(1, "coro")
+    peer.request("coro", id=1)
     assert seen == []
     peer.notify("notifications/cancelled", {"requestId": 1})
     assert seen == ["cancelled"]
@@ -576,7 +470,7 @@ def test_cancelled_tool_of_the_real_server_is_not_answered() -> None:
 
     peer = Peer(server)
     peer.initialize()
-    peer.call(1, "tools/call", {"name": "slow"})
+    peer.request("tools/call", {"name": "slow"}, id=1)
     peer.notify("notifications/cancelled", {"requestId": 1})
     assert seen == ["cancelled"]
     assert peer.take() == []
@@ -589,7 +483,7 @@ def test_handler_timeout_cancels_and_answers_request_timeout() -> None:
     cancelled: list[Deferred[Any]] = []
     peer = Peer(FakeHandler({"wait": lambda r: Deferred(cancelled.append)}), handler_timeout=5)
     peer.initialize()
-    peer.call("t", "wait")
+    peer.request("wait", id="t")
     peer.clock.advance(4.9)
     assert peer.take() == []
     assert cancelled == []
@@ -605,7 +499,7 @@ def test_handler_timeout_timer_is_stopped_when_the_handler_finishes() -> None:
     pending: Deferred[Any] = Deferred()
     peer = Peer(FakeHandler({"wait": lambda r: pending}), handler_timeout=5)
     peer.initialize()
-    peer.call(1, "wait")
+    peer.request("wait", id=1)
     assert len(peer.clock.getDelayedCalls()) == 1
     pending.callback("quick")
     assert peer.clock.getDelayedCalls() == []
@@ -626,7 +520,7 @@ def test_handler_timeout_cancels_a_coroutine() -> None:
 
     peer = Peer(FakeHandler({"coro": handler}), handler_timeout=1)
     peer.initialize()
-    peer.call(1, "coro")
+    peer.request("coro", id=1)
     peer.clock.advance(1)
     assert seen == ["cancelled"]
     (reply,) = peer.take()
@@ -645,7 +539,7 @@ def test_report_progress_uses_the_requests_token() -> None:
 
     peer = Peer(FakeHandler({"wait": wait}))
     peer.initialize("2025-03-26")
-    peer.call(1, "wait", {"_meta": {"progressToken": "tok"}})
+    peer.request("wait", {"_meta": {"progressToken": "tok"}}, id=1)
     (request,) = requests
     assert request.progress_token == "tok"
     request.report_progress(1, 10, "started")
@@ -663,7 +557,7 @@ def test_integer_and_empty_tokens_are_echoed(token: str | int) -> None:
     requests: list[IncomingRequest] = []
     peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or Deferred()}))
     peer.initialize()
-    peer.call(1, "wait", {"_meta": {"progressToken": token}})
+    peer.request("wait", {"_meta": {"progressToken": token}}, id=1)
     requests[0].report_progress(1)
     (notification,) = peer.take()
     assert notification["params"]["progressToken"] == token
@@ -673,7 +567,7 @@ def test_progress_must_increase() -> None:
     requests: list[IncomingRequest] = []
     peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or Deferred()}))
     peer.initialize()
-    peer.call(1, "wait", {"_meta": {"progressToken": 9}})
+    peer.request("wait", {"_meta": {"progressToken": 9}}, id=1)
     requests[0].report_progress(5)
     with pytest.raises(ValueError):
         requests[0].report_progress(5)
@@ -688,8 +582,8 @@ def test_no_token_no_progress() -> None:
     requests: list[IncomingRequest] = []
     peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or Deferred()}))
     peer.initialize()
-    peer.call(1, "wait", {"_meta": {}})
-    peer.call(2, "wait")
+    peer.request("wait", {"_meta": {}}, id=1)
+    peer.request("wait", id=2)
     for request in requests:
         assert request.progress_token is None
         request.report_progress(1)
@@ -701,7 +595,7 @@ def test_progress_message_only_from_2025_03_26() -> None:
     requests: list[IncomingRequest] = []
     peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or Deferred()}))
     peer.initialize("2024-11-05")
-    peer.call(1, "wait", {"_meta": {"progressToken": "t"}})
+    peer.request("wait", {"_meta": {"progressToken": "t"}}, id=1)
     requests[0].report_progress(1, 2, "hidden")
     (notification,) = peer.take()
     assert notification["params"] == {"progressToken": "t", "progress": 1, "total": 2}
@@ -718,8 +612,8 @@ def test_no_progress_after_cancellation_or_answer() -> None:
 
     peer = Peer(FakeHandler({"wait": wait}))
     peer.initialize()
-    peer.call(1, "wait", {"_meta": {"progressToken": "a"}})
-    peer.call(2, "wait", {"_meta": {"progressToken": "b"}})
+    peer.request("wait", {"_meta": {"progressToken": "a"}}, id=1)
+    peer.request("wait", {"_meta": {"progressToken": "b"}}, id=2)
     peer.notify("notifications/cancelled", {"requestId": 1})
     deferreds[1].callback("done")
     peer.take()
@@ -735,7 +629,7 @@ def test_synchronous_handler_can_report_progress() -> None:
 
     peer = Peer(FakeHandler({"work": work}))
     peer.initialize()
-    peer.call(1, "work", {"_meta": {"progressToken": "p"}})
+    peer.request("work", {"_meta": {"progressToken": "p"}}, id=1)
     progress, reply = peer.take()
     assert progress["params"] == {"progressToken": "p", "progress": 1, "total": 1}
     assert result(reply) == "done"
@@ -754,7 +648,7 @@ def test_tool_reports_progress_before_its_first_wait() -> None:
 
     peer = Peer(server)
     peer.initialize()
-    peer.call(1, "tools/call", {"name": "work", "_meta": {"progressToken": "w"}})
+    peer.request("tools/call", {"name": "work", "_meta": {"progressToken": "w"}}, id=1)
     gate.callback(None)
     first, second, reply = peer.take()
     assert first["params"] == {"progressToken": "w", "progress": 1, "total": 2}
@@ -766,7 +660,7 @@ def test_tool_reports_progress_before_its_first_wait() -> None:
 
 
 def ready_client(**options: Any) -> Peer:
-    peer = Peer(role=Role.CLIENT, **options)
+    peer = Peer(FakeHandler(), role=Role.CLIENT, **options)
     peer.session.state = State.READY
     return peer
 
@@ -779,12 +673,12 @@ def test_outgoing_request_is_correlated_by_id() -> None:
         {"jsonrpc": "2.0", "id": 0, "method": "tools/list"},
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}},
     ]
-    peer.feed({"jsonrpc": "2.0", "id": "1", "result": "wrong"})  # a string id is not our 1
+    peer.send({"jsonrpc": "2.0", "id": "1", "result": "wrong"})  # a string id is not our 1
     assert not second.called
-    peer.feed(jsonrpc.response(1, {"second": True}))
-    peer.feed(jsonrpc.response(0, {"first": True}))
-    assert success_of(second) == {"second": True}
-    assert success_of(first) == {"first": True}
+    peer.send(jsonrpc.response(1, {"second": True}))
+    peer.send(jsonrpc.response(0, {"first": True}))
+    assert result_of(second) == {"second": True}
+    assert result_of(first) == {"first": True}
     assert peer.session.waiting == 0
     assert peer.take() == []
 
@@ -792,7 +686,7 @@ def test_outgoing_request_is_correlated_by_id() -> None:
 def test_error_response_fails_with_rpc_error() -> None:
     peer = ready_client()
     d = peer.session.request("tools/call")
-    peer.feed(jsonrpc.error_response(0, RPCError(-32602, "Unknown tool", {"name": "x"})))
+    peer.send(jsonrpc.error_response(0, RPCError(-32602, "Unknown tool", {"name": "x"})))
     error = failure_of(d).value
     assert isinstance(error, RPCError)
     assert (error.code, error.message, error.data) == (-32602, "Unknown tool", {"name": "x"})
@@ -810,8 +704,8 @@ def test_outgoing_request_times_out_and_sends_cancelled() -> None:
     assert (error.method, error.timeout) == ("sampling/createMessage", 30)
     assert peer.take() == [{"jsonrpc": "2.0", "method": "notifications/cancelled",
                             "params": {"requestId": 0, "reason": "timed out"}}]
-    peer.feed(jsonrpc.response(0, "late"))  # ignored
-    peer.feed(jsonrpc.error_response(0, RPCError(1, "late")))
+    peer.send(jsonrpc.response(0, "late"))  # ignored
+    peer.send(jsonrpc.error_response(0, RPCError(1, "late")))
     assert peer.take() == []
     assert peer.session.waiting == 0
 
@@ -836,15 +730,15 @@ def test_cancelling_an_outgoing_request_sends_cancelled() -> None:
     assert peer.take() == [{"jsonrpc": "2.0", "method": "notifications/cancelled",
                             "params": {"requestId": 0, "reason": "cancelled"}}]
     assert peer.clock.getDelayedCalls() == []
-    peer.feed(jsonrpc.response(0, {"roots": []}))  # late: ignored
+    peer.send(jsonrpc.response(0, {"roots": []}))  # late: ignored
     assert peer.take() == []
 
 
 def test_answered_request_cancels_its_timer() -> None:
     peer = ready_client()
     d = peer.session.request("ping")
-    peer.feed(jsonrpc.response(0, {}))
-    assert success_of(d) == {}
+    peer.send(jsonrpc.response(0, {}))
+    assert result_of(d) == {}
     assert peer.clock.getDelayedCalls() == []
     d.cancel()  # too late: nothing happens
     peer.take()
@@ -879,8 +773,8 @@ def test_a_raising_progress_callback_does_not_break_the_session() -> None:
     peer = ready_client()
     d = peer.session.request("x", on_progress=boom)
     peer.notify("notifications/progress", {"progressToken": 0, "progress": 1})
-    peer.feed(jsonrpc.response(0, "ok"))
-    assert success_of(d) == "ok"
+    peer.send(jsonrpc.response(0, "ok"))
+    assert result_of(d) == "ok"
 
 
 # -- close ---------------------------------------------------------------------------
@@ -891,7 +785,7 @@ def test_close_fails_waiting_requests_and_cancels_running_handlers() -> None:
     pending: Deferred[Any] = Deferred(cancelled.append)
     peer = Peer(FakeHandler({"wait": lambda r: pending}), handler_timeout=5)
     peer.initialize()
-    peer.call(1, "wait")
+    peer.request("wait", id=1)
     waiting = peer.session.request("roots/list")
     peer.take()
     peer.session.close("bye")
@@ -911,10 +805,10 @@ def test_nothing_is_sent_after_close() -> None:
     requests: list[IncomingRequest] = []
     peer = Peer(FakeHandler({"wait": lambda r: requests.append(r) or pending}))
     peer.initialize()
-    peer.call(1, "wait", {"_meta": {"progressToken": 1}})
+    peer.request("wait", {"_meta": {"progressToken": 1}}, id=1)
     peer.session.close()
-    peer.call(2, "ping")
-    peer.feed("not json")
+    peer.request("ping", id=2)
+    peer.send("not json")
     peer.session.notify("notifications/message", {"level": "info", "data": "x"})
     requests[0].report_progress(1)
     late = peer.session.request("ping")
@@ -933,7 +827,7 @@ def test_close_while_the_handler_runs_cancels_what_it_returns() -> None:
 
     peer = Peer(FakeHandler({"closing": closing}))
     peer.initialize()
-    peer.call(1, "closing")
+    peer.request("closing", id=1)
     assert cancelled == [returned]
     assert peer.take() == []
 
@@ -942,7 +836,7 @@ def test_close_while_the_handler_runs_cancels_what_it_returns() -> None:
 
 
 def test_client_initialize_handshake() -> None:
-    peer = Peer(role=Role.CLIENT)
+    peer = Peer(FakeHandler(), role=Role.CLIENT)
     d = peer.session.initialize({"name": "cli", "version": "1"}, {"roots": {"listChanged": True}})
     assert peer.session.state is State.INITIALIZING
     (sent,) = peer.take()
@@ -951,8 +845,8 @@ def test_client_initialize_handshake() -> None:
         "clientInfo": {"name": "cli", "version": "1"}}}
     server_result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": True}},
                      "serverInfo": {"name": "srv", "version": "2"}}
-    peer.feed(jsonrpc.response(0, server_result))
-    assert success_of(d) == server_result
+    peer.send(jsonrpc.response(0, server_result))
+    assert result_of(d) == server_result
     assert peer.take() == [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
     assert peer.session.state is State.READY
     assert peer.session.protocol_version == "2025-06-18"
@@ -969,10 +863,10 @@ def test_client_initialize_handshake() -> None:
     "not an object",
 ])
 def test_client_initialize_fails_on_an_unsupported_version(answer: Any) -> None:
-    peer = Peer(role=Role.CLIENT)
+    peer = Peer(FakeHandler(), role=Role.CLIENT)
     d = peer.session.initialize({"name": "cli", "version": "1"}, {}, "2024-11-05")
     peer.take()
-    peer.feed(jsonrpc.response(0, answer))
+    peer.send(jsonrpc.response(0, answer))
     assert failure_of(d).check(LocalProtocolError)  # this side's check, not an answer from the peer
     assert peer.take() == []  # no notifications/initialized
     assert peer.session.state is not State.READY
@@ -980,7 +874,7 @@ def test_client_initialize_fails_on_an_unsupported_version(answer: Any) -> None:
 
 
 def test_client_initialize_timeout_sends_no_cancellation() -> None:
-    peer = Peer(role=Role.CLIENT, request_timeout=5)
+    peer = Peer(FakeHandler(), role=Role.CLIENT, request_timeout=5)
     d = peer.session.initialize({"name": "cli", "version": "1"}, {})
     peer.take()
     peer.clock.advance(5)
@@ -989,7 +883,7 @@ def test_client_initialize_timeout_sends_no_cancellation() -> None:
 
 
 def test_client_initialize_on_a_closed_session_fails() -> None:
-    peer = Peer(role=Role.CLIENT)
+    peer = Peer(FakeHandler(), role=Role.CLIENT)
     peer.session.close()
     d = peer.session.initialize({"name": "cli", "version": "1"}, {})
     assert failure_of(d).check(ConnectionLost)
@@ -1000,11 +894,11 @@ def test_client_initialize_on_a_closed_session_fails() -> None:
 def test_client_answers_server_requests_and_refuses_initialize() -> None:
     peer = Peer(FakeHandler({"roots/list": lambda r: {"roots": []}}), role=Role.CLIENT)
     peer.session.initialize({"name": "cli", "version": "1"}, {"roots": {}})
-    peer.feed(jsonrpc.response(0, {"protocolVersion": "2025-11-25", "capabilities": {}}))
+    peer.send(jsonrpc.response(0, {"protocolVersion": "2025-11-25", "capabilities": {}}))
     peer.take()
-    peer.call("s1", "roots/list")
-    peer.call("s2", "initialize", {"protocolVersion": "2025-11-25"})
-    peer.call("s3", "ping")
+    peer.request("roots/list", id="s1")
+    peer.request("initialize", {"protocolVersion": "2025-11-25"}, id="s2")
+    peer.request("ping", id="s3")
     peer.notify("notifications/tools/list_changed")
     roots, init, ping = peer.take()
     assert result(roots) == {"roots": []}
@@ -1031,7 +925,7 @@ def context_for(capabilities: dict[str, Any], version: str = "2025-11-25") -> tu
     contexts: list[Context] = []
     peer = Peer(server_with_context(contexts))
     peer.initialize(version, capabilities)
-    peer.call(1, "tools/call", {"name": "grab"})
+    peer.request("tools/call", {"name": "grab"}, id=1)
     assert result(peer.take()[0])["content"] == [{"type": "text", "text": "grabbed"}]
     return peer, contexts[0]
 
@@ -1074,8 +968,8 @@ def test_sample_is_sent_and_correlated() -> None:
     assert sent["params"] == {"messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
                               "maxTokens": 50, "systemPrompt": "short"}
     answer = {"role": "assistant", "content": {"type": "text", "text": "hello"}, "model": "m"}
-    peer.feed(jsonrpc.response(sent["id"], answer))
-    assert success_of(d) == answer
+    peer.send(jsonrpc.response(sent["id"], answer))
+    assert result_of(d) == answer
 
 
 def test_list_roots_is_sent_and_correlated() -> None:
@@ -1083,8 +977,8 @@ def test_list_roots_is_sent_and_correlated() -> None:
     d = ctx.list_roots()
     (sent,) = peer.take()
     assert sent["method"] == "roots/list" and "params" not in sent
-    peer.feed(jsonrpc.response(sent["id"], {"roots": [{"uri": "file:///tmp"}]}))
-    assert success_of(d) == [{"uri": "file:///tmp"}]
+    peer.send(jsonrpc.response(sent["id"], {"roots": [{"uri": "file:///tmp"}]}))
+    assert result_of(d) == [{"uri": "file:///tmp"}]
 
 
 @pytest.mark.parametrize(("elicitation", "mode"), [({}, None), ({"form": {}, "url": {}}, "form")])
@@ -1096,8 +990,8 @@ def test_elicit_is_sent_and_correlated(elicitation: dict[str, Any], mode: str | 
     assert sent["method"] == "elicitation/create"
     assert sent["params"].get("mode") == mode
     assert sent["params"]["requestedSchema"] == schema
-    peer.feed(jsonrpc.response(sent["id"], {"action": "accept", "content": {"name": "Ada"}}))
-    assert success_of(d) == {"action": "accept", "content": {"name": "Ada"}}
+    peer.send(jsonrpc.response(sent["id"], {"action": "accept", "content": {"name": "Ada"}}))
+    assert result_of(d) == {"action": "accept", "content": {"name": "Ada"}}
 
 
 def test_elicit_url_is_sent_and_correlated() -> None:
@@ -1106,7 +1000,7 @@ def test_elicit_url_is_sent_and_correlated() -> None:
     (sent,) = peer.take()
     assert sent["params"] == {"mode": "url", "message": "Pay", "url": "https://example.com/pay",
                               "elicitationId": "e1"}
-    peer.feed(jsonrpc.error_response(sent["id"], RPCError(-32600, "declined by policy")))
+    peer.send(jsonrpc.error_response(sent["id"], RPCError(-32600, "declined by policy")))
     assert failure_of(d).value.code == -32600
 
 
@@ -1140,10 +1034,10 @@ def test_tool_awaits_sampling_from_the_client() -> None:
 
     peer = Peer(server)
     peer.initialize(capabilities={"sampling": {}})
-    peer.call("call", "tools/call", {"name": "ask", "arguments": {"question": "why?"}})
+    peer.request("tools/call", {"name": "ask", "arguments": {"question": "why?"}}, id="call")
     (sent,) = peer.take()
     assert sent["method"] == "sampling/createMessage"
-    peer.feed(jsonrpc.response(sent["id"], {"role": "assistant", "model": "m",
+    peer.send(jsonrpc.response(sent["id"], {"role": "assistant", "model": "m",
                                             "content": {"type": "text", "text": "because"}}))
     (reply,) = peer.take()
     assert reply["id"] == "call"
@@ -1160,13 +1054,13 @@ def test_cancelling_a_tool_cancels_its_request_to_the_client() -> None:
 
     peer = Peer(server)
     peer.initialize(capabilities={"sampling": {}})
-    peer.call("call", "tools/call", {"name": "ask"})
+    peer.request("tools/call", {"name": "ask"}, id="call")
     (sent,) = peer.take()
     peer.notify("notifications/cancelled", {"requestId": "call"})
     assert peer.take() == [{"jsonrpc": "2.0", "method": "notifications/cancelled",
                             "params": {"requestId": sent["id"], "reason": "cancelled"}}]
     assert (peer.session.in_flight, peer.session.waiting) == (0, 0)
-    peer.feed(jsonrpc.response(sent["id"], {"role": "assistant", "model": "m", "content": {}}))
+    peer.send(jsonrpc.response(sent["id"], {"role": "assistant", "model": "m", "content": {}}))
     assert peer.take() == []
 
 
@@ -1185,7 +1079,7 @@ def test_closing_the_session_fails_a_tools_client_request() -> None:
 
     peer = Peer(server)
     peer.initialize(capabilities={"roots": {}})
-    peer.call(1, "tools/call", {"name": "ask"})
+    peer.request("tools/call", {"name": "ask"}, id=1)
     peer.take()
     peer.session.close()
     assert len(seen) == 1
@@ -1199,8 +1093,8 @@ def test_ensure_deferred_coroutine_result_is_answered() -> None:
 
     peer = Peer(FakeHandler({"coro": answer, "wrapped": lambda r: ensureDeferred(answer(r))}))
     peer.initialize()
-    peer.call(1, "coro")
-    peer.call(2, "wrapped")
+    peer.request("coro", id=1)
+    peer.request("wrapped", id=2)
     assert [result(reply) for reply in peer.take()] == [{"n": 1}, {"n": 1}]
     assert peer.session.in_flight == 0
 
@@ -1213,30 +1107,30 @@ def test_drain_refuses_new_requests_and_fires_when_running_ones_finish() -> None
 
     peer = Peer(FakeHandler({"wait": wait}))
     peer.initialize()
-    peer.call(1, "wait")
+    peer.request("wait", id=1)
     drained = peer.session.drain()
     assert not drained.called
-    peer.call(2, "wait")
+    peer.request("wait", id=2)
     (refused,) = peer.take()
     assert refused["id"] == 2 and error_code(refused) == SERVER_SHUTTING_DOWN == -32003
     assert len(deferreds) == 1
-    peer.call(3, "ping")  # liveness checks still work while draining
+    peer.request("ping", id=3)  # liveness checks still work while draining
     assert result(peer.take()[0]) == {}
     deferreds[0].callback("done")
     assert peer.take() == [{"jsonrpc": "2.0", "id": 1, "result": "done"}]
-    assert success_of(drained) is None
+    assert result_of(drained) is None
 
 
 def test_drain_of_an_idle_session_fires_at_once_and_close_releases_waiters() -> None:
     peer = Peer(FakeHandler({"wait": lambda request: Deferred()}))
     peer.initialize()
-    assert success_of(peer.session.drain()) is None
+    assert result_of(peer.session.drain()) is None
     busy = Peer(FakeHandler({"wait": lambda request: Deferred()}))
     busy.initialize()
-    busy.call(1, "wait")
+    busy.request("wait", id=1)
     drained = busy.session.drain()
     busy.session.close()
-    assert success_of(drained) is None
+    assert result_of(drained) is None
 
 
 # -- review findings ---------------------------------------------------------------
@@ -1252,7 +1146,7 @@ def test_a_fired_deferred_waiting_on_a_chained_one_is_still_timed_out() -> None:
 
     peer = Peer(FakeHandler({"chained": chained}), handler_timeout=5)
     peer.initialize()
-    peer.call(1, "chained")
+    peer.request("chained", id=1)
     assert peer.take() == [] and peer.session.in_flight == 1
     peer.clock.advance(5)
     (reply,) = peer.take()
@@ -1261,7 +1155,7 @@ def test_a_fired_deferred_waiting_on_a_chained_one_is_still_timed_out() -> None:
 
 
 def test_progress_restarts_the_timeout_but_not_forever() -> None:
-    peer = Peer(role=Role.CLIENT)
+    peer = Peer(FakeHandler(), role=Role.CLIENT)
     seen: list[float] = []
     d = peer.session.request("tools/call", {"name": "x"}, timeout=10,
                              on_progress=lambda p, t, m: seen.append(p))
@@ -1279,7 +1173,7 @@ def test_progress_restarts_the_timeout_but_not_forever() -> None:
 
 
 def test_a_request_whose_params_are_not_json_fails_and_leaves_nothing_behind() -> None:
-    peer = Peer(role=Role.CLIENT)
+    peer = Peer(FakeHandler(), role=Role.CLIENT)
     d = peer.session.request("tools/call", {"value": object()})
     assert isinstance(failure_of(d).value, TypeError)
     assert peer.session.waiting == 0 and peer.take() == []
@@ -1291,9 +1185,9 @@ def test_requests_refused_at_a_limit_are_observed_as_refused() -> None:
     peer = Peer(FakeHandler({"wait": lambda request: Deferred()}), max_in_flight=1,
                 observer=lambda method, outcome, seconds: observed.append((method, outcome)))
     peer.initialize()
-    peer.call(1, "wait")
-    peer.call(2, "wait")
+    peer.request("wait", id=1)
+    peer.request("wait", id=2)
     peer.session.drain()
-    peer.call(3, "wait")
+    peer.request("wait", id=3)
     assert [error_code(reply) for reply in peer.take()] == [SERVER_BUSY, SERVER_SHUTTING_DOWN]
     assert observed == [("wait", "refused"), ("wait", "refused")]

@@ -9,28 +9,17 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 
 from mcp_twisted.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RPCError
 from mcp_twisted.protocol import SERVER_BUSY, SERVER_SHUTTING_DOWN
 from mcp_twisted.server import Context, MCPServer
-from tests.test_session import FakeHandler, Peer, error_code, result, waiting_route
-
-
-@pytest.fixture
-def events():
-    captured: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(captured.append)
-    yield captured
-    globalLogPublisher.removeObserver(captured.append)
-
-
-def formats(events: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
-    return [e for e in events if (e.get("log_format") or "").startswith(prefix)]
+from mcp_twisted.testing import Peer
+from tests.support import FakeHandler, error_code, find, result, waiting_route
 
 
 def batch_peer(handler: Any = None, **options: Any) -> Peer:
-    peer = Peer(handler, **options)
+    peer = Peer(handler if handler is not None else FakeHandler(), **options)
     peer.initialize("2025-03-26")
     return peer
 
@@ -40,13 +29,13 @@ def batch_peer(handler: Any = None, **options: Any) -> Peer:
 
 def test_a_batch_over_the_item_limit_gets_one_error_and_runs_nothing(events) -> None:
     peer = batch_peer(max_batch_size=8)
-    peer.feed([{"jsonrpc": "2.0", "id": i, "method": "echo"} for i in range(1000)])
+    peer.send([{"jsonrpc": "2.0", "id": i, "method": "echo"} for i in range(1000)])
     (reply,) = peer.take()
     assert error_code(reply) == INVALID_REQUEST and reply["id"] is None
     assert reply["error"]["data"] == {"limit": 8}
     assert peer.handler.requests == []
-    assert len(formats(events, "Refused a batch")) == 1
-    peer.call("ok", "echo", {"x": 1})  # the session carries on
+    assert len(find(events, "Refused a batch")) == 1
+    peer.request("echo", {"x": 1}, id="ok")  # the session carries on
     assert result(peer.take()[0]) == {"x": 1}
 
 
@@ -54,7 +43,7 @@ def test_a_batch_counts_against_the_in_flight_limit_and_logs_its_refusals_once(e
     # Quick handlers free their slot at once, but their answers wait in the
     # batch: without counting the batch, one message could run any number.
     peer = batch_peer(max_in_flight=10, max_batch_size=100)
-    peer.feed([{"jsonrpc": "2.0", "id": i, "method": "echo", "params": {"i": i}} for i in range(100)])
+    peer.send([{"jsonrpc": "2.0", "id": i, "method": "echo", "params": {"i": i}} for i in range(100)])
     (replies,) = peer.take()
     assert len(replies) == 100
     answered = [r for r in replies if "result" in r]
@@ -62,7 +51,7 @@ def test_a_batch_counts_against_the_in_flight_limit_and_logs_its_refusals_once(e
     assert [r["id"] for r in answered] == list(range(10))
     assert {error_code(r) for r in refused} == {SERVER_BUSY}
     assert len(refused) == 90
-    (line,) = formats(events, "Refused {count} request")
+    (line,) = find(events, "Refused {count} request")
     assert line["count"] == 90
 
 
@@ -71,14 +60,16 @@ def test_refusals_at_the_in_flight_limit_are_logged_once_per_interval(events) ->
     peer = Peer(FakeHandler({"wait": route}), max_in_flight=2)
     peer.initialize()
     for i in range(500):
-        peer.call(i, "wait")
+        peer.request("wait", id=i)
     replies = peer.take()
     assert len(replies) == 498 and {error_code(r) for r in replies} == {SERVER_BUSY}
-    assert len(formats(events, "Refused {count} request")) == 1
-    peer.clock.advance(11)
-    peer.call("late", "wait")
-    (line_one, line_two) = formats(events, "Refused {count} request")
-    assert (line_one["count"], line_two["count"]) == (1, 498)
+    assert len(find(events, "Refused {count} request")) == 1
+    peer.clock.advance(10)  # the interval ends: the rest of the burst is reported, not lost
+    assert [line["count"] for line in find(events, "Refused {count} request")] == [1, 497]
+    peer.request("wait", id="late")
+    assert len(find(events, "Refused {count} request")) == 2  # within the next interval: held
+    peer.clock.advance(10)
+    assert [line["count"] for line in find(events, "Refused {count} request")] == [1, 497, 1]
 
 
 # -- answers too large to send ---------------------------------------------------
@@ -91,22 +82,22 @@ def test_an_answer_over_the_message_limit_becomes_an_error_answer(asynchronous: 
     route = (lambda request: gate) if asynchronous else (lambda request: big)
     peer = Peer(FakeHandler({"big": route}), max_message_size=1000)
     peer.initialize()
-    peer.call(1, "big")
+    peer.request("big", id=1)
     if asynchronous:
         gate.callback(big)
     (reply,) = peer.take()
     assert reply["id"] == 1 and error_code(reply) == INTERNAL_ERROR
     assert "too large" in reply["error"]["message"]
     assert reply["error"]["data"]["limit"] == 1000
-    assert len(formats(events, "Answer to {method} is {size} bytes")) == 1
-    peer.call(2, "echo", {"small": True})  # the same session goes on
+    assert len(find(events, "Answer to {method} is {size} bytes")) == 1
+    peer.request("echo", {"small": True}, id=2)  # the same session goes on
     assert result(peer.take()[0]) == {"small": True}
 
 
 def test_a_batch_too_large_in_all_loses_only_its_largest_answers() -> None:
     sizes = {1: 600, 2: 10, 3: 700, 4: 20}
     peer = batch_peer(FakeHandler({"make": lambda request: "y" * sizes[request.id]}), max_message_size=1000)
-    peer.feed([{"jsonrpc": "2.0", "id": i, "method": "make"} for i in sizes])
+    peer.send([{"jsonrpc": "2.0", "id": i, "method": "make"} for i in sizes])
     (replies,) = peer.take()
     by_id = {r["id"]: r for r in replies}
     assert error_code(by_id[3]) == INTERNAL_ERROR  # the largest gave way
@@ -115,7 +106,7 @@ def test_a_batch_too_large_in_all_loses_only_its_largest_answers() -> None:
 
 
 def test_a_notification_over_the_message_limit_is_dropped_not_sent() -> None:
-    peer = Peer(max_message_size=1000)
+    peer = Peer(FakeHandler(), max_message_size=1000)
     peer.initialize()
     peer.session.notify("notifications/message", {"level": "info", "data": "z" * 5000})
     assert peer.take() == []
@@ -173,10 +164,11 @@ def test_progress_and_log_wait_for_a_slow_peer_and_resume() -> None:
     flow = Flow()
     peer = Peer(progress_app(), flow=flow)
     peer.initialize()
-    peer.call("level", "logging/setLevel", {"level": "info"})
+    peer.request("logging/setLevel", {"level": "info"}, id="level")
     peer.take()
     flow.full = True
-    peer.call(1, "tools/call", {"name": "count", "arguments": {"n": 3}, "_meta": {"progressToken": "t"}})
+    peer.request("tools/call", {"name": "count", "arguments": {"n": 3}, "_meta": {"progressToken": "t"}},
+                 id=1)
     # While the peer is behind, the first progress is dropped (droppable) and
     # the handler waits for room instead of producing more.
     assert peer.take() == [] and len(flow.waiters) == 1
@@ -193,10 +185,11 @@ def test_a_handler_that_does_not_wait_has_its_progress_dropped_while_congested(e
     peer = Peer(progress_app(), flow=flow)
     peer.initialize()
     flow.full = True
-    peer.call(1, "tools/call", {"name": "spray", "arguments": {"n": 10000}, "_meta": {"progressToken": 7}})
+    peer.request("tools/call", {"name": "spray", "arguments": {"n": 10000}, "_meta": {"progressToken": 7}},
+                 id=1)
     (answer,) = peer.take()  # no progress went out; the answer is never dropped
     assert answer["id"] == 1 and result(answer)["content"][0]["text"] == "10000"
-    (line,) = formats(events, "Dropped {count} progress")
+    (line,) = find(events, "Dropped {count} progress")
     assert line["count"] == 1  # the first drop is logged; the rest are counted for the next line
 
 
@@ -206,8 +199,8 @@ def test_a_handler_that_does_not_wait_has_its_progress_dropped_while_congested(e
 def test_abort_running_answers_every_running_request_once() -> None:
     route, waiting = waiting_route()
     peer = batch_peer(FakeHandler({"wait": route}))
-    peer.call(1, "wait")
-    peer.feed([{"jsonrpc": "2.0", "id": 2, "method": "wait"}, {"jsonrpc": "2.0", "id": 3, "method": "echo"}])
+    peer.request("wait", id=1)
+    peer.send([{"jsonrpc": "2.0", "id": 2, "method": "wait"}, {"jsonrpc": "2.0", "id": 3, "method": "echo"}])
     assert peer.take() == []
     count = peer.session.abort_running(RPCError(SERVER_SHUTTING_DOWN, "shutting down"))
     assert count == 2
@@ -227,6 +220,6 @@ def test_a_failing_handler_is_logged_at_error_not_critical(events) -> None:
 
     peer = Peer(FakeHandler({"boom": boom}))
     peer.initialize()
-    peer.call(1, "boom")
+    peer.request("boom", id=1)
     (logged,) = [e for e in events if "error_id" in e]
     assert logged["log_level"] == LogLevel.error

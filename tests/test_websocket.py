@@ -1,14 +1,13 @@
-"""The WebSocket transport over real sockets on 127.0.0.1."""
+"""The WebSocket transport over real sockets on 127.0.0.1; the auto-ping timers
+run on a ``task.Clock``."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import task
 
-from mcp_twisted import Context, MCPServer
 from mcp_twisted.session import State
 from mcp_twisted.websocket import (
     MCPServerFactory,
@@ -17,37 +16,12 @@ from mcp_twisted.websocket import (
     is_ip_literal,
     is_loopback_host,
 )
-from tests.support import ProbeClient, connect, handshake, listen, raw_response, stop
+from tests.support import SilentClient, connect, find, handshake, make_app, raw_response, until
 
 
-def make_app() -> tuple[MCPServer, dict[str, Any]]:
-    app = MCPServer("ws-test", "1.0")
-    seen: dict[str, Any] = {"cancelled": 0, "started": defer.Deferred()}
-
-    @app.tool()
-    def echo(text: str) -> str:
-        return text
-
-    @app.tool()
-    async def hang(ctx: Context) -> str:
-        blocker: defer.Deferred[str] = defer.Deferred()
-        seen["started"].callback(ctx.session)
-        try:
-            return await blocker
-        except defer.CancelledError:
-            seen["cancelled"] += 1
-            raise
-
-    return app, seen
-
-
-@pytest_twisted.async_yield_fixture
-async def server():
-    app, seen = make_app()
-    factory = MCPServerFactory(app, max_message_size=1000, allowed_origins=["https://app.example.com"])
-    port = await listen(factory)
-    yield factory, port.getHost().port, seen
-    await stop(port, factory)
+@pytest_twisted.async_fixture
+async def server(served):
+    return await served(max_message_size=1000, allowed_origins=["https://app.example.com"])
 
 
 @pytest_twisted.ensureDeferred
@@ -56,7 +30,7 @@ async def test_echo_roundtrip_and_subprotocol(server):
     client = await connect(port)
     assert client.websocket_protocol_in_use == "mcp"
     reply = await client.initialize()
-    assert reply["result"]["serverInfo"]["name"] == "ws-test"
+    assert reply["result"]["serverInfo"]["name"] == "test-app"
     reply = await client.request(1, "tools/call", {"name": "echo", "arguments": {"text": "hi"}})
     assert reply == {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "hi"}]}}
     assert len(factory.connections) == 1
@@ -158,60 +132,56 @@ async def test_wrong_path_is_404(server):
 
 @pytest_twisted.ensureDeferred
 async def test_close_cancels_handlers_and_empties_registry(server):
-    factory, port, seen = server
+    factory, port, state = server
     client = await connect(port)
     await client.initialize()
     client.send_json({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
                       "params": {"name": "hang", "arguments": {}}})
-    session = await seen["started"]
-    await task.deferLater(reactor, 0)  # "started" fired inside the handler call
+    await until(lambda: state["gates"])
+    (session,) = factory.app.sessions
     assert session.in_flight == 1
     client.transport.abortConnection()
     await client.closed
-    while factory.connections:
-        await task.deferLater(reactor, 0.01)
-    assert seen["cancelled"] == 1
+    await until(lambda: not factory.connections)
+    assert state["cancelled"] == 1
     assert session.in_flight == 0 and session.waiting == 0
     assert factory.app.sessions == []
 
 
-class SilentClient(ProbeClient):
-    answer_pings = False
+@pytest_twisted.ensureDeferred
+async def test_auto_ping_drops_a_silent_peer(served):
+    clock = task.Clock()
+    factory, port, _ = await served(ping_interval=1, ping_timeout=2, clock=clock)
+    client = await connect(port, client=SilentClient)
+    await client.initialize()
+    await client.request("sync", "ping")  # notifications/initialized has arrived, too
+    assert len(factory.connections) == 1 and len(factory.app.sessions) == 1
+    (server_side,) = factory.connections
+    (session,) = factory.app.sessions
+    clock.advance(1)  # a ping goes out, and is never answered
+    assert server_side.autoPingPending
+    clock.advance(1.9)
+    assert server_side.state == WebSocketProtocol.STATE_OPEN
+    clock.advance(0.1)
+    was_clean, _, _ = await client.closed
+    assert not was_clean
+    await until(lambda: not factory.connections)
+    assert session.state is State.CLOSED
+    assert factory.app.sessions == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_auto_ping_drops_a_silent_peer():
-    app, _ = make_app()
-    # Autobahn's timers round down to whole seconds, so sub-second values misfire.
-    factory = MCPServerFactory(app, ping_interval=1, ping_timeout=2)
-    port = await listen(factory)
-    try:
-        client = await connect(port.getHost().port, client=SilentClient)
-        await client.initialize()
-        await client.request("after-initialized", "ping")  # the server has seen notifications/initialized
-        assert len(factory.connections) == 1 and len(app.sessions) == 1
-        (session,) = app.sessions
-        was_clean, _, _ = await client.closed
-        assert session.state is State.CLOSED
-        assert app.sessions == []
-        assert not was_clean
-        assert factory.connections == set()
-    finally:
-        await stop(port, factory)
-
-
-@pytest_twisted.ensureDeferred
-async def test_auto_ping_keeps_a_live_peer():
-    app, _ = make_app()
-    factory = MCPServerFactory(app, ping_interval=1, ping_timeout=2)
-    port = await listen(factory)
-    try:
-        client = await connect(port.getHost().port)
-        await task.deferLater(reactor, 3.5)
-        assert len(factory.connections) == 1
-        assert (await client.request(1, "ping"))["result"] == {}
-    finally:
-        await stop(port, factory)
+async def test_auto_ping_keeps_a_live_peer(served):
+    clock = task.Clock()
+    factory, port, _ = await served(ping_interval=1, ping_timeout=2, clock=clock)
+    client = await connect(port)
+    (server_side,) = factory.connections
+    for _ in range(3):  # three pings, each answered; the third comes after the first's timeout
+        clock.advance(1)
+        assert server_side.autoPingPending
+        await until(lambda: server_side.autoPingPending is None)
+    assert server_side.state == WebSocketProtocol.STATE_OPEN
+    assert (await client.request(1, "ping"))["result"] == {}
 
 
 @pytest.mark.parametrize("values", [{"ping_interval": 0.5}, {"ping_timeout": 0.2}])
@@ -242,16 +212,10 @@ def test_loopback_names():
 
 
 @pytest_twisted.ensureDeferred
-async def test_allowed_hosts_extend_the_loopback_names():
-    app, _ = make_app()
-    factory = MCPServerFactory(app, allowed_hosts=["MCP.example.com"])
-    port = await listen(factory)
-    try:
-        number = port.getHost().port
-        assert (await handshake(number, host="mcp.example.com"))[0] == 101
-        assert (await handshake(number, host="other.example.com"))[0] == 421
-    finally:
-        await stop(port, factory)
+async def test_allowed_hosts_extend_the_loopback_names(served):
+    _, number, _ = await served(allowed_hosts=["MCP.example.com"])
+    assert (await handshake(number, host="mcp.example.com"))[0] == 101
+    assert (await handshake(number, host="other.example.com"))[0] == 421
 
 
 def test_same_origin_needs_a_host_that_cannot_be_rebound():
@@ -264,74 +228,47 @@ def test_same_origin_needs_a_host_that_cannot_be_rebound():
 
 
 @pytest_twisted.ensureDeferred
-async def test_allowed_hosts_ignore_port_case_and_trailing_dot():
-    app, _ = make_app()
-    factory = MCPServerFactory(app, allowed_hosts=["mcp.example.com"])
-    port = await listen(factory)
-    try:
-        number = port.getHost().port
-        for host in ("mcp.example.com:8443", "MCP.Example.com.", "mcp.example.com"):
-            assert (await handshake(number, host=host))[0] == 101, host
-        # An allowed name also makes same-origin pages work.
-        headers = {"Origin": "https://mcp.example.com"}
-        assert (await handshake(number, headers=headers, host="mcp.example.com"))[0] == 101
-    finally:
-        await stop(port, factory)
+async def test_allowed_hosts_ignore_port_case_and_trailing_dot(served):
+    _, number, _ = await served(allowed_hosts=["mcp.example.com"])
+    for host in ("mcp.example.com:8443", "MCP.Example.com.", "mcp.example.com"):
+        assert (await handshake(number, host=host))[0] == 101, host
+    # An allowed name also makes same-origin pages work.
+    headers = {"Origin": "https://mcp.example.com"}
+    assert (await handshake(number, headers=headers, host="mcp.example.com"))[0] == 101
 
 
 @pytest_twisted.ensureDeferred
-async def test_upgrades_during_drain_are_refused_with_503():
-    app, _ = make_app()
-    factory = MCPServerFactory(app)
-    port = await listen(factory)
-    try:
-        factory.draining = True
-        assert (await handshake(port.getHost().port))[0] == 503
-    finally:
-        await stop(port, factory)
+async def test_upgrades_during_drain_are_refused_with_503(served):
+    factory, number, _ = await served()
+    factory.draining = True
+    assert (await handshake(number))[0] == 503
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_exception_in_on_session_ready_is_logged_not_fatal():
-    from twisted.logger import globalLogPublisher
-
+async def test_an_exception_in_on_session_ready_is_logged_not_fatal(served, events):
     class Broken(MCPServerProtocol):
         def onSessionReady(self) -> None:
             raise RuntimeError("hook bug")
 
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    app, _ = make_app()
-    factory = MCPServerFactory(app)
+    factory, number, _ = await served()
     factory.protocol = Broken
-    port = await listen(factory)
-    try:
-        client = await connect(port.getHost().port)
-        await client.initialize()
-        reply = await client.request(1, "tools/call", {"name": "echo", "arguments": {"text": "still"}})
-        assert reply["result"]["content"][0]["text"] == "still"
-        assert any("log_failure" in e and "onSessionReady" in e.get("log_format", "") for e in events)
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-        await stop(port, factory)
+    client = await connect(number)
+    await client.initialize()
+    reply = await client.request(1, "tools/call", {"name": "echo", "arguments": {"text": "still"}})
+    assert reply["result"]["content"][0]["text"] == "still"
+    (failure,) = find(events, "onSessionReady raised")
+    assert "log_failure" in failure
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_exception_in_on_connect_is_a_500_without_details():
+async def test_an_exception_in_on_connect_is_a_500_without_details(served):
     class Leaky(MCPServerProtocol):
         def onConnect(self, request):
             raise RuntimeError("password=hunter2")
 
-    app, _ = make_app()
-    factory = MCPServerFactory(app)
+    factory, number, _ = await served()
     factory.protocol = Leaky
-    port = await listen(factory)
-    try:
-        number = port.getHost().port
-        raw = await raw_response(number, (
-            b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
-        assert raw.startswith(b"HTTP/1.1 500") and b"hunter2" not in raw
-    finally:
-        await stop(port, factory)
-
+    raw = await raw_response(number, (
+        b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
+    assert raw.startswith(b"HTTP/1.1 500") and b"hunter2" not in raw

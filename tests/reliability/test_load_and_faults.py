@@ -14,6 +14,7 @@ seconds and are not what this test is about.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import random
@@ -32,6 +33,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from mcp_twisted import MCPServer
 from mcp_twisted.session import State
 from mcp_twisted.websocket import MCPServerFactory, MCPServerProtocol
+from tests.support import until
 
 CONNECTIONS = 200
 CALLS = 50
@@ -242,14 +244,6 @@ def all_dead(refs: list[weakref.ref[Any]]) -> bool:
     return all(ref() is None for ref in refs)
 
 
-async def wait_until(predicate: Any, timeout: float = 20.0, require: bool = True) -> None:
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            assert not require, "condition not reached in time"
-            return
-        await task.deferLater(reactor, 0.02)
-
 
 @pytest_twisted.ensureDeferred
 async def test_storm_of_connections_with_aborts_leaves_nothing_behind():
@@ -271,7 +265,7 @@ async def test_storm_of_connections_with_aborts_leaves_nothing_behind():
         rng = random.Random(SEED)
         # Warm-up: imports, caches and free lists are paid before measuring.
         clients = await storm(number, make_plans(rng, 20, "w"))
-        await wait_until(lambda: not factory.connections and all_dead(clients))
+        await until(lambda: not factory.connections and all_dead(clients), 20)
         plans = make_plans(rng, CONNECTIONS, "c")
         factory.protocol.tracker = tracker = Tracker()  # the warm-up's do not count
         running["cancelled"] = 0
@@ -285,7 +279,7 @@ async def test_storm_of_connections_with_aborts_leaves_nothing_behind():
             storm_seconds = reactor.seconds() - started
 
             # Every connection is gone on the server side too, with nothing running.
-            await wait_until(lambda: not factory.connections)
+            await until(lambda: not factory.connections, 20)
             assert app.sessions == []
             assert running["slow"] == 0
             assert len(tracker.sessions) == CONNECTIONS
@@ -299,7 +293,8 @@ async def test_storm_of_connections_with_aborts_leaves_nothing_behind():
             # All of the storm is garbage now: the server's protocols and sessions,
             # and the test's own clients with their answers (Twisted holds a
             # closed client for a few reactor turns).
-            await wait_until(lambda: all_dead(clients + tracker.protocols + tracker.sessions), 10, False)
+            with contextlib.suppress(AssertionError):  # what is left is named below
+                await until(lambda: all_dead(clients + tracker.protocols + tracker.sessions), 10)
             assert [ref for ref in tracker.protocols if ref() is not None] == []
             assert [ref for ref in tracker.sessions if ref() is not None] == []
             traced_after, peak = tracemalloc.get_traced_memory()
