@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 
@@ -18,7 +18,9 @@ class RepeatedEventLog:
     """Logs ``format`` at info at most once per ``interval`` seconds.
 
     Each line carries ``count``: how many times the event happened since the
-    previous line (the first occurrence is logged at once, with count 1).
+    previous line. The first occurrence is logged at once; the rest of a
+    burst is logged when the interval ends, with the fields of its last
+    occurrence, so no count is lost.
     """
 
     def __init__(self, log: Logger, clock: IReactorTime, format: str, interval: float = 10.0) -> None:
@@ -27,12 +29,22 @@ class RepeatedEventLog:
         self.format = format
         self.interval = interval
         self.count = 0
+        self.fields: dict[str, Any] = {}
         self.next_line_at = 0.0
+        self._flush_call: IDelayedCall | None = None
 
     def __call__(self, times: int = 1, **fields: Any) -> None:
         self.count += times
+        self.fields = fields
         now = self.clock.seconds()
         if now >= self.next_line_at:
-            self.log.info(self.format, count=self.count, **fields)
+            self._flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(self.next_line_at - now, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self.count:
+            self.log.info(self.format, count=self.count, **self.fields)
             self.count = 0
-            self.next_line_at = now + self.interval
+            self.next_line_at = self.clock.seconds() + self.interval

@@ -105,7 +105,10 @@ class MCPWebSocketService(MultiService):
         drained.addTimeout(self.drain_timeout, self.factory.clock)
         with contextlib.suppress(TimeoutError):
             yield drained
-        # Every request gets an answer: what still runs is cancelled and told so.
+        # Every request gets an answer: what a paused connection read but did
+        # not handle yet is refused now, what still runs is cancelled and told so.
+        for connection in list(self.factory.connections):
+            connection.flush_backlog()
         shutting_down = RPCError(SERVER_SHUTTING_DOWN, "Server shut down before the request finished")
         aborted = sum(session.abort_running(shutting_down) for session in sessions)
         if aborted:

@@ -261,18 +261,24 @@ class OutgoingRequest:
 
 
 class _Batch:
-    """Collects the answers to one incoming batch and sends them together."""
+    """Collects the answers to one incoming batch and sends them together.
+
+    Each answer is kept encoded, with its request id (for the "too large"
+    error that may replace it). An answer waiting here holds an in-flight
+    slot of the session (``Session._held``) until the batch is sent.
+    """
 
     __slots__ = ("pending", "replies", "session")
 
     def __init__(self, session: Session, pending: int) -> None:
         self.session = session
         self.pending = pending
-        self.replies: list[dict[str, Any]] = []
+        self.replies: list[tuple[RequestId | None, bytes]] = []
 
-    def add(self, reply: dict[str, Any] | None) -> None:
+    def add(self, request_id: RequestId | None, reply: bytes | None) -> None:
         if reply is not None:
-            self.replies.append(reply)
+            self.replies.append((request_id, reply))
+            self.session._held += 1
         self.pending -= 1
         if self.pending == 0 and self.replies:
             self.session._write_batch(self.replies)
@@ -334,10 +340,19 @@ class Session:
         self._incoming: dict[RequestId, IncomingRequest] = {}
         self._outgoing: dict[RequestId, OutgoingRequest] = {}
         self._next_id = 0
+        # Answers waiting in unfinished batches: they hold in-flight slots.
+        self._held = 0
+        # Keyed notifications held while the peer is behind (see notify).
+        self._coalesced: dict[object, tuple[str, dict[str, Any] | None]] = {}
         self._log_busy = RepeatedEventLog(
             log, clock, "Refused {count} request(s): {limit} requests in flight")
         self._log_dropped = RepeatedEventLog(
             log, clock, "Dropped {count} progress/log notification(s): the peer is not reading")
+        self._log_batch_refused = RepeatedEventLog(
+            log, clock, "Refused a batch of over {limit} messages ({count} since the last report)")
+        self._log_too_large = RepeatedEventLog(
+            log, clock, "Answer to {method} is {size} bytes, over the {limit}-byte message limit: "
+            "sent an error instead ({count} since the last report)")
 
     def _advance(self, event: Event) -> None:
         """Move to the state ``TRANSITIONS`` gives for ``event``; the one place
@@ -382,8 +397,7 @@ class Session:
             ))
             return
         if len(items) > self.max_batch_size:
-            log.info("Refused a batch of {size} messages (limit {limit})", size=len(items),
-                     limit=self.max_batch_size)
+            self._log_batch_refused(limit=self.max_batch_size)
             self._write(jsonrpc.error_response(None, RPCError(
                 INVALID_REQUEST, f"Batch too large: {len(items)} messages (limit {self.max_batch_size})",
                 {"limit": self.max_batch_size})))
@@ -392,13 +406,13 @@ class Session:
         batch = _Batch(self, requests) if requests else None
         # A batch counts against the in-flight limit as a whole: answers of
         # quick handlers wait in the batch, so they hold their slots too.
-        slots = self.max_in_flight - len(self._incoming)
+        slots = self.max_in_flight - len(self._incoming) - self._held
         refused = 0
         for item in items:
             if type(item) is Request:
                 if item.method == Method.INITIALIZE:
                     error = RPCError(INVALID_REQUEST, "initialize must not be sent in a batch")
-                    batch.add(jsonrpc.error_response(item.id, error))  # type: ignore[union-attr]
+                    self._reply(batch, jsonrpc.error_response(item.id, error))
                 elif slots <= 0 and item.method != Method.PING:
                     refused += 1
                     self._refuse_busy(item, batch)
@@ -406,7 +420,7 @@ class Session:
                     slots -= 1
                     self._on_request(item, batch)
             elif type(item) is MessageError:
-                batch.add(jsonrpc.error_response(item.request_id, item))  # type: ignore[union-attr]
+                self._reply(batch, jsonrpc.error_response(item.request_id, item))
             elif type(item) is Notification:
                 self._on_notification(item)
             else:
@@ -450,7 +464,7 @@ class Session:
             error = RPCError(INVALID_REQUEST, "Request id is already in use by a request in flight")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
-        if len(self._incoming) >= self.max_in_flight:
+        if len(self._incoming) + self._held >= self.max_in_flight:
             if batch is None:
                 self._log_busy(limit=self.max_in_flight)
             self._refuse_busy(message, batch)
@@ -585,20 +599,18 @@ class Session:
             encoded = jsonrpc.encode(reply)
         limit = self.max_message_size
         if limit is not None and len(encoded) > limit:
-            reply = self._too_large(request.method, request.id, len(encoded))
-            encoded = jsonrpc.encode(reply)
+            encoded = self._too_large(request.method, request.id, len(encoded))
         if request._batch is None:
             self._send(encoded)
         else:
-            request._batch.add(reply)
+            request._batch.add(request.id, encoded)
 
-    def _too_large(self, method: str, request_id: RequestId, size: int) -> dict[str, Any]:
-        """The error answer that replaces a result the transport cannot carry."""
-        log.warn("Answer to {method} is {size} bytes, over the {limit}-byte message limit; "
-                 "sent an error instead", method=brief(method), size=size, limit=self.max_message_size)
-        return jsonrpc.error_response(request_id, RPCError(
+    def _too_large(self, method: object, request_id: RequestId | None, size: int) -> bytes:
+        """The encoded error answer that replaces one the transport cannot carry."""
+        self._log_too_large(limit=self.max_message_size, method=brief(method), size=size)
+        return jsonrpc.encode(jsonrpc.error_response(request_id, RPCError(
             INTERNAL_ERROR, f"Result too large to send: {size} bytes (limit {self.max_message_size})",
-            {"size": size, "limit": self.max_message_size}))
+            {"size": size, "limit": self.max_message_size})))
 
     def _finish(self, request: IncomingRequest) -> bool:
         """Release a request's slot; True if an answer is still owed."""
@@ -608,7 +620,7 @@ class Session:
             del self._incoming[request.id]
         if request.cancelled:
             if request._batch is not None:
-                request._batch.add(None)
+                request._batch.add(request.id, None)
             return False
         return self.state is not State.CLOSED
 
@@ -678,51 +690,76 @@ class Session:
     def _write(self, message: dict[str, Any]) -> None:
         if self.state is State.CLOSED:
             return
-        encoded = jsonrpc.encode(message)
-        if self.max_message_size is not None and len(encoded) > self.max_message_size:
-            # Only notifications can get here (answers are checked in
-            # _answer): dropping one loses less than the connection would.
-            log.warn("Dropped {method}: {size} bytes, over the {limit}-byte message limit",
-                     method=brief(message.get("method")), size=len(encoded), limit=self.max_message_size)
-            return
-        self._send(encoded)
+        encoded = self._fit(message, jsonrpc.encode(message))
+        if encoded is not None:
+            self._send(encoded)
 
-    def _write_batch(self, replies: list[dict[str, Any]]) -> None:
+    def _fit(self, message: dict[str, Any], encoded: bytes) -> bytes | None:
+        """``encoded``, or what replaces it when it is over the message limit:
+        an answer becomes a "too large" error (every request gets one answer),
+        a notification or request is dropped, as is an error that still does
+        not fit (its id is that large)."""
+        limit = self.max_message_size
+        if limit is None or len(encoded) <= limit:
+            return encoded
+        if "method" not in message:
+            encoded = self._too_large("an answer", message.get("id"), len(encoded))
+            if len(encoded) <= limit:
+                return encoded
+        log.warn("Dropped {method}: {size} bytes, over the {limit}-byte message limit",
+                 method=brief(message.get("method", "an answer")), size=len(encoded), limit=limit)
+        return None
+
+    def _write_batch(self, replies: list[tuple[RequestId | None, bytes]]) -> None:
         """Send a batch's answers; if together they are too large, the largest
         become "too large" errors until the rest fits."""
+        self._held -= len(replies)
         if self.state is State.CLOSED:
             return
-        encoded = jsonrpc.encode(replies)
+        parts = [reply for _, reply in replies]
         limit = self.max_message_size
-        if limit is not None and len(encoded) > limit:
-            sizes = sorted(((len(jsonrpc.encode(r)), i) for i, r in enumerate(replies)), reverse=True)
-            total = len(encoded)
-            for size, i in sizes:
+        total = sum(map(len, parts)) + len(parts) + 1
+        if limit is not None and total > limit:
+            for i in sorted(range(len(parts)), key=lambda i: len(parts[i]), reverse=True):
                 if total <= limit:
                     break
-                reply = replies[i]
-                replies[i] = self._too_large("batch item", reply["id"], size)
-                total -= size - len(jsonrpc.encode(replies[i]))
-            encoded = jsonrpc.encode(replies)
-        self._send(encoded)
+                replacement = self._too_large("a batch item", replies[i][0], len(parts[i]))
+                total -= len(parts[i]) - len(replacement)
+                parts[i] = replacement
+        self._send(b"[" + b",".join(parts) + b"]")
 
     def _reply(self, batch: _Batch | None, message: dict[str, Any]) -> None:
         if batch is None:
             self._write(message)
         else:
-            batch.add(message)
+            batch.add(message.get("id"), self._fit(message, jsonrpc.encode(message)))
 
-    def notify(self, method: str, params: dict[str, Any] | None = None, *, droppable: bool = False) -> None:
+    def notify(
+        self, method: str, params: dict[str, Any] | None = None, *, droppable: bool = False,
+        key: object = None,
+    ) -> None:
         """Send a notification (dropped silently once the session closed).
 
-        ``droppable`` ones (progress, log messages) are also dropped while the
-        transport says the peer is far behind, so a handler that does not wait
-        for ``when_writable`` cannot make us buffer without end.
+        While the transport says the peer is far behind, ``droppable`` ones
+        (progress, log messages) are dropped, so a handler that does not wait
+        for ``when_writable`` cannot make us buffer without end; ones with a
+        ``key`` (list changes, resource updates) wait, and a later one with
+        the same key replaces the waiting one: the peer learns the news once.
         """
-        if droppable and self.flow is not None and self.flow.congested():
-            self._log_dropped()
+        if (droppable or key is not None) and self.flow is not None and self.flow.congested():
+            if droppable:
+                self._log_dropped()
+                return
+            if not self._coalesced:
+                self.flow.when_writable().addCallback(self._send_coalesced)
+            self._coalesced[key] = (method, params)
             return
         self._write(jsonrpc.notification(method, params))
+
+    def _send_coalesced(self, _: object) -> None:
+        waiting, self._coalesced = self._coalesced, {}
+        for method, params in waiting.values():
+            self._write(jsonrpc.notification(method, params))
 
     def when_writable(self) -> Deferred[None]:
         """Fires when the peer has room for more output (at once without a flow)."""
@@ -866,6 +903,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self._advance(Event.CLOSE)
+        self._held = 0
         incoming, self._incoming = self._incoming, {}
         for request in incoming.values():
             request.cancelled = True

@@ -219,6 +219,12 @@ class TwistdService(MCPWebSocketService):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    # Everything the server itself imports, imported before --app-dir goes
+    # first on sys.path: a stray file there (prometheus_client.py, ...) must
+    # not replace the server's own modules.
+    import mcp_twisted.auth
+    import mcp_twisted.endpoints
+    import mcp_twisted.metrics  # noqa: F401
 
     app = load_app(options["app"], options["app-dir"])
     # Per-session limits the app keeps; the operator's word wins over the app's.

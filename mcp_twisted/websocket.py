@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -225,7 +226,10 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         self._head_lines = 0
         self._init_timer: IDelayedCall | None = None
         self._stall_timer: IDelayedCall | None = None
-        self._writable_waiters: list[Deferred[None]] = []
+        self._abort_timer: IDelayedCall | None = None
+        # Weak: a handler that calls ctx.log() without awaiting it leaves its
+        # Deferred here; nothing else holds it, so it must not pile up.
+        self._writable_waiters: weakref.WeakSet[Deferred[None]] = weakref.WeakSet()
         handshaking = factory.handshaking
         handshaking[self] = None
         if len(handshaking) > factory.max_handshakes:
@@ -241,7 +245,9 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.factory.handshaking.pop(self, None)
-        if isinstance(reason.value, SSL.Error):
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        if isinstance(reason.value, SSL.Error) and self.session is None:
             # A client's TLS mistake, not the server's: Autobahn would log it
             # as an error. Say what it was, with a hint for the usual one.
             detail = tls_failure_text(reason.value)
@@ -256,10 +262,33 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._head is None:
-            self._dataReceived(data)
-        else:
+        if self._head is not None:
             self._read_head(data)
+        elif self.state != WebSocketProtocol.STATE_CLOSED:
+            self._dataReceived(data)
+        # Closed (refused, or after the close handshake): Autobahn would keep
+        # appending what the peer sends until the TCP connection ends.
+
+    def dropConnection(self, abort: bool = False) -> None:
+        """Autobahn's drop, plus a deadline: ``loseConnection`` waits until
+        the peer has read everything (and, over TLS, for its close alert),
+        which a peer that stopped reading never does."""
+        super().dropConnection(abort)
+        if not abort:
+            self._abort_soon()
+
+    def _abort_soon(self) -> None:
+        """Abort the TCP connection unless it ends by itself first."""
+        if self._abort_timer is None:
+            grace = max(1.0, self.closeHandshakeTimeout or 0.0)
+            self._abort_timer = self.factory.clock.callLater(grace, self.transport.abortConnection)
+
+    def _close_for_policy(self, reason: bytes) -> None:
+        """Close 1008; the peer may never read the frame, so the TCP
+        connection is aborted after the grace period in any case."""
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendCloseFrame(CLOSE_POLICY_VIOLATION, reason)
+        self._abort_soon()
 
     def _read_head(self, data: bytes) -> None:
         """Hold the HTTP request head until it is complete, with a size and
@@ -361,9 +390,7 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
 
     def resumeProducing(self) -> None:
         self.paused = False
-        waiters, self._writable_waiters = self._writable_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        self._release_writers()
         backlog = self._backlog
         while backlog and not self.paused and self.session is not None:
             self._receive(backlog.popleft())
@@ -376,7 +403,7 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         if not self.paused:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._writable_waiters.append(waiter)
+        self._writable_waiters.add(waiter)
         return waiter
 
     def congested(self) -> bool:
@@ -391,20 +418,32 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
                  size=self.buffered_bytes(), timeout=self.factory.output_stall_timeout)
         if self.factory.metrics is not None:
             self.factory.metrics.output_stalls.inc()
-        self.sendCloseFrame(CLOSE_POLICY_VIOLATION, b"not reading: output limit exceeded")
+        self._close_for_policy(b"not reading: output limit exceeded")
 
     def _init_expired(self) -> None:
         self._init_timer = None
-        if self.session is None or self.session.state is State.READY:
-            return
+        if self.session is None or self.session.state in (State.READY, State.DRAINING):
+            return  # draining: the shutdown closes it anyway
         log.info("Closing {peer}: no MCP initialize within {timeout:g} s", peer=self.peer,
                  timeout=self.factory.init_timeout)
         if self.factory.metrics is not None:
             self.factory.metrics.init_timeouts.inc()
-        self.sendCloseFrame(CLOSE_POLICY_VIOLATION, b"MCP initialize not completed in time")
+        self._close_for_policy(b"MCP initialize not completed in time")
 
     def stopProducing(self) -> None:
         self._backlog.clear()
+
+    def _release_writers(self) -> None:
+        waiters = list(self._writable_waiters)
+        self._writable_waiters.clear()
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def flush_backlog(self) -> None:
+        """Hand messages read before a pause to the session now (at shutdown:
+        a draining session answers their requests with -32003)."""
+        while self._backlog and self.session is not None:
+            self._receive(self._backlog.popleft())
 
     def buffered_bytes(self) -> int:
         """Bytes written to this connection that the peer has not taken yet."""
@@ -483,9 +522,7 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         if self.session is None:
             return  # the upgrade never finished: a refusal, already logged
         self.session.close(f"WebSocket closed ({code}): {reason}")
-        waiters, self._writable_waiters = self._writable_waiters, []
-        for waiter in waiters:  # handlers carry on; what they send now is dropped
-            waiter.callback(None)
+        self._release_writers()  # handlers carry on; what they send now is dropped
         self.factory.connections.discard(self)
         # When we closed, record the code we sent (1001 at shutdown, 1008
         # ...), not whatever the peer answered or 1006 if it never did.

@@ -297,7 +297,7 @@ class MCPServer:
         """Tell every session subscribed to ``uri`` that it changed."""
         for session, state in self._sessions.items():
             if uri in state.subscriptions:
-                session.notify(Notify.RESOURCES_UPDATED, {"uri": uri})
+                session.notify(Notify.RESOURCES_UPDATED, {"uri": uri}, key=(Notify.RESOURCES_UPDATED, uri))
 
     def _list_changed(self, method: str) -> None:
         # Only sessions told about the capability at initialize may hear of it.
@@ -305,7 +305,7 @@ class MCPServer:
         for session in self._sessions:
             declared = (session.initialize_result or {}).get("capabilities", {})
             if session.state is State.READY and capability in declared:
-                session.notify(method)
+                session.notify(method, key=method)
 
     def log_level_for(self, session: Session) -> str:
         state = self._sessions.get(session)
