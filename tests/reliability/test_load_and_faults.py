@@ -33,7 +33,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from mcp_twisted import MCPServer
 from mcp_twisted.session import State
 from mcp_twisted.websocket import MCPServerFactory, MCPServerProtocol
-from tests.support import until
+from tests.support import make_app, until
 
 CONNECTIONS = 200
 CALLS = 50
@@ -54,13 +54,11 @@ class ConnectionClosed(Exception):
     """The client's connection ended while a request waited for its answer."""
 
 
-def make_app() -> tuple[MCPServer, dict[str, int]]:
-    app = MCPServer("load", "1.0")
+def load_app() -> tuple[MCPServer, dict[str, int]]:
+    """The shared test app (``echo``...) plus ``slow``, which counts the calls
+    running and cancelled."""
+    app, _ = make_app("load")
     running = {"slow": 0, "cancelled": 0}
-
-    @app.tool()
-    def echo(text: str) -> str:
-        return text
 
     @app.tool()
     async def slow(n: int, delay_ms: int) -> str:
@@ -247,7 +245,7 @@ def all_dead(refs: list[weakref.ref[Any]]) -> bool:
 
 @pytest_twisted.ensureDeferred
 async def test_storm_of_connections_with_aborts_leaves_nothing_behind():
-    app, running = make_app()
+    app, running = load_app()
     tracker = Tracker()
     factory = MCPServerFactory(app, ping_interval=0)
     factory.protocol = type("Tracked", (TrackedProtocol,), {"tracker": tracker})
