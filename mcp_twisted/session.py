@@ -121,6 +121,18 @@ class RequestTimedOut(MCPError):
         self.timeout = timeout
 
 
+Send = Callable[[bytes, "RequestId | None", bool], object]
+"""What a session writes with: ``send(data, related, answer)``.
+
+``related`` is the id of the peer's request the message belongs to: its
+answer, its progress and log messages, and requests a handler makes while
+answering it (None for messages no request owns, such as list changes).
+``answer`` is True for the message that answers ``related`` (for a batch:
+the whole array, filed under its first request). WebSocket and stdio ignore
+both; Streamable HTTP puts each message on the right stream with them.
+"""
+
+
 class OutputFlow(Protocol):
     """How the transport below tells a session that the peer is not keeping up.
 
@@ -235,7 +247,7 @@ class IncomingRequest:
             params["total"] = total
         if message is not None and version_at_least(self.protocol_version, "2025-03-26"):
             params["message"] = message
-        self.session.notify(Notify.PROGRESS, params, droppable=True)
+        self.session.notify(Notify.PROGRESS, params, droppable=True, related=self.id)
 
 
 class OutgoingRequest:
@@ -268,11 +280,12 @@ class _Batch:
     slot of the session (``Session._held``) until the batch is sent.
     """
 
-    __slots__ = ("pending", "replies", "session")
+    __slots__ = ("pending", "related", "replies", "session")
 
-    def __init__(self, session: Session, pending: int) -> None:
+    def __init__(self, session: Session, pending: int, related: RequestId | None) -> None:
         self.session = session
         self.pending = pending
+        self.related = related  # the request the transport files the whole answer under
         self.replies: list[tuple[RequestId | None, bytes]] = []
 
     def add(self, request_id: RequestId | None, reply: bytes | None) -> None:
@@ -281,7 +294,7 @@ class _Batch:
             self.session._held += 1
         self.pending -= 1
         if self.pending == 0 and self.replies:
-            self.session._write_batch(self.replies)
+            self.session._write_batch(self.replies, self.related)
 
 
 _NO_TIMEOUT: Any = object()
@@ -302,7 +315,7 @@ class Session:
 
     def __init__(
         self,
-        send: Callable[[bytes], object],
+        send: Send,
         *,
         role: Role,
         handler: SessionHandler,
@@ -328,6 +341,9 @@ class Session:
         self.max_message_size = max_message_size
         self.max_batch_size = max_batch_size
         self.flow = flow
+        # Set by a transport whose requests have streams of their own
+        # (Streamable HTTP): ends one request's stream early (SEP-1699).
+        self.stream_closer: Callable[[RequestId], object] | None = None
         self.state = State.NEW
         self.protocol_version: str = SUPPORTED_PROTOCOL_VERSIONS[-1]
         self.peer_capabilities: dict[str, Any] = {}
@@ -379,7 +395,14 @@ class Session:
             message = jsonrpc.parse(text)
         except MessageError as e:
             log.debug("Refused message: {error}", error=e.message)
-            self._write(jsonrpc.error_response(e.request_id, e))
+            self._write(jsonrpc.error_response(e.request_id, e), e.request_id, answer=True)
+            return
+        self.dispatch(message)
+
+    def dispatch(self, message: jsonrpc.Message | list[jsonrpc.BatchItem]) -> None:
+        """Handle a message that was parsed already (a transport that must
+        look at it first, as Streamable HTTP does, parses only once)."""
+        if self.state is State.CLOSED:
             return
         if type(message) is Request:
             self._on_request(message, None)
@@ -391,19 +414,20 @@ class Session:
             self._on_response(message)  # type: ignore[arg-type]
 
     def _on_batch(self, items: list[jsonrpc.BatchItem]) -> None:
+        related = next((item.id for item in items if type(item) is Request), None)
         if self.protocol_version not in BATCHING_VERSIONS or self.state is State.NEW:
             self._write(jsonrpc.error_response(
                 None, RPCError(INVALID_REQUEST, "Batches are not accepted in this protocol revision")
-            ))
+            ), related, answer=True)
             return
         if len(items) > self.max_batch_size:
             self._log_batch_refused(limit=self.max_batch_size)
             self._write(jsonrpc.error_response(None, RPCError(
                 INVALID_REQUEST, f"Batch too large: {len(items)} messages (limit {self.max_batch_size})",
-                {"limit": self.max_batch_size})))
+                {"limit": self.max_batch_size})), related, answer=True)
             return
         requests = sum(1 for item in items if type(item) in (Request, MessageError))
-        batch = _Batch(self, requests) if requests else None
+        batch = _Batch(self, requests, related) if requests else None
         # A batch counts against the in-flight limit as a whole: answers of
         # quick handlers wait in the batch, so they hold their slots too.
         slots = self.max_in_flight - len(self._incoming) - self._held
@@ -601,7 +625,7 @@ class Session:
         if limit is not None and len(encoded) > limit:
             encoded = self._too_large(request.method, request.id, len(encoded))
         if request._batch is None:
-            self._send(encoded)
+            self._send(encoded, request.id, True)
         else:
             request._batch.add(request.id, encoded)
 
@@ -687,12 +711,12 @@ class Session:
 
     # -- output -----------------------------------------------------------
 
-    def _write(self, message: dict[str, Any]) -> None:
+    def _write(self, message: dict[str, Any], related: RequestId | None = None, answer: bool = False) -> None:
         if self.state is State.CLOSED:
             return
         encoded = self._fit(message, jsonrpc.encode(message))
         if encoded is not None:
-            self._send(encoded)
+            self._send(encoded, related, answer)
 
     def _fit(self, message: dict[str, Any], encoded: bytes) -> bytes | None:
         """``encoded``, or what replaces it when it is over the message limit:
@@ -710,7 +734,7 @@ class Session:
                  method=brief(message.get("method", "an answer")), size=len(encoded), limit=limit)
         return None
 
-    def _write_batch(self, replies: list[tuple[RequestId | None, bytes]]) -> None:
+    def _write_batch(self, replies: list[tuple[RequestId | None, bytes]], related: RequestId | None) -> None:
         """Send a batch's answers; if together they are too large, the largest
         become "too large" errors until the rest fits."""
         self._held -= len(replies)
@@ -726,17 +750,19 @@ class Session:
                 replacement = self._too_large("a batch item", replies[i][0], len(parts[i]))
                 total -= len(parts[i]) - len(replacement)
                 parts[i] = replacement
-        self._send(b"[" + b",".join(parts) + b"]")
+        self._send(b"[" + b",".join(parts) + b"]", related, True)
 
     def _reply(self, batch: _Batch | None, message: dict[str, Any]) -> None:
+        """Answer a request (``message`` carries its id) now or in its batch."""
         if batch is None:
-            self._write(message)
+            self._write(message, message.get("id"), answer=True)
         else:
             batch.add(message.get("id"), self._fit(message, jsonrpc.encode(message)))
 
     def notify(
         self, method: str, params: dict[str, Any] | None = None, *, droppable: bool = False,
         key: object = None,
+        related: RequestId | None = None,
     ) -> None:
         """Send a notification (dropped silently once the session closed).
 
@@ -745,6 +771,7 @@ class Session:
         for ``when_writable`` cannot make us buffer without end; ones with a
         ``key`` (list changes, resource updates) wait, and a later one with
         the same key replaces the waiting one: the peer learns the news once.
+        ``related`` names the request it belongs to (see ``Send``).
         """
         if (droppable or key is not None) and self.flow is not None and self.flow.congested():
             if droppable:
@@ -754,7 +781,7 @@ class Session:
                 self.flow.when_writable().addCallback(self._send_coalesced)
             self._coalesced[key] = (method, params)
             return
-        self._write(jsonrpc.notification(method, params))
+        self._write(jsonrpc.notification(method, params), related)
 
     def _send_coalesced(self, _: object) -> None:
         waiting, self._coalesced = self._coalesced, {}
@@ -774,8 +801,12 @@ class Session:
         *,
         timeout: float | None = _NO_TIMEOUT,
         on_progress: Callable[[float, float | None, str | None], object] | None = None,
+        related: RequestId | None = None,
     ) -> Deferred[Any]:
         """Send a request; the Deferred fires with the result.
+
+        ``related`` is the peer's request being answered while this is asked
+        (a handler's sampling or elicitation; see ``Send``).
 
         It fails with ``RPCError`` for an error answer, ``RequestTimedOut``
         after ``timeout`` seconds (default: the session's ``request_timeout``),
@@ -798,7 +829,7 @@ class Session:
         d: Deferred[Any] = Deferred(lambda _: self._cancel_outgoing(request_id, "cancelled"))
         outgoing = OutgoingRequest(request_id, method, d, on_progress, timeout)
         self._outgoing[request_id] = outgoing
-        self._send(encoded)
+        self._send(encoded, related, False)
         if timeout is not None:
             outgoing.deadline = self.clock.seconds() + timeout * MAX_TIMEOUT_RESETS
             outgoing.timer = self.clock.callLater(timeout, self._outgoing_expired, request_id)

@@ -171,7 +171,8 @@ class StdioServerProtocol(Protocol):
 
     # -- output -------------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, related: object = None, answer: bool = False) -> None:
+        # stdin/stdout is one stream: which request a message belongs to does not matter.
         if not self._ended:
             self.transport.writeSequence((data, b"\n"))
 

@@ -75,9 +75,15 @@ from mcp_twisted.jsonrpc import RequestId
 from mcp_twisted.protocol import LATEST_PROTOCOL_VERSION, Method, Notify
 from mcp_twisted.session import Role, Session, SessionHandler
 
-__all__ = ["MemoryClient", "Peer", "failure_of", "result_of"]
+__all__ = ["MemoryClient", "Peer", "collect_into", "failure_of", "result_of"]
 
 T = TypeVar("T")
+
+
+def collect_into(texts: list[bytes]) -> Callable[[bytes, RequestId | None, bool], None]:
+    """A ``send`` for a ``Session`` that appends each text it writes to
+    ``texts`` (which request it belongs to is ignored)."""
+    return lambda data, related, answer: texts.append(data)
 
 
 def result_of(d: Deferred[T] | Coroutine[Any, Any, T]) -> T:
@@ -177,27 +183,16 @@ class _WiredSession(Session):
 
     ``request`` holds the wire while it runs: ``Session.request`` starts the
     timeout after sending, so an answer delivered inside the send would leave
-    a dead timer on the clock. ``offer`` replaces the protocol revision the
-    client role offers in ``initialize`` (``MCPClient`` always offers the latest).
+    a dead timer on the clock.
     """
 
-    def __init__(self, send: Callable[[bytes], object], *, wire: _Wire, offer: str | None = None,
-                 **options: Any) -> None:
-        super().__init__(send, **options)
+    def __init__(self, send: Callable[[bytes], object], *, wire: _Wire, **options: Any) -> None:
+        super().__init__(lambda data, related, answer: send(data), **options)
         self.wire = wire
-        self.offer = offer
 
     def request(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
         with self.wire.holding():
             return super().request(*args, **kwargs)
-
-    def initialize(
-        self,
-        client_info: dict[str, Any],
-        capabilities: dict[str, Any],
-        protocol_version: str = LATEST_PROTOCOL_VERSION,
-    ) -> Deferred[dict[str, Any]]:
-        return super().initialize(client_info, capabilities, self.offer or protocol_version)
 
 
 class MemoryClient(MCPClient):
@@ -278,11 +273,15 @@ class MemoryClient(MCPClient):
         self.server_session = server_session
         self._wire_to_server = wire.sender(server_session.receive)
         self.client_session = _WiredSession(
-            self._to_server, wire=wire, offer=self.protocol_version, role=Role.CLIENT, handler=self,
-            clock=self.clock, request_timeout=self.request_timeout)
+            self._to_server, wire=wire, role=Role.CLIENT, handler=self, clock=self.clock,
+            request_timeout=self.request_timeout)
         handshake = self.start_session(self.client_session)
         wire.flush()  # the handshake is delivered even when the rest waits for flush()
         return handshake
+
+    def handshake(self, session: Session) -> Deferred[dict[str, Any]]:
+        """``initialize``, offering ``protocol_version`` (``MCPClient`` offers the latest)."""
+        return session.initialize(self.client_info, self.capabilities, self.protocol_version)
 
     def disconnect(self, reason: str = "connection lost") -> None:
         """Close both sessions, as a dropped connection would: the client's
@@ -370,7 +369,7 @@ class Peer:
         self._ids = itertools.count(1)
         self._taken = 0
 
-    def _receive(self, text: bytes) -> None:
+    def _receive(self, text: bytes, related: RequestId | None = None, answer: bool = False) -> None:
         self.received.append(_decode(text))
 
     # -- sending ------------------------------------------------------------

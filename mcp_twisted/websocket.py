@@ -498,8 +498,10 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
             except Exception:
                 log.failure("onSessionReady raised for {peer}", peer=self.peer)
 
-    def _send(self, data: bytes) -> None:
-        # A handler may finish after the peer started closing; drop the answer.
+    def _send(self, data: bytes, related: object = None, answer: bool = False) -> None:
+        # One connection is one stream: which request a message belongs to
+        # does not matter here. A handler may finish after the peer started
+        # closing; drop the answer then.
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendMessage(data)
             if self._metrics is not None:

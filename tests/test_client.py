@@ -41,6 +41,7 @@ from mcp_twisted.client import (
 from mcp_twisted.demo import server as demo_app
 from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.session import Session, State
+from mcp_twisted.testing import collect_into
 from mcp_twisted.websocket import MCPServerFactory, MCPServerProtocol
 from tests.support import stop
 
@@ -1003,8 +1004,8 @@ def test_a_refused_subscription_is_not_restored_on_reconnect():
     server_app = Refusing("refuses")
     to_server: list[bytes] = []
     to_client: list[bytes] = []
-    server = Session(to_client.append, role=Role.SERVER, handler=server_app, clock=clock)
-    session = Session(to_server.append, role=Role.CLIENT, handler=client, clock=clock)
+    server = Session(collect_into(to_client), role=Role.SERVER, handler=server_app, clock=clock)
+    session = Session(collect_into(to_server), role=Role.CLIENT, handler=client, clock=clock)
 
     def pump() -> None:
         while to_server or to_client:

@@ -25,6 +25,7 @@ from mcp_twisted.jsonrpc import (
 )
 from mcp_twisted.server import MCPServer
 from mcp_twisted.session import Role, Session
+from mcp_twisted.testing import collect_into
 
 
 def parse_error(text: str | bytes) -> MessageError:
@@ -201,7 +202,7 @@ def test_encode_refuses_values_json_cannot_carry() -> None:
 
 
 def server_session(sent: list[bytes]) -> Session:
-    return Session(sent.append, role=Role.SERVER, handler=MCPServer("fuzz"), clock=Clock())
+    return Session(collect_into(sent), role=Role.SERVER, handler=MCPServer("fuzz"), clock=Clock())
 
 
 def test_invalid_json_through_a_session_gets_a_null_id_reply() -> None:
@@ -340,7 +341,8 @@ def test_server_session_answers_any_text_with_valid_jsonrpc(version: str | None,
     """With a request of each direction in flight, no text makes ``receive`` raise."""
     sent: list[bytes] = []
     clock = Clock()
-    session = Session(sent.append, role=Role.SERVER, handler=FUZZ_SERVER, clock=clock, handler_timeout=1)
+    session = Session(collect_into(sent), role=Role.SERVER, handler=FUZZ_SERVER, clock=clock,
+                      handler_timeout=1)
     if version is not None:
         session.receive(json.dumps(jsonrpc.request("init", "initialize", {"protocolVersion": version})))
         session.receive(json.dumps(jsonrpc.notification("notifications/initialized")))
@@ -360,7 +362,7 @@ def test_cancel_and_progress_with_any_id_raise_nothing(method: str, value: Any, 
     and only the integer 1 itself (not ``true`` or ``1.0``) names request 1."""
     assume(not (type(value) is int and value == 1))
     sent: list[bytes] = []
-    session = Session(sent.append, role=Role.SERVER, handler=FUZZ_SERVER, clock=Clock())
+    session = Session(collect_into(sent), role=Role.SERVER, handler=FUZZ_SERVER, clock=Clock())
     session.receive(json.dumps(jsonrpc.request("init", "initialize", {"protocolVersion": "2025-11-25"})))
     session.receive(json.dumps(jsonrpc.notification("notifications/initialized")))
     session.receive(json.dumps(jsonrpc.request(1, "tools/call", {"name": "slow"})))

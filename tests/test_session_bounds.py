@@ -21,7 +21,7 @@ from mcp_twisted.session import Role, Session
 
 def session_for(app: MCPServer, **options: Any) -> tuple[Session, list[Any]]:
     sent: list[Any] = []
-    session = Session(lambda data: sent.append(json.loads(data)), role=Role.SERVER, handler=app,
+    session = Session(lambda data, *_: sent.append(json.loads(data)), role=Role.SERVER, handler=app,
                       clock=Clock(), **options)
     return session, sent
 

@@ -13,6 +13,7 @@ from mcp_twisted.jsonrpc import LocalProtocolError
 from mcp_twisted.protocol import SERVER_SHUTTING_DOWN
 from mcp_twisted.server import MCPServer
 from mcp_twisted.session import TRANSITIONS, Event, Role, Session, State
+from mcp_twisted.testing import collect_into
 
 
 def app() -> MCPServer:
@@ -31,7 +32,8 @@ def app() -> MCPServer:
 
 def server_session(**options: Any) -> tuple[Session, list[dict[str, Any]]]:
     sent: list[bytes] = []
-    session = Session(sent.append, role=Role.SERVER, handler=app(), clock=Clock(), **options)
+    session = Session(collect_into(sent), role=Role.SERVER, handler=app(), clock=Clock(),
+                      **options)
     return session, sent  # type: ignore[return-value]
 
 
@@ -84,7 +86,7 @@ def test_a_draining_session_refuses_every_request_even_initialize(state):
 
 def test_an_event_in_the_wrong_state_is_a_local_protocol_error():
     sent: list[bytes] = []
-    client = Session(sent.append, role=Role.CLIENT, handler=app(), clock=Clock())
+    client = Session(collect_into(sent), role=Role.CLIENT, handler=app(), clock=Clock())
     client.initialize({"name": "c", "version": "0"}, {})
     assert client.state is State.INITIALIZING
     failure = []

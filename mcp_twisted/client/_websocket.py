@@ -143,7 +143,7 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
             self._closed_waiters.append(d)
         return d
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, related: object = None, answer: bool = False) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendMessage(data)
 

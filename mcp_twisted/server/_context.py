@@ -84,7 +84,7 @@ class Context:
             params: dict[str, Any] = {"level": level, "data": data}
             if logger is not None:
                 params["logger"] = logger
-            self.session.notify(Notify.MESSAGE, params, droppable=True)
+            self.session.notify(Notify.MESSAGE, params, droppable=True, related=self._request.id)
         return self.session.when_writable()
 
     def _client_request(
@@ -94,7 +94,7 @@ class Context:
             raise CapabilityError(capability, f"cannot send {method}")
         if timeout is None:
             timeout = self.server.client_request_timeout
-        return self.session.request(method, params, timeout=timeout)
+        return self.session.request(method, params, timeout=timeout, related=self._request.id)
 
     def sample(
         self,
@@ -159,6 +159,18 @@ class Context:
             raise CapabilityError("elicitation", "the client does not accept URL mode")
         params = {"mode": "url", "message": message, "url": url, "elicitationId": elicitation_id}
         return self._client_request("elicitation", Method.ELICITATION_CREATE, params, timeout)
+
+    def close_stream(self) -> None:
+        """End the stream that carries this request's messages now (SEP-1699).
+
+        On Streamable HTTP the client reconnects after the stream's ``retry``
+        delay and, with ``Last-Event-ID``, gets what this handler sends later,
+        its answer included: a long call need not hold a connection open.
+        Other transports have no such stream, and this does nothing there.
+        """
+        closer = self.session.stream_closer
+        if closer is not None:
+            closer(self._request.id)
 
     def notify_elicitation_complete(self, elicitation_id: str) -> None:
         self.session.notify(Notify.ELICITATION_COMPLETE, {"elicitationId": elicitation_id})
