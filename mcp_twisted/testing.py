@@ -15,7 +15,9 @@ clock.
   hand: send requests and notifications as JSON, see every message the
   session sent. It tests a server without any client logic in between
   (``initialize`` included), or a session in the client role.
-- ``result_of(d)`` and ``failure_of(d)`` read a Deferred that has fired.
+- ``result_of(d)`` and ``failure_of(d)`` read a Deferred that has fired;
+  ``collect_into(texts)`` is a ``send`` for a bare ``Session`` that keeps
+  only the texts it writes.
 
 Example (pytest)::
 
