@@ -10,7 +10,7 @@ nothing between scrapes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -38,7 +38,8 @@ class Metrics:
         self.factory: MCPServerFactory | None = None
         r = self.registry
         self.connections_accepted = Counter(
-            "mcp_connections_accepted", "WebSocket connections opened", registry=r)
+            "mcp_connections_accepted", "Sessions opened (WebSocket connections, HTTP sessions, stdio)",
+            ["transport"], registry=r)
         self.connections_closed = Counter(
             "mcp_connections_closed", "WebSocket connections closed, by close code", ["code"], registry=r)
         self.handshake_refusals = Counter(
@@ -47,7 +48,8 @@ class Metrics:
             "mcp_messages_received", "WebSocket messages received", registry=r)
         self.messages_sent = Counter("mcp_messages_sent", "WebSocket messages sent", registry=r)
         self.requests = Counter(
-            "mcp_requests", "Requests answered, by method and outcome", ["method", "outcome"], registry=r)
+            "mcp_requests", "Requests answered, by method, outcome and transport",
+            ["method", "outcome", "transport"], registry=r)
         self.request_duration = Histogram(
             "mcp_request_duration_seconds", "Time from a request's arrival to its answer", ["method"],
             registry=r, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60))
@@ -59,12 +61,17 @@ class Metrics:
             "mcp_output_stalls", "Peers closed for leaving too much output unread for too long", registry=r)
         self.registry.register(_LiveGauges(self))
 
-    def request_finished(self, method: str, outcome: str, seconds: float) -> None:
-        # Labels come from what clients send: bound them, or a client inventing
-        # method names could grow the registry without end.
-        method = method if method in KNOWN_METHODS else "other"
-        self.requests.labels(method, outcome).inc()
-        self.request_duration.labels(method).observe(seconds)
+    def observer(self, transport: str) -> Callable[[str, str, float], None]:
+        """A session's observer: counts its requests under ``transport``."""
+
+        def request_finished(method: str, outcome: str, seconds: float) -> None:
+            # Labels come from what clients send: bound them, or a client
+            # inventing method names could grow the registry without end.
+            method = method if method in KNOWN_METHODS else "other"
+            self.requests.labels(method, outcome, transport).inc()
+            self.request_duration.labels(method).observe(seconds)
+
+        return request_finished
 
     def connection_closed(self, code: int | None) -> None:
         label = str(code) if code is not None and 1000 <= code <= 1015 else "other"
@@ -81,6 +88,14 @@ class _LiveGauges:
         factory = self.metrics.factory
         connections = list(factory.connections) if factory is not None else []
         yield GaugeMetricFamily("mcp_connections_open", "Open WebSocket connections", len(connections))
+        sessions = GaugeMetricFamily("mcp_sessions_open", "Live sessions, by transport", labels=["transport"])
+        if factory is not None:
+            by_transport: dict[str, int] = {}
+            for transport in factory.host.sessions.values():
+                by_transport[transport] = by_transport.get(transport, 0) + 1
+            for transport, count in sorted(by_transport.items()):
+                sessions.add_metric([transport], count)
+        yield sessions
         yield GaugeMetricFamily(
             "mcp_buffered_bytes", "Bytes written but not yet taken by peers (slow consumers)",
             sum(c.buffered_bytes() for c in connections))
@@ -89,7 +104,7 @@ class _LiveGauges:
             sum(1 for c in connections if c.paused))
         yield GaugeMetricFamily(
             "mcp_requests_in_flight", "Requests running",
-            sum(c.session.in_flight for c in connections if c.session is not None))
+            factory.host.in_flight if factory is not None else 0)
 
 
 class _Exposition(Resource):

@@ -4,27 +4,24 @@ One connection is one session: each text frame holds one JSON-RPC message
 (or a 2025-03-26 batch). The protocol class is a thin adapter; everything MCP
 happens in ``Session`` and the ``MCPServer`` app.
 
-Browser safety is checked in ``onConnect`` before the upgrade: a foreign
-``Origin`` gets HTTP 403, and on a loopback listener a ``Host`` that is not a
-loopback name gets HTTP 421 (DNS rebinding). Autobahn's own origin check is
-left open because it answers 400 and needs port-qualified patterns.
+Who may connect is decided in ``onConnect`` before the upgrade, by the
+hosting layer's admission (the same for every transport): path 404, drain
+and capacity 503, Host 421, Origin 403, token 401. Autobahn's own origin
+check is left open because it answers 400 and needs port-qualified patterns.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import time
 import weakref
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from OpenSSL import SSL
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -41,120 +38,51 @@ from mcp_twisted._autobahn import (
     check_timer_settings,
 )
 from mcp_twisted._lograte import RepeatedEventLog
-from mcp_twisted.auth import TokenAuthenticator, certificate_subject
+from mcp_twisted.auth import TokenAuthenticator
+from mcp_twisted.hosting import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Admission,
+    AdmissionRequest,
+    Limits,
+    OriginPolicy,
+    Refusal,
+    SessionHost,
+    is_ip_literal,
+    is_loopback_host,
+    listener_is_loopback,
+    normalize_origin,
+)
 from mcp_twisted.server import MCPServer
-from mcp_twisted.session import Role, Session, State
+from mcp_twisted.session import Session, State
 
 if TYPE_CHECKING:
     from mcp_twisted.metrics import Metrics
 
-DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+__all__ = [
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_UNSUPPORTED_DATA",
+    "DEFAULT_MAX_HEADER_BYTES",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_OUTPUT_BUFFER",
+    "SUBPROTOCOL",
+    "FastPathMixin",
+    "MCPServerFactory",
+    "MCPServerProtocol",
+    "MCPWebSocketServerFactory",
+    "MCPWebSocketServerProtocol",
+    "OriginPolicy",
+    "check_timer_settings",
+    "is_ip_literal",
+    "is_loopback_host",
+    "normalize_origin",
+    "tls_failure_text",
+]
+
 DEFAULT_MAX_OUTPUT_BUFFER = 4 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
 log = Logger()
-
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-
-
-def _split_host(host: str) -> tuple[str, int | None]:
-    """``"[::1]:8080"`` -> ``("::1", 8080)``; a missing port is ``None``."""
-    parsed = urlsplit("//" + host)
-    try:
-        port = parsed.port
-    except ValueError:
-        port = -1  # not a port: will not match anything
-    return (parsed.hostname or "").lower(), port
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether a Host header names this machine (a name or a loopback address)."""
-    name, _ = _split_host(host)
-    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def is_ip_literal(host: str) -> bool:
-    """Whether a Host header names an address rather than a (rebindable) DNS name."""
-    try:
-        ipaddress.ip_address(_split_host(host)[0])
-    except ValueError:
-        return False
-    return True
-
-
-def normalize_origin(origin: str) -> str:
-    """``scheme://host[:port]`` lower-cased, default ports dropped."""
-    parts = urlsplit(origin.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        return origin
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
-
-
-class OriginPolicy:
-    """Which browser origins may open a connection.
-
-    Allowed: requests with no ``Origin`` (non-browser clients), the server's
-    own origin (the ``Origin`` names the same host and port as ``Host``), and
-    the configured list: exact origins such as ``https://app.example.com``,
-    ``https://*.example.com`` for subdomains, ``null`` for opaque origins, or
-    ``*`` for any origin.
-    """
-
-    def __init__(self, allowed: Iterable[str] = ()) -> None:
-        self.allow_any = False
-        self.allow_null = False
-        self.exact: set[str] = set()
-        self.suffixes: list[tuple[str, str]] = []
-        for entry in allowed:
-            if entry == "*":
-                self.allow_any = True
-            elif entry == "null":
-                self.allow_null = True
-            elif "://*." in entry:
-                scheme, _, rest = normalize_origin(entry.replace("*.", "wildcard.", 1)).partition("://")
-                self.suffixes.append((scheme, rest.removeprefix("wildcard")))
-            else:
-                self.exact.add(normalize_origin(entry))
-
-    def allows(self, origin: str | None, host: str, host_trusted: bool = True) -> bool:
-        """Whether a request from ``origin`` with this ``Host`` may connect.
-
-        ``host_trusted`` says whether the Host header can be believed (an IP
-        literal, a loopback name, a configured name); otherwise it does not
-        make an origin "the same", as a DNS-rebinding page controls both.
-        """
-        if origin is None or self.allow_any:
-            return True
-        if origin == "null":
-            return self.allow_null
-        normalized = normalize_origin(origin)
-        if normalized in self.exact:
-            return True
-        scheme, _, netloc = normalized.partition("://")
-        if any(scheme == s and netloc.endswith(suffix) for s, suffix in self.suffixes):
-            return True
-        if not host_trusted:
-            return False
-        # Same origin: the page was served by this very host:port.
-        origin_host, origin_port = _split_host(netloc)
-        request_host, request_port = _split_host(host)
-        default = _DEFAULT_PORTS.get(scheme)
-        return origin_host == request_host and (origin_port or default) == (request_port or default)
-
 
 def tls_failure_text(error: SSL.Error) -> str:
     """``"http request"`` from ``[('SSL routines', '', 'http request')]``."""
@@ -164,7 +92,7 @@ def tls_failure_text(error: SSL.Error) -> str:
 
 
 @implementer(IPushProducer)
-class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
+class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
     """One WebSocket connection carrying one MCP session.
 
     Hooks for subclasses (call ``super()`` in each):
@@ -178,44 +106,30 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
       session closed (running handlers cancelled, waiting requests failed).
     """
 
-    factory: MCPServerFactory
+    factory: MCPWebSocketServerFactory
     session: Session | None = None
     identity: Any = None
     opened_at: float | None = None
     _metrics: Metrics | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
-        factory = self.factory
-        if factory.path is not None and request.path != factory.path:
-            self._refuse(request, "path", 404, "Not Found")
-        if factory.draining:
-            self._refuse(request, "draining", 503, "Service Unavailable: shutting down")
-        # Only sessions hold connection slots; connections still in the
-        # handshake have their own, smaller table (see connectionMade).
-        if factory.max_connections and len(factory.connections) >= factory.max_connections:
-            self._refuse(request, "capacity", 503, "Service Unavailable: too many connections")
-        host = request.headers.get("host", "")
-        host_trusted = is_loopback_host(host) or is_ip_literal(host) or factory.is_allowed_host(host)
-        if self._on_loopback() and not (is_loopback_host(host) or factory.is_allowed_host(host)):
-            self._refuse(request, "host", 421, "Misdirected Request: Host not allowed")
-        if not factory.origin_policy.allows(request.headers.get("origin"), host, host_trusted):
-            self._refuse(request, "origin", 403, "Forbidden: Origin not allowed")
-        if factory.auth is not None:
-            self.identity = factory.auth.authenticate(request.headers.get("authorization"))
-            if self.identity is None:
-                self._refuse(request, "auth", 401, "Unauthorized")
-        if self.identity is None:
-            self.identity = certificate_subject(self.transport)
+        headers = request.headers
+        try:
+            # Only sessions hold slots (the capacity check); connections still
+            # in the handshake have their own, smaller table (connectionMade).
+            self.identity = self.factory.host.admit(AdmissionRequest(
+                path=request.path, host=headers.get("host", ""), origin=headers.get("origin"),
+                authorization=headers.get("authorization"),
+                on_loopback=listener_is_loopback(self.transport.getHost()), tls_transport=self.transport,
+            ))
+        except Refusal as refusal:
+            # Logged and counted with why (never the headers but Host and Origin).
+            log.info("Refused {peer} ({reason}): HTTP {code}", peer=request.peer, reason=refusal.reason,
+                     code=refusal.status, host=headers.get("host"), origin=headers.get("origin"),
+                     path=request.path)
+            raise ConnectionDeny(refusal.status, refusal.text) from None
         # RFC 6455: select only a subprotocol the client offered.
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
-
-    def _refuse(self, request: ConnectionRequest, reason: str, code: int, text: str) -> NoReturn:
-        """Refuse the upgrade with an HTTP error; log and count why (never the headers)."""
-        log.info("Refused {peer} ({reason}): HTTP {code}", peer=request.peer, reason=reason, code=code,
-                 host=request.headers.get("host"), origin=request.headers.get("origin"), path=request.path)
-        if self.factory.metrics is not None:
-            self.factory.metrics.handshake_refusals.labels(reason).inc()
-        raise ConnectionDeny(code, text)
 
     # -- the opening handshake, before Autobahn sees it ------------------
 
@@ -336,40 +250,16 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
             reason = "Internal Server Error"
         super().failHandshake(reason, code, responseHeaders)
 
-    def _on_loopback(self) -> bool:
-        address = self.transport.getHost()
-        if isinstance(address, (IPv4Address, IPv6Address)):
-            try:
-                return ipaddress.ip_address(address.host.split("%")[0]).is_loopback
-            except ValueError:
-                return False
-        return False  # UNIX sockets and others cannot be reached by a browser
-
     def onOpen(self) -> None:
         factory = self.factory
         factory.handshaking.pop(self, None)
         self.opened_at = time.monotonic()
-        self.session = Session(
-            self._send,
-            role=Role.SERVER,
-            handler=factory.app,
-            clock=factory.clock,
-            max_in_flight=factory.max_in_flight,
-            handler_timeout=factory.handler_timeout,
-            request_timeout=factory.app.client_request_timeout,
-            observer=factory.metrics.request_finished if factory.metrics is not None else None,
-            max_message_size=factory.max_message_size,
-            max_batch_size=factory.max_batch_size,
-            flow=self,
-        )
+        self.session = factory.host.open_session(
+            self._send, transport="websocket", identity=self.identity, peer=self.peer, flow=self)
         if factory.init_timeout:
             self._init_timer = factory.clock.callLater(factory.init_timeout, self._init_expired)
-        self.session.attributes["identity"] = self.identity
-        self.session.attributes["peer"] = self.peer
         factory.connections.add(self)
         self._metrics = factory.metrics
-        if self._metrics is not None:
-            self._metrics.connections_accepted.inc()
         log.info("Opened {peer} (identity {identity!r})", peer=self.peer, identity=self.identity)
         self._ready_announced = False
         self.paused = False
@@ -524,6 +414,7 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
         if self.session is None:
             return  # the upgrade never finished: a refusal, already logged
         self.session.close(f"WebSocket closed ({code}): {reason}")
+        self.factory.host.session_closed(self.session)
         self._release_writers()  # handlers carry on; what they send now is dropped
         self.factory.connections.discard(self)
         # When we closed, record the code we sent (1001 at shutdown, 1008
@@ -537,19 +428,23 @@ class MCPServerProtocol(FastPathMixin, WebSocketServerProtocol):
                  peer=self.peer, code=code, clean=wasClean, duration=duration, reason=reason)
 
 
-class MCPServerFactory(WebSocketServerFactory):
+class MCPWebSocketServerFactory(WebSocketServerFactory):
     """Serves an ``MCPServer`` app over WebSocket; listen on any endpoint.
 
     ``connections`` holds the open connections (those past the upgrade).
+    The app, limits, admission, live sessions and drain state live in a
+    ``SessionHost`` (``host``), made from these arguments or given, so that
+    WebSocket and Streamable HTTP can serve one app with one set of limits.
     """
 
-    protocol = MCPServerProtocol
+    protocol = MCPWebSocketServerProtocol
 
     def __init__(
         self,
-        app: MCPServer,
+        app: MCPServer | None = None,
         url: str | None = None,
         *,
+        host: SessionHost | None = None,
         path: str | None = "/mcp",
         allowed_origins: Iterable[str] = (),
         allowed_hosts: Iterable[str] = (),
@@ -575,6 +470,9 @@ class MCPServerFactory(WebSocketServerFactory):
         clock: IReactorTime | None = None,
     ) -> None:
         """
+        :param host: serve this host's app with its limits and admission; the
+            arguments that describe those (``path`` to ``max_batch_size``,
+            ``auth``, ``metrics``, ``clock``) are then not used.
         :param path: the only request path upgraded (``None``: any path).
         :param allowed_origins: browser origins allowed besides the server's
             own (see ``OriginPolicy``).
@@ -613,47 +511,43 @@ class MCPServerFactory(WebSocketServerFactory):
             ping_interval=ping_interval, ping_timeout=ping_timeout,
             open_handshake_timeout=open_handshake_timeout, close_handshake_timeout=close_handshake_timeout,
         )
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
-        self.app = app
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
-        self.path = path
-        self.origin_policy = OriginPolicy(allowed_origins)
-        self.allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
-        self.max_in_flight = max_in_flight
-        self.handler_timeout = handler_timeout
+        if host is None:
+            if app is None:
+                raise TypeError("MCPServerFactory needs an app or a host")
+            host = SessionHost(
+                app,
+                admission=Admission(path=path, allowed_origins=allowed_origins, allowed_hosts=allowed_hosts,
+                                    auth=auth),
+                limits=Limits(max_sessions=max_connections, max_in_flight=max_in_flight,
+                              handler_timeout=handler_timeout, max_message_size=max_message_size,
+                              max_batch_size=max_batch_size),
+                metrics=metrics, clock=clock, client_request_timeout=app.client_request_timeout,
+            )
+        self.host = host
         self.write_buffer_size = write_buffer_size
-        self.max_connections = max_connections
         self.max_handshakes = max_handshakes
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.init_timeout = init_timeout
         self.max_fragments = max_fragments
-        self.max_batch_size = max_batch_size
-        self.max_message_size = max_message_size
         self.max_output_buffer = max_output_buffer
         self.output_stall_timeout = output_stall_timeout
         # Connections in the HTTP handshake, oldest first (a dict keeps order).
-        self.handshaking: dict[MCPServerProtocol, None] = {}
+        self.handshaking: dict[MCPWebSocketServerProtocol, None] = {}
         self.log_evicted = RepeatedEventLog(
             log, self.clock, "Dropped {count} connection(s) idle in the handshake ({peer} last): "
             "the handshake table is full")
         self.log_head_refused = RepeatedEventLog(
             log, self.clock, "Refused {count} upgrade request(s) with an oversize head ({peer} last: "
             "{size} bytes; limits {limit} bytes, {headers} headers): HTTP 431")
-        self.auth = auth
-        self.metrics = metrics
-        if metrics is not None:
-            metrics.factory = self
-        self.connections: set[MCPServerProtocol] = set()
-        # True once the service started shutting down: /healthz says 503 and
-        # new upgrades are refused with 503.
-        self.draining = False
+        if host.metrics is not None:
+            host.metrics.factory = self
+        self.connections: set[MCPWebSocketServerProtocol] = set()
         self.setProtocolOptions(
             webStatus=False,
             allowNullOrigin=True,  # our OriginPolicy decides (P1: Autobahn would flip it)
-            maxMessagePayloadSize=max_message_size,
-            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=host.limits.max_message_size,
+            maxFramePayloadSize=host.limits.max_message_size,
             failByDrop=False,  # send 1007/1009 close frames instead of dropping TCP
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
@@ -661,6 +555,30 @@ class MCPServerFactory(WebSocketServerFactory):
             closeHandshakeTimeout=close_handshake_timeout,
         )
 
-    def is_allowed_host(self, host: str) -> bool:
-        """Whether ``host`` (a Host header, port and trailing dot ignored) was configured."""
-        return _split_host(host)[0].rstrip(".") in self.allowed_hosts
+    # What the host holds, under the names this factory always had.
+    @property
+    def app(self) -> MCPServer:
+        return self.host.app  # type: ignore[return-value]
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self.host.clock
+
+    @property
+    def metrics(self) -> Metrics | None:
+        return self.host.metrics
+
+    @property
+    def draining(self) -> bool:
+        """True once the service started shutting down: /healthz says 503 and
+        new upgrades are refused with 503."""
+        return self.host.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.host.draining = value
+
+
+# The names these classes had before other transports came.
+MCPServerProtocol = MCPWebSocketServerProtocol
+MCPServerFactory = MCPWebSocketServerFactory

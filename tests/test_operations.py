@@ -409,7 +409,7 @@ async def metered(served):
 async def test_metrics_follow_connections_refusals_requests_and_messages(metered):
     factory, port, metrics_port, state = metered
     before = await scrape(metrics_port)
-    assert value(before, "mcp_connections_accepted_total") == 0
+    assert value(before, "mcp_connections_accepted_total", transport="websocket") == 0
     assert value(before, "mcp_connections_open") == 0
 
     assert (await handshake(port, path="/elsewhere"))[0] == 404
@@ -428,13 +428,16 @@ async def test_metrics_follow_connections_refusals_requests_and_messages(metered
 
     during = await scrape(metrics_port)
     assert value(during, "mcp_handshake_refusals_total", reason="path") == 1
-    assert value(during, "mcp_connections_accepted_total") == 1
+    assert value(during, "mcp_connections_accepted_total", transport="websocket") == 1
     assert value(during, "mcp_connections_open") == 1
+    assert value(during, "mcp_sessions_open", transport="websocket") == 1
     assert value(during, "mcp_requests_in_flight") == 1
-    assert value(during, "mcp_requests_total", method="tools/list", outcome="ok") == 1
-    assert value(during, "mcp_requests_total", method="tools/call", outcome="ok") == 2
-    assert value(during, "mcp_requests_total", method="tools/call", outcome="tool_error") == 1
-    assert value(during, "mcp_requests_total", method="tools/call", outcome="error") == 1
+    assert value(during, "mcp_requests_total", method="tools/list", outcome="ok", transport="websocket") == 1
+    assert value(during, "mcp_requests_total", method="tools/call", outcome="ok", transport="websocket") == 2
+    assert value(
+        during, "mcp_requests_total", method="tools/call", outcome="tool_error", transport="websocket") == 1
+    assert value(
+        during, "mcp_requests_total", method="tools/call", outcome="error", transport="websocket") == 1
     assert value(during, "mcp_request_duration_seconds_count", method="tools/call") == 4
     # In: initialize, initialized, 6 requests. Out: 6 answers (the hanging one is pending).
     assert value(during, "mcp_messages_received_total") == 8
@@ -449,9 +452,10 @@ async def test_metrics_follow_connections_refusals_requests_and_messages(metered
     assert value(after, "mcp_connections_open") == 0
     assert value(after, "mcp_requests_in_flight") == 0
     assert value(after, "mcp_connections_closed_total", code="1000") == 1
-    assert value(after, "mcp_requests_total", method="tools/call", outcome="ok") == 3
+    assert value(after, "mcp_requests_total", method="tools/call", outcome="ok", transport="websocket") == 3
     assert value(after, "mcp_messages_sent_total") == 7
-    assert value(after, "mcp_connections_accepted_total") == 1
+    assert value(after, "mcp_connections_accepted_total", transport="websocket") == 1
+    assert value(after, "mcp_sessions_open", transport="websocket") == 0
 
 
 class ThreadRecorder:
@@ -594,14 +598,15 @@ def test_metric_labels_from_clients_are_bounded():
     from mcp_twisted.metrics import Metrics
 
     metrics = Metrics()
+    request_finished = metrics.observer("http")
     for i in range(100):
-        metrics.request_finished(f"made/up/{i}", "error", 0.001)
+        request_finished(f"made/up/{i}", "error", 0.001)
         metrics.connection_closed(3000 + i)
-    metrics.request_finished("tools/call", "ok", 0.001)
+    request_finished("tools/call", "ok", 0.001)
     metrics.connection_closed(1001)
     sample = metrics.registry.get_sample_value
-    assert sample("mcp_requests_total", {"method": "other", "outcome": "error"}) == 100
-    assert sample("mcp_requests_total", {"method": "tools/call", "outcome": "ok"}) == 1
+    assert sample("mcp_requests_total", {"method": "other", "outcome": "error", "transport": "http"}) == 100
+    assert sample("mcp_requests_total", {"method": "tools/call", "outcome": "ok", "transport": "http"}) == 1
     assert sample("mcp_connections_closed_total", {"code": "other"}) == 100
     assert sample("mcp_connections_closed_total", {"code": "1001"}) == 1
     families = {f.name: f for f in metrics.registry.collect()}

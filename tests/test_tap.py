@@ -882,7 +882,7 @@ def test_hardening_limits_reach_the_factory_and_the_app():
     service = tap.makeService(options)
     factory = service.factory
     assert (factory.max_handshakes, factory.max_header_bytes, factory.max_headers) == (9, 4096, 30)
-    assert (factory.init_timeout, factory.max_fragments, factory.max_batch_size) == (7.5, 12, 5)
+    assert (factory.init_timeout, factory.max_fragments, factory.host.limits.max_batch_size) == (7.5, 12, 5)
     assert (factory.max_output_buffer, factory.output_stall_timeout) == (2 << 20, 4.0)
     assert (LIMITS_APP.max_subscriptions, LIMITS_APP.max_uri_length) == (3, 99)
 

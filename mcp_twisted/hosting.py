@@ -1,0 +1,341 @@
+"""What every transport shares: admission, the session host, and the limits.
+
+A transport (WebSocket, Streamable HTTP, stdio) turns bytes into messages;
+everything else about serving an app lives here, once:
+
+- ``Admission.admit`` decides whether a connection or request may reach the
+  app, from transport-neutral facts (path, Host, Origin, Authorization, the
+  listener's address, the TLS transport for a client certificate). It returns
+  the caller's identity or raises a ``Refusal`` that carries the HTTP status,
+  text and headers the transport answers with.
+- ``SessionHost`` owns the app, the clock, the ``Limits``, the registry of
+  live sessions, the drain state and the metrics, and makes the sessions.
+
+Browser safety: a foreign ``Origin`` gets 403; on a loopback listener a
+``Host`` that is not a loopback name gets 421 (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IAddress, IReactorTime
+
+from mcp_twisted.auth import TokenAuthenticator, certificate_subject
+from mcp_twisted.session import OutputFlow, Role, Send, Session, SessionHandler
+
+if TYPE_CHECKING:
+    from mcp_twisted.metrics import Metrics
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Admission",
+    "AdmissionRequest",
+    "Limits",
+    "OriginPolicy",
+    "Refusal",
+    "SessionHost",
+    "is_ip_literal",
+    "is_loopback_host",
+    "listener_is_loopback",
+    "normalize_origin",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _split_host(host: str) -> tuple[str, int | None]:
+    """``"[::1]:8080"`` -> ``("::1", 8080)``; a missing port is ``None``."""
+    parsed = urlsplit("//" + host)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1  # not a port: will not match anything
+    return (parsed.hostname or "").lower(), port
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine (a name or a loopback address)."""
+    name, _ = _split_host(host)
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def is_ip_literal(host: str) -> bool:
+    """Whether a Host header names an address rather than a (rebindable) DNS name."""
+    try:
+        ipaddress.ip_address(_split_host(host)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` lower-cased, default ports dropped."""
+    parts = urlsplit(origin.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        return origin
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def listener_is_loopback(address: IAddress) -> bool:
+    """Whether a listener's own address is a loopback one (where a browser
+    page could reach it only through DNS rebinding). UNIX sockets and the
+    like cannot be reached by a browser at all: False."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        try:
+            return ipaddress.ip_address(address.host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+    return False
+
+
+class OriginPolicy:
+    """Which browser origins may open a connection.
+
+    Allowed: requests with no ``Origin`` (non-browser clients), the server's
+    own origin (the ``Origin`` names the same host and port as ``Host``), and
+    the configured list: exact origins such as ``https://app.example.com``,
+    ``https://*.example.com`` for subdomains, ``null`` for opaque origins, or
+    ``*`` for any origin.
+    """
+
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
+        self.allow_any = False
+        self.allow_null = False
+        self.exact: set[str] = set()
+        self.suffixes: list[tuple[str, str]] = []
+        for entry in allowed:
+            if entry == "*":
+                self.allow_any = True
+            elif entry == "null":
+                self.allow_null = True
+            elif "://*." in entry:
+                scheme, _, rest = normalize_origin(entry.replace("*.", "wildcard.", 1)).partition("://")
+                self.suffixes.append((scheme, rest.removeprefix("wildcard")))
+            else:
+                self.exact.add(normalize_origin(entry))
+
+    def allows(self, origin: str | None, host: str, host_trusted: bool = True) -> bool:
+        """Whether a request from ``origin`` with this ``Host`` may connect.
+
+        ``host_trusted`` says whether the Host header can be believed (an IP
+        literal, a loopback name, a configured name); otherwise it does not
+        make an origin "the same", as a DNS-rebinding page controls both.
+        """
+        if origin is None or self.allow_any:
+            return True
+        if origin == "null":
+            return self.allow_null
+        normalized = normalize_origin(origin)
+        if normalized in self.exact:
+            return True
+        scheme, _, netloc = normalized.partition("://")
+        if any(scheme == s and netloc.endswith(suffix) for s, suffix in self.suffixes):
+            return True
+        if not host_trusted:
+            return False
+        # Same origin: the page was served by this very host:port.
+        origin_host, origin_port = _split_host(netloc)
+        request_host, request_port = _split_host(host)
+        default = _DEFAULT_PORTS.get(scheme)
+        return origin_host == request_host and (origin_port or default) == (request_port or default)
+
+
+class Refusal(Exception):
+    """A connection or request that may not reach the app, and the answer.
+
+    ``reason`` is a short fixed word (``path``, ``draining``, ``capacity``,
+    ``host``, ``origin``, ``auth``) for logs and the metrics label.
+    """
+
+    def __init__(self, status: int, reason: str, text: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(f"HTTP {status} ({reason}): {text}")
+        self.status = status
+        self.reason = reason
+        self.text = text
+        self.headers = tuple(headers)
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """The facts admission decides on, whatever the transport."""
+
+    path: str
+    host: str = ""
+    origin: str | None = None
+    authorization: str | None = None
+    on_loopback: bool = False  # the listener's own address is a loopback one
+    tls_transport: object = None  # for the client certificate, when there is one
+    opens_session: bool = True  # counts against the session cap
+
+
+class Admission:
+    """Who may reach the app: path, drain, capacity, Host, Origin, token, certificate.
+
+    One object for every transport, so that WebSocket and HTTP refuse the
+    same requests with the same statuses.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str | None = "/mcp",
+        allowed_origins: Iterable[str] = (),
+        allowed_hosts: Iterable[str] = (),
+        auth: TokenAuthenticator | None = None,
+    ) -> None:
+        self.path = path
+        self.origin_policy = OriginPolicy(allowed_origins)
+        self.allowed_hosts = frozenset(h.lower().rstrip(".") for h in allowed_hosts)
+        self.auth = auth
+
+    def is_allowed_host(self, host: str) -> bool:
+        """Whether ``host`` (a Host header, port and trailing dot ignored) was configured."""
+        return _split_host(host)[0].rstrip(".") in self.allowed_hosts
+
+    def admit(self, request: AdmissionRequest, host: SessionHost) -> Any:
+        """The caller's identity (token name, certificate subject or None);
+        raises ``Refusal`` in the order path, drain, capacity, Host, Origin, token."""
+        if self.path is not None and request.path != self.path:
+            raise Refusal(404, "path", "Not Found")
+        if host.draining:
+            raise Refusal(503, "draining", "Service Unavailable: shutting down")
+        if request.opens_session and host.at_capacity:
+            raise Refusal(503, "capacity", "Service Unavailable: too many connections")
+        loopback_host = is_loopback_host(request.host)
+        host_trusted = loopback_host or is_ip_literal(request.host) or self.is_allowed_host(request.host)
+        if request.on_loopback and not (loopback_host or self.is_allowed_host(request.host)):
+            raise Refusal(421, "host", "Misdirected Request: Host not allowed")
+        if not self.origin_policy.allows(request.origin, request.host, host_trusted):
+            raise Refusal(403, "origin", "Forbidden: Origin not allowed")
+        if self.auth is not None:
+            identity = self.auth.authenticate(request.authorization)
+            if identity is None:
+                # RFC 6750: a 401 names the scheme it wants.
+                raise Refusal(401, "auth", "Unauthorized", [("WWW-Authenticate", 'Bearer realm="mcp"')])
+            return identity
+        return certificate_subject(request.tls_transport)
+
+
+@dataclass
+class Limits:
+    """The per-session limits every transport applies (see docs/operations.md)."""
+
+    max_sessions: int = 1000
+    max_in_flight: int = 64
+    handler_timeout: float | None = None
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_batch_size: int = 64
+
+
+class SessionHost:
+    """The app served by every transport, with its limits, live sessions,
+    drain state and metrics.
+
+    Transports ask it to ``admit`` a caller and to ``open_session``; the
+    service asks it to ``drain``. ``sessions`` maps each live session to the
+    name of the transport that carries it (for the metrics' label).
+    """
+
+    def __init__(
+        self,
+        app: SessionHandler,
+        *,
+        admission: Admission | None = None,
+        limits: Limits | None = None,
+        metrics: Metrics | None = None,
+        clock: IReactorTime | None = None,
+        client_request_timeout: float | None = 60.0,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.app = app
+        self.admission = admission if admission is not None else Admission()
+        self.limits = limits if limits is not None else Limits()
+        self.metrics = metrics
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.client_request_timeout = client_request_timeout
+        self.sessions: dict[Session, str] = {}
+        # True once the service started shutting down: admission answers 503.
+        self.draining = False
+
+    @property
+    def at_capacity(self) -> bool:
+        maximum = self.limits.max_sessions
+        return bool(maximum) and len(self.sessions) >= maximum
+
+    def admit(self, request: AdmissionRequest) -> Any:
+        """``Admission.admit`` against this host; refusals are counted."""
+        try:
+            return self.admission.admit(request, self)
+        except Refusal as refusal:
+            if self.metrics is not None:
+                self.metrics.handshake_refusals.labels(refusal.reason).inc()
+            raise
+
+    def open_session(
+        self,
+        send: Send,
+        *,
+        transport: str,
+        identity: Any = None,
+        peer: str | None = None,
+        flow: OutputFlow | None = None,
+    ) -> Session:
+        """A server-role session for the app, with this host's limits, registered as live."""
+        limits = self.limits
+        session = Session(
+            send,
+            role=Role.SERVER,
+            handler=self.app,
+            clock=self.clock,
+            max_in_flight=limits.max_in_flight,
+            handler_timeout=limits.handler_timeout,
+            request_timeout=self.client_request_timeout,
+            observer=self.metrics.observer(transport) if self.metrics is not None else None,
+            max_message_size=limits.max_message_size,
+            max_batch_size=limits.max_batch_size,
+            flow=flow,
+        )
+        session.attributes["identity"] = identity
+        session.attributes["peer"] = peer
+        self.sessions[session] = transport
+        if self.metrics is not None:
+            self.metrics.connections_accepted.labels(transport).inc()
+        return session
+
+    def session_closed(self, session: Session) -> None:
+        """Forget a session the transport closed."""
+        self.sessions.pop(session, None)
+
+    def drain(self) -> Deferred[Any]:
+        """Refuse new callers and new requests; fires when every session's
+        running requests have finished (the caller bounds the wait)."""
+        self.draining = True
+        return DeferredList([session.drain() for session in list(self.sessions)], consumeErrors=True)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(session.in_flight for session in self.sessions)
