@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -16,9 +16,13 @@ from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.protocol import SERVER_SHUTTING_DOWN
 from mcp_twisted.websocket import MCPServerFactory
 
+if TYPE_CHECKING:
+    from mcp_twisted.http import MCPHTTPResource
+
 __all__ = [
     "CLOSE_GOING_AWAY",
     "ListenError",
+    "MCPService",
     "MCPWebSocketService",
 ]
 
@@ -48,18 +52,23 @@ class _Listener(StreamServerEndpointService):
             raise ListenError(f"cannot listen on {self.description!r}: {e}") from e
 
 
-class MCPWebSocketService(MultiService):
+class MCPService(MultiService):
     """Listens on every endpoint given; on stop, drains and says goodbye.
+
+    Each listener serves WebSocket (``factory``) and, when ``http`` is given,
+    Streamable HTTP on the same path: an upgrade request goes to Autobahn,
+    everything else to twisted.web.
 
     Stopping (twistd's SIGTERM path) goes in three steps:
 
-    1. stop accepting connections;
+    1. stop accepting connections; new sessions get 503;
     2. drain: new requests are refused (``-32003``) while requests already
        running may finish, for up to ``drain_timeout`` seconds; those still
        running then are cancelled and answered with ``-32003`` too;
-    3. close every connection with 1001 (going away), so clients reconnect
-       at once instead of waiting for a timeout, and wait up to
-       ``close_timeout`` seconds for the close handshakes; then drop the rest.
+    3. close every WebSocket connection with 1001 (going away), so clients
+       reconnect at once instead of waiting for a timeout, and end every HTTP
+       session (its streams end after their answers); wait up to
+       ``close_timeout`` seconds for the close handshakes; drop the rest.
     """
 
     def __init__(
@@ -67,6 +76,8 @@ class MCPWebSocketService(MultiService):
         factory: MCPServerFactory,
         endpoints: Mapping[str, IStreamServerEndpoint] | Iterable[IStreamServerEndpoint],
         *,
+        http: MCPHTTPResource | None = None,
+        websocket: bool = True,
         drain_timeout: float = 10.0,
         close_timeout: float = 5.0,
         metrics_endpoint: IStreamServerEndpoint | None = None,
@@ -74,6 +85,8 @@ class MCPWebSocketService(MultiService):
         """
         :param endpoints: where to listen; a mapping from endpoint strings to
             endpoints names each in errors.
+        :param http: also serve Streamable HTTP (the resource must use the
+            factory's ``host``); ``websocket=False`` then serves HTTP only.
         :param metrics_endpoint: where to serve ``/metrics`` and ``/healthz``
             (the factory must have been given ``metrics``). It keeps serving
             while connections drain, so health checks see the 503.
@@ -84,9 +97,18 @@ class MCPWebSocketService(MultiService):
         self.close_timeout = close_timeout
         self.listeners = MultiService()
         self.listeners.setServiceParent(self)
+        self.http = http
+        listening: Any = factory
+        if http is not None:
+            from autobahn.twisted.resource import WebSocketResource
+
+            from mcp_twisted.http import MCPSite
+
+            listening = MCPSite(http, WebSocketResource(factory) if websocket else None,
+                                max_body_size=factory.host.limits.max_message_size)
         named = endpoints.items() if isinstance(endpoints, Mapping) else ((repr(e), e) for e in endpoints)
         for description, endpoint in named:
-            _Listener(endpoint, factory, description).setServiceParent(self.listeners)
+            _Listener(endpoint, listening, description).setServiceParent(self.listeners)
         if metrics_endpoint is not None:
             from mcp_twisted.metrics import metrics_site
 
@@ -94,14 +116,14 @@ class MCPWebSocketService(MultiService):
 
     @inlineCallbacks
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
-        self.factory.draining = True
+        host = self.factory.host
+        host.draining = True
         yield self.listeners.stopService()
-        sessions = [c.session for c in self.factory.connections if c.session is not None]
-        running = sum(session.in_flight for session in sessions)
-        if running:
+        sessions = list(host.sessions)
+        if host.in_flight:
             log.info("Draining: waiting up to {timeout}s for {count} running requests",
-                     timeout=self.drain_timeout, count=running)
-        drained = DeferredList([session.drain() for session in sessions], consumeErrors=True)
+                     timeout=self.drain_timeout, count=host.in_flight)
+        drained = host.drain()
         drained.addTimeout(self.drain_timeout, self.factory.clock)
         with contextlib.suppress(TimeoutError):
             yield drained
@@ -113,6 +135,8 @@ class MCPWebSocketService(MultiService):
         aborted = sum(session.abort_running(shutting_down) for session in sessions)
         if aborted:
             log.info("Drain timeout: answered {count} running requests with an error", count=aborted)
+        if self.http is not None:
+            self.http.close_all()
         connections = list(self.factory.connections)
         if connections:
             log.info("Closing {count} connections (server shutting down)", count=len(connections))
@@ -128,3 +152,7 @@ class MCPWebSocketService(MultiService):
         # Last, what still runs (the metrics listener): health checks saw the drain.
         Service.stopService(self)
         yield DeferredList([maybeDeferred(child.stopService) for child in self if child.running])
+
+
+# The name from before Streamable HTTP.
+MCPWebSocketService = MCPService

@@ -65,10 +65,17 @@ def _size(value: str) -> int:
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Serve a Model Context Protocol app over WebSocket (subprotocol 'mcp'). "
-        "Without --app it serves the built-in demo. Example: twistd -n mcpws "
-        "--endpoint ssl:8443:privateKey=key.pem:certKey=cert.pem --app mypkg.app:server"
+        "Serve a Model Context Protocol app over Streamable HTTP and WebSocket (subprotocol 'mcp') "
+        "on the same endpoints and path. Without --app it serves the built-in demo. Example: "
+        "twistd -n mcpws --endpoint ssl:8443:privateKey=key.pem:certKey=cert.pem --app mypkg.app:server"
     )
+
+    optFlags: list[Any] = [
+        ["no-http", None, "Serve WebSocket only (no Streamable HTTP)."],
+        ["no-websocket", None, "Serve Streamable HTTP only (no WebSocket upgrade)."],
+        ["always-stream", None, "Answer every HTTP request on an SSE stream with a priming event, so any "
+         "answer can be resumed after a dropped connection (default: JSON unless the handler streams)."],
+    ]
 
     optParameters: list[Any] = [
         ["app", "a", DEFAULT_APP, "The MCPServer to serve, as module:attribute."],
@@ -101,6 +108,17 @@ class Options(usage.Options):
         ["output-stall-timeout", None, 30.0,
          "Seconds a client may leave more than --max-output-buffer unread before it is closed (1008).",
          _positive_float],
+        ["session-idle-timeout", None, 1800.0,
+         "Seconds an HTTP session may go without a request or an open stream before it ends (0: never).",
+         _positive_float],
+        ["sse-keepalive", None, 15.0, "Seconds between SSE keep-alive comments (0: none).", _positive_float],
+        ["sse-retry", None, 1000, "Milliseconds a client waits before resuming a dropped SSE stream.",
+         _count(0)],
+        ["max-replay-events", None, 1000, "SSE events kept per HTTP session for Last-Event-ID replay.",
+         _count(0)],
+        ["max-replay-size", None, 8 * 1024 * 1024,
+         "Bytes of SSE events kept per HTTP session for replay (K, M suffixes).", _size],
+        ["replay-ttl", None, 300.0, "Seconds an SSE event is kept for replay.", _positive_float],
         ["max-subscriptions", None, None,
          "Resources one session may subscribe to (default: the app's, 100).", _count(0)],
         ["max-uri-length", None, None,
@@ -287,7 +305,25 @@ def makeService(options: Options) -> IService:
         )
     except ValueError as e:
         raise StartupError(str(e)) from None
+    if options["no-http"] and options["no-websocket"]:
+        raise StartupError("--no-http and --no-websocket: nothing left to serve")
+    http = None
+    if not options["no-http"]:
+        from mcp_twisted.http import HTTPSettings, MCPHTTPResource
+
+        http = MCPHTTPResource(factory.host, HTTPSettings(
+            session_idle_timeout=options["session-idle-timeout"],
+            keepalive_interval=options["sse-keepalive"],
+            retry_ms=options["sse-retry"],
+            max_events=options["max-replay-events"],
+            max_event_bytes=options["max-replay-size"],
+            event_ttl=options["replay-ttl"],
+            max_output_buffer=options["max-output-buffer"],
+            output_stall_timeout=options["output-stall-timeout"],
+            always_stream=bool(options["always-stream"]),
+        ))
     return TwistdService(
-        factory, endpoints, drain_timeout=options["drain-timeout"], close_timeout=options["close-timeout"],
+        factory, endpoints, http=http, websocket=not options["no-websocket"],
+        drain_timeout=options["drain-timeout"], close_timeout=options["close-timeout"],
         metrics_endpoint=metrics_endpoint,
     )

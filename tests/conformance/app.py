@@ -113,6 +113,14 @@ def test_error_handling() -> str:
 
 
 @server.tool()
+async def test_reconnection(ctx: Context) -> str:
+    """Ends its own stream, then answers: the client resumes with Last-Event-ID (SEP-1699)."""
+    ctx.close_stream()
+    await task.deferLater(ctx.session.clock, 0.15)
+    return "Reconnection test completed: the answer arrived after the stream was resumed"
+
+
+@server.tool()
 async def test_tool_with_progress(ctx: Context) -> str:
     """Reports progress 0, 50 and 100 of 100, pausing between steps."""
     for done in (0, 50, 100):

@@ -1,0 +1,700 @@
+"""The Streamable HTTP transport (MCP 2025-03-26 to 2025-11-25) on twisted.web.
+
+One URL serves it: ``POST`` carries one JSON-RPC message (or a 2025-03-26
+batch), ``GET`` opens the session's stream of unsolicited messages,
+``DELETE`` ends the session. ``MCPHTTPResource`` is a leaf ``IResource``;
+``MCPSite`` puts it and the WebSocket transport on the same path.
+
+The way of a request::
+
+    POST -> admission (hosting) -> MCP-Session-Id -> Session.receive
+         -> handler -> send(data, related, answer) -> HTTPSession.route
+         -> the POST's JSON body, or its SSE stream from the first message
+            that is not the answer on; messages no request owns -> GET stream
+
+Every SSE event gets an id and is kept in a bounded per-session store, so a
+client whose stream dropped replays what it missed with ``Last-Event-ID``;
+a dropped stream does not cancel the handler (``notifications/cancelled``
+does).
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import IResource, Resource
+from zope.interface import implementer
+
+from mcp_twisted import jsonrpc
+from mcp_twisted.hosting import AdmissionRequest, Refusal, SessionHost, listener_is_loopback
+from mcp_twisted.jsonrpc import INVALID_REQUEST, MessageError, Request, RequestId, RPCError
+from mcp_twisted.protocol import SUPPORTED_PROTOCOL_VERSIONS, Method, version_at_least
+from mcp_twisted.session import Session
+
+if TYPE_CHECKING:
+    from autobahn.twisted.resource import WebSocketResource
+
+__all__ = [
+    "EventStore",
+    "HTTPSettings",
+    "MCPHTTPResource",
+    "MCPSite",
+]
+
+log = Logger()
+
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+# Priming events (an id and empty data, so the client has something to
+# resume from at once) came with 2025-11-25; older clients may choke on them.
+PRIMING_SINCE = "2025-11-25"
+STANDALONE = "0"  # the stream id of the GET stream
+
+
+@dataclass
+class HTTPSettings:
+    """Streamable HTTP limits and timers (see docs/operations.md)."""
+
+    session_idle_timeout: float = 1800.0  # seconds with no request and no open stream
+    keepalive_interval: float = 15.0  # seconds between SSE comment lines (0: none)
+    retry_ms: int = 1000  # the SSE ``retry:`` a client waits before reconnecting
+    max_events: int = 1000  # events kept per session for Last-Event-ID replay
+    max_event_bytes: int = 8 * 1024 * 1024  # bytes kept per session for replay
+    event_ttl: float = 300.0  # seconds an event is kept for replay
+    max_output_buffer: int = 4 * 1024 * 1024  # unread bytes per stream before it counts as stalled
+    output_stall_timeout: float = 30.0  # seconds a stream may stay stalled before it is dropped
+    # Answer every request on an SSE stream that starts with a priming event,
+    # so any answer can be resumed after a dropped connection (the official
+    # SDK's default). Off: JSON, unless the handler sent something first.
+    always_stream: bool = False
+
+
+class EventStore:
+    """A session's recent SSE events, bounded by count, bytes and age.
+
+    Ids are ``"<stream>.<sequence>"``: the stream can be told from the id
+    alone, and the sequence orders events across the session.
+    """
+
+    def __init__(self, clock: IReactorTime, max_events: int, max_bytes: int, ttl: float) -> None:
+        self.clock = clock
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self._events: deque[tuple[int, str, bytes, float]] = deque()
+        self._bytes = 0
+        self._sequence = 0
+
+    def add(self, stream: str, data: bytes) -> str:
+        """Keep an event; returns its id."""
+        self._sequence += 1
+        self._events.append((self._sequence, stream, data, self.clock.seconds()))
+        self._bytes += len(data)
+        self._trim()
+        return f"{stream}.{self._sequence}"
+
+    def _trim(self) -> None:
+        events = self._events
+        oldest = self.clock.seconds() - self.ttl
+        while events and (len(events) > self.max_events or self._bytes > self.max_bytes
+                          or events[0][3] < oldest):
+            self._bytes -= len(events.popleft()[2])
+
+    def after(self, event_id: str) -> tuple[str, list[tuple[str, bytes]]] | None:
+        """The stream an event id names and the kept events after it on that
+        stream, or None for an id this store never gave."""
+        stream, _, number = event_id.rpartition(".")
+        if not stream or not number.isdigit() or int(number) > self._sequence:
+            return None
+        self._trim()
+        sequence = int(number)
+        return stream, [(f"{s}.{n}", data) for n, s, data, _ in self._events if s == stream and n > sequence]
+
+
+def _event(event_id: str | None, data: bytes, retry_ms: int | None = None) -> bytes:
+    lines = []
+    if event_id is not None:
+        lines.append(b"id: " + event_id.encode())
+    if retry_ms is not None:
+        lines.append(b"retry: %d" % retry_ms)
+    lines.append(b"data: " + data)  # orjson output holds no newline
+    return b"\n".join(lines) + b"\n\n"
+
+
+@implementer(IPushProducer)
+class SSEStream:
+    """One open ``text/event-stream`` response, with keep-alives, write
+    flow control and a stall limit."""
+
+    def __init__(self, request: server.Request, http_session: HTTPSession) -> None:
+        self.request = request
+        self.http_session = http_session
+        self.open = True
+        self.paused = False
+        self._stalled: IDelayedCall | None = None
+        settings = http_session.resource.settings
+        request.setHeader("Content-Type", "text/event-stream")
+        request.setHeader("Cache-Control", "no-cache, no-transform")
+        request.setHeader("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
+        request.setHeader(SESSION_HEADER, http_session.id)
+        request.registerProducer(self, True)
+        self._keepalive: LoopingCall | None = None
+        if settings.keepalive_interval:
+            self._keepalive = LoopingCall(self._write, b": keep-alive\n\n")
+            self._keepalive.clock = http_session.resource.host.clock
+            self._keepalive.start(settings.keepalive_interval, now=False)
+        request.notifyFinish().addBoth(self._gone)
+
+    def prime(self, event_id: str) -> None:
+        self._write(_event(event_id, b"", self.http_session.resource.settings.retry_ms))
+
+    def send(self, event_id: str, data: bytes) -> None:
+        self._write(_event(event_id, data))
+
+    def _write(self, data: bytes) -> None:
+        if self.open:
+            self.request.write(data)
+
+    def finish(self) -> None:
+        """End the response (the client has every event)."""
+        if self.open:
+            self.open = False
+            self._stop()
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def buffered(self) -> int:
+        transport = getattr(self.request.channel, "transport", None)
+        while transport is not None and not hasattr(transport, "dataBuffer"):
+            transport = getattr(transport, "transport", None)  # TLS: the TCP transport below
+        if transport is None:
+            return 0
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[no-any-return]
+
+    # IPushProducer: the channel's write buffer passed its high-water mark.
+    def pauseProducing(self) -> None:
+        self.paused = True
+        settings = self.http_session.resource.settings
+        if self._stalled is None and settings.output_stall_timeout:
+            self._stalled = self.http_session.resource.host.clock.callLater(
+                settings.output_stall_timeout, self._stall_expired)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self._stalled is not None and self._stalled.active():
+            self._stalled.cancel()
+        self._stalled = None
+        self.http_session.stream_writable()
+
+    def stopProducing(self) -> None:
+        self.open = False
+
+    def _stall_expired(self) -> None:
+        self._stalled = None
+        if self.open and self.buffered() > self.http_session.resource.settings.max_output_buffer:
+            log.info("Dropping an SSE stream of session {session}: its client stopped reading",
+                     session=self.http_session.id[:8])
+            self.request.channel.transport.abortConnection()
+
+    def _gone(self, _: object) -> None:
+        self.open = False
+        self._stop()
+        self.http_session.stream_closed(self)
+
+    def _stop(self) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._stalled is not None and self._stalled.active():
+            self._stalled.cancel()
+        self._stalled = None
+
+
+class Exchange:
+    """A POST request and the messages that belong to it, until its answer.
+
+    ``stream`` is set once the answer became an SSE stream; ``request`` is
+    None once its client left (messages then only go to the event store).
+    """
+
+    __slots__ = ("ids", "json_only", "request", "sse", "stream_id", "sync_body")
+
+    def __init__(self, request: server.Request, ids: Iterable[RequestId], stream_id: str) -> None:
+        self.request: server.Request | None = request
+        self.ids = set(ids)
+        self.stream_id = stream_id
+        self.sse: SSEStream | None = None
+        self.sync_body: bytes | None = None  # an answer ready before render() returned
+        self.json_only = False  # initialize: its answer carries the new session's id
+
+
+class HTTPSession:
+    """One MCP session over HTTP: its ``Session``, its exchanges, its GET
+    stream, its event store and its idle timer."""
+
+    def __init__(self, resource: MCPHTTPResource, identity: Any, peer: str) -> None:
+        self.resource = resource
+        self.id = secrets.token_hex(16)  # 128 random bits, visible ASCII
+        self.identity = identity
+        settings = resource.settings
+        clock = resource.host.clock
+        self.events = EventStore(clock, settings.max_events, settings.max_event_bytes, settings.event_ttl)
+        self.exchanges: dict[RequestId, Exchange] = {}
+        self.standalone: SSEStream | None = None
+        self.streams: set[SSEStream] = set()
+        self._stream_numbers = 0
+        self._writable: list[Deferred[None]] = []
+        self._expiry: IDelayedCall | None = None
+        self.session: Session = resource.host.open_session(
+            self.route, transport="http", identity=identity, peer=peer, flow=self)
+        self.session.stream_closer = self.close_stream
+
+    # -- routing what the session sends ---------------------------------
+
+    def route(self, data: bytes, related: RequestId | None, answer: bool) -> None:
+        exchange = self.exchanges.get(related) if related is not None else None
+        if exchange is None:
+            event_id = self.events.add(STANDALONE, data)
+            if self.standalone is not None:
+                self.standalone.send(event_id, data)
+            return
+        if answer:
+            for request_id in exchange.ids:
+                self.exchanges.pop(request_id, None)
+            if exchange.sse is None and exchange.request is not None and (
+                    exchange.json_only or not self.resource.settings.always_stream):
+                self._answer_json(exchange, data)
+                return
+        self._stream(exchange, data)
+        if answer and exchange.sse is not None:
+            exchange.sse.finish()
+
+    def _answer_json(self, exchange: Exchange, data: bytes) -> None:
+        request = exchange.request
+        assert request is not None
+        request.setHeader("Content-Type", "application/json")
+        request.setHeader(SESSION_HEADER, self.id)
+        if exchange.sync_body is None and not request.startedWriting:
+            if getattr(request, "_rendering", False):
+                exchange.sync_body = data  # render() returns it
+            else:
+                request.setHeader("Content-Length", str(len(data)))
+                request.write(data)
+                request.finish()
+        self._touch()
+
+    def _stream(self, exchange: Exchange, data: bytes) -> None:
+        event_id = self.events.add(exchange.stream_id, data)
+        if exchange.sse is None and exchange.request is not None:
+            exchange.sse = self._open_stream(exchange.request, exchange.stream_id)
+        if exchange.sse is not None:
+            exchange.sse.send(event_id, data)
+
+    def _open_stream(self, request: server.Request, stream_id: str) -> SSEStream:
+        stream = SSEStream(request, self)
+        self.streams.add(stream)
+        self._touch()
+        if version_at_least(self.session.protocol_version, PRIMING_SINCE):
+            stream.prime(self.events.add(stream_id, b""))
+        return stream
+
+    def close_stream(self, request_id: RequestId) -> None:
+        """End a request's stream now (SEP-1699): the client reconnects with
+        ``Last-Event-ID`` after the ``retry`` delay and gets the rest."""
+        exchange = self.exchanges.get(request_id)
+        if exchange is None or exchange.request is None:
+            return
+        if exchange.sse is None:
+            exchange.sse = self._open_stream(exchange.request, exchange.stream_id)
+        exchange.sse.finish()
+        exchange.sse = None
+        exchange.request = None
+
+    def new_exchange(self, request: server.Request, ids: Iterable[RequestId]) -> Exchange:
+        self._stream_numbers += 1
+        exchange = Exchange(request, ids, str(self._stream_numbers))
+        for request_id in exchange.ids:
+            self.exchanges[request_id] = exchange
+        request.notifyFinish().addErrback(lambda _: self._client_left(exchange))
+        return exchange
+
+    def _client_left(self, exchange: Exchange) -> None:
+        # The spec: a disconnect is not a cancellation. The handler goes on
+        # and what it sends waits in the event store.
+        exchange.request = None
+        exchange.sse = None
+
+    def resume(self, request: server.Request, last_event_id: str) -> bool:
+        """Attach a GET with ``Last-Event-ID`` to the stream it names; False
+        if the id is unknown."""
+        found = self.events.after(last_event_id)
+        if found is None:
+            return False
+        stream_id, missed = found
+        exchange = next((e for e in self.exchanges.values() if e.stream_id == stream_id), None)
+        stream = SSEStream(request, self)
+        self.streams.add(stream)
+        for event_id, data in missed:
+            stream.send(event_id, data)
+        if stream_id == STANDALONE:
+            self.standalone = stream
+        elif exchange is not None:
+            exchange.request, exchange.sse = request, stream
+        else:
+            stream.finish()  # that request was answered: everything was replayed
+        return True
+
+    # -- OutputFlow -------------------------------------------------------
+
+    def when_writable(self) -> Deferred[None]:
+        if not any(stream.paused for stream in self.streams):
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._writable.append(waiter)
+        return waiter
+
+    def congested(self) -> bool:
+        limit = self.resource.settings.max_output_buffer
+        return any(stream.paused and stream.buffered() > limit for stream in self.streams)
+
+    def stream_writable(self) -> None:
+        if not any(stream.paused for stream in self.streams):
+            waiters, self._writable = self._writable, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def stream_closed(self, stream: SSEStream) -> None:
+        self.streams.discard(stream)
+        if self.standalone is stream:
+            self.standalone = None
+        self.stream_writable()
+        self._touch()
+
+    # -- lifetime -----------------------------------------------------------
+
+    def _touch(self) -> None:
+        """Restart the idle timer; it runs only while no stream is open."""
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        timeout = self.resource.settings.session_idle_timeout
+        if timeout and not self.streams and not self.exchanges:
+            self._expiry = self.resource.host.clock.callLater(timeout, self._expired)
+
+    def _expired(self) -> None:
+        log.info("Session {session} expired after {timeout:g} s idle", session=self.id[:8],
+                 timeout=self.resource.settings.session_idle_timeout)
+        self.end()
+
+    def end(self) -> None:
+        """Close the session: running handlers are cancelled, streams end."""
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self.resource.sessions.pop(self.id, None)
+        for stream in list(self.streams):
+            stream.finish()
+        self.session.close("HTTP session ended")
+        self.resource.host.session_closed(self.session)
+        waiters, self._writable = self._writable, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
+class BoundedRequest(server.Request):
+    """A request whose body may not pass the site's ``max_body_size``.
+
+    twisted.web reads any body into memory or a temporary file; this refuses
+    an oversize one with 413 before reading it (declared length) or as soon
+    as it passes the limit (chunked), and always buffers in memory.
+    """
+
+    refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        self._received = 0
+        limit = self.channel.site.max_body_size
+        if length is not None and length > limit:
+            # Twisted answers "Expect: 100-continue" after this call: drop the
+            # header, or "100 Continue" would follow the 413 on the wire.
+            self.requestHeaders.removeHeader(b"expect")
+            self._refuse(limit)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_size:
+            self._refuse(self.channel.site.max_body_size)
+            return
+        self.content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self.refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self, limit: int) -> None:
+        self.refused = True
+        self.content = io.BytesIO()
+        body = f"Content Too Large: the limit is {limit} bytes\n".encode()
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        self.channel.transport.loseConnection()
+        log.info("Refused a request body over {limit} bytes (HTTP 413)", limit=limit)
+
+
+def _accepts(request: server.Request, *types: str) -> bool:
+    header = ",".join(request.requestHeaders.getRawHeaders("accept") or ())
+    offered = {part.split(";")[0].strip().lower() for part in header.split(",")}
+    return "*/*" in offered or all(t in offered or t.split("/")[0] + "/*" in offered for t in types)
+
+
+def _error_body(request: server.Request, status: int, code: int, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader("Content-Type", "application/json")
+    return jsonrpc.encode(jsonrpc.error_response(None, RPCError(code, message)))
+
+
+def _plain(request: server.Request, status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    request.setResponseCode(status, _REASONS.get(status))
+    request.setHeader("Content-Type", "text/plain; charset=utf-8")
+    for name, value in headers:
+        request.setHeader(name, value)
+    return text.encode() + b"\n"
+
+
+# Twisted has no reason phrase for these.
+_REASONS = {421: b"Misdirected Request", 413: b"Content Too Large"}
+
+
+@implementer(IResource)
+class MCPHTTPResource(Resource):
+    """Streamable HTTP for one app; a leaf, so it answers on any path and
+    admission (hosting) refuses the wrong ones with 404."""
+
+    isLeaf = True
+
+    def __init__(self, host: SessionHost, settings: HTTPSettings | None = None) -> None:
+        super().__init__()
+        self.host = host
+        self.settings = settings if settings is not None else HTTPSettings()
+        self.sessions: dict[str, HTTPSession] = {}
+
+    # -- entry --------------------------------------------------------------
+
+    def render(self, request: server.Request) -> bytes | int:
+        request.defaultContentType = None  # no text/html on empty answers (202, 204)
+        method = request.method
+        if method == b"POST":
+            return self._admitted(request, self._post)
+        if method == b"GET":
+            return self._admitted(request, self._get)
+        if method == b"DELETE":
+            return self._admitted(request, self._delete)
+        request.setHeader("Allow", "GET, POST, DELETE")
+        return _plain(request, 405, "Method Not Allowed")
+
+    def _admitted(self, request: server.Request, handler: Any) -> bytes | int:
+        try:
+            identity = self.host.admit(self._admission_request(request))
+        except Refusal as refusal:
+            log.info("Refused {peer} ({reason}): HTTP {code}", peer=_peer(request), reason=refusal.reason,
+                     code=refusal.status, host=request.getHeader("host"), origin=request.getHeader("origin"),
+                     path=request.path.decode("latin-1"))
+            return _plain(request, refusal.status, refusal.text, refusal.headers)
+        request._rendering = True  # type: ignore[attr-defined]
+        try:
+            return handler(request, identity)  # type: ignore[no-any-return]
+        finally:
+            request._rendering = False  # type: ignore[attr-defined]
+
+    def _admission_request(self, request: server.Request) -> AdmissionRequest:
+        opens = request.method == b"POST" and not request.getHeader(SESSION_HEADER)
+        return AdmissionRequest(
+            path=request.path.decode("latin-1"),
+            host=request.getHeader("host") or "",
+            origin=request.getHeader("origin"),
+            authorization=request.getHeader("authorization"),
+            on_loopback=listener_is_loopback(request.getHost()),
+            tls_transport=request.channel.transport,
+            opens_session=opens,
+        )
+
+    def _session(self, request: server.Request, identity: Any) -> HTTPSession | bytes:
+        """The request's session, or the error body to answer with."""
+        session_id = request.getHeader(SESSION_HEADER)
+        if not session_id:
+            return _error_body(request, 400, INVALID_REQUEST,
+                               "Bad Request: Mcp-Session-Id header is required")
+        http_session = self.sessions.get(session_id)
+        # Another identity's session is as good as unknown: 404, not 403.
+        if http_session is None or http_session.identity != identity:
+            return _error_body(request, 404, INVALID_REQUEST, "Session not found")
+        version = request.getHeader(VERSION_HEADER)
+        if version is not None and version not in SUPPORTED_PROTOCOL_VERSIONS:
+            return _error_body(request, 400, INVALID_REQUEST,
+                               f"Unsupported MCP-Protocol-Version: {jsonrpc.clip(version)}")
+        return http_session
+
+    # -- POST ---------------------------------------------------------------
+
+    def _post(self, request: server.Request, identity: Any) -> bytes | int:
+        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return _plain(request, 415, "Unsupported Media Type: send application/json")
+        if not _accepts(request, "application/json", "text/event-stream"):
+            return _error_body(request, 406, INVALID_REQUEST,
+                               "Not Acceptable: Accept must include application/json and text/event-stream")
+        try:
+            message = jsonrpc.parse(request.content.getvalue())
+        except MessageError as e:
+            return _error_body(request, 400, e.code, e.message)
+        items = message if isinstance(message, list) else [message]
+        initialize = [m for m in items if type(m) is Request and m.method == Method.INITIALIZE]
+        if initialize and not request.getHeader(SESSION_HEADER):
+            if len(items) > 1:
+                return _error_body(request, 400, INVALID_REQUEST, "initialize must be sent alone")
+            return self._initialize(request, identity, initialize[0])
+        found = self._session(request, identity)
+        if isinstance(found, bytes):
+            return found
+        http_session = found
+        http_session._touch()
+        ids = [m.id for m in items if type(m) is Request]
+        if not ids:
+            http_session.session.receive(request.content.getvalue())
+            request.setResponseCode(202)
+            return b""
+        exchange = http_session.new_exchange(request, ids)
+        http_session.session.receive(request.content.getvalue())
+        return self._reply(request, exchange)
+
+    def _initialize(self, request: server.Request, identity: Any, message: Request) -> bytes | int:
+        http_session = HTTPSession(self, identity, _peer(request))
+        exchange = http_session.new_exchange(request, [message.id])
+        exchange.json_only = True
+        http_session.session.receive(request.content.getvalue())
+        body = exchange.sync_body
+        if body is not None and http_session.session.initialize_result is not None:
+            # Only a successful initialize makes a session.
+            self.sessions[http_session.id] = http_session
+            request.setHeader(SESSION_HEADER, http_session.id)
+            log.info("Opened HTTP session {session} for {peer} (identity {identity!r})",
+                     session=http_session.id[:8], peer=_peer(request), identity=identity)
+            http_session._touch()
+            return body
+        http_session.end()
+        request.responseHeaders.removeHeader(SESSION_HEADER)
+        return body if body is not None else _error_body(request, 500, -32603, "Internal error")
+
+    def _reply(self, request: server.Request, exchange: Exchange) -> bytes | int:
+        if exchange.sync_body is not None:
+            return exchange.sync_body
+        return server.NOT_DONE_YET
+
+    # -- GET and DELETE -------------------------------------------------------
+
+    def _get(self, request: server.Request, identity: Any) -> bytes | int:
+        if not _accepts(request, "text/event-stream"):
+            return _error_body(request, 406, INVALID_REQUEST,
+                               "Not Acceptable: Accept must include text/event-stream")
+        found = self._session(request, identity)
+        if isinstance(found, bytes):
+            return found
+        http_session = found
+        last_event_id = request.getHeader("last-event-id")
+        if last_event_id and http_session.events.after(last_event_id) is not None:
+            if last_event_id.startswith(STANDALONE + ".") and http_session.standalone is not None:
+                return _plain(request, 409, "Conflict: this session's stream is already open")
+            http_session.resume(request, last_event_id)
+            return server.NOT_DONE_YET
+        if http_session.standalone is not None:
+            return _plain(request, 409, "Conflict: this session's stream is already open")
+        http_session.standalone = http_session._open_stream(request, STANDALONE)
+        return server.NOT_DONE_YET
+
+    def _delete(self, request: server.Request, identity: Any) -> bytes | int:
+        found = self._session(request, identity)
+        if isinstance(found, bytes):
+            return found
+        log.info("Session {session} ended by its client", session=found.id[:8])
+        found.end()
+        request.setResponseCode(204)
+        return b""
+
+    # -- shutdown -------------------------------------------------------------
+
+    def close_all(self) -> None:
+        """End every session (after the drain): streams finish, handlers stop."""
+        for http_session in list(self.sessions.values()):
+            http_session.end()
+
+
+def _peer(request: server.Request) -> str:
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    return f"{type(address).__name__}:{host}:{getattr(address, 'port', '')}" if host else str(address)
+
+
+class MCPSite(server.Site):
+    """One listener for both transports: a GET with ``Upgrade: websocket``
+    goes to Autobahn, everything else to Streamable HTTP (either may be off)."""
+
+    requestFactory = BoundedRequest
+
+    def __init__(
+        self,
+        http: MCPHTTPResource | None,
+        websocket: WebSocketResource | None,
+        *,
+        max_body_size: int,
+        timeout: float = 60.0,
+    ) -> None:
+        super().__init__(_Dispatcher(http, websocket), timeout=timeout)
+        self.max_body_size = max_body_size
+        self.displayTracebacks = False
+        self.noisy = False
+
+    def log(self, request: server.Request) -> None:
+        """No access log line per request: sessions, refusals and failures
+        are logged with their fields instead (see docs/operations.md)."""
+
+    def getResourceFor(self, request: server.Request) -> Any:
+        request.setHeader("Server", "mcp-twisted")  # not Twisted's name and version
+        return super().getResourceFor(request)
+
+
+@implementer(IResource)
+class _Dispatcher(Resource):
+    isLeaf = True
+
+    def __init__(self, http: MCPHTTPResource | None, websocket: WebSocketResource | None) -> None:
+        super().__init__()
+        self.http = http
+        self.websocket = websocket
+
+    def render(self, request: server.Request) -> bytes | int:
+        upgrade = (request.getHeader("upgrade") or "").lower() == "websocket"
+        if upgrade and request.method == b"GET" and self.websocket is not None:
+            return self.websocket.render(request)  # type: ignore[no-any-return]
+        if self.http is not None:
+            return self.http.render(request)
+        request.defaultContentType = None
+        return _plain(request, 426 if self.websocket is not None else 404,
+                      "Upgrade Required: this endpoint speaks WebSocket" if self.websocket is not None
+                      else "Not Found", [("Upgrade", "websocket")] if self.websocket is not None else ())
+
+
+def _unused(_: Failure) -> None:  # pragma: no cover
+    pass

@@ -1,0 +1,108 @@
+"""The official MCP conformance suite against ``tests/conformance/app.py``.
+
+``@modelcontextprotocol/conformance`` is a client that runs scenarios against
+a server's Streamable HTTP endpoint and writes one ``checks.json`` per
+scenario. Two releases run, installed side by side under npm aliases
+(``tests/interop/package.json``): 0.1.16, the latest release, and the
+0.2.0 alpha line, whose scenarios are pinned to the 2025-11-25 revision (the
+handshake era) with ``--spec-version``.
+
+The app is served by ``twistd mcpws`` on a port the kernel picks; the port is
+read from twistd's log. A scenario passes when each of its checks is
+SUCCESS; INFO is accepted only for the checks that merely log the traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_tap import START_TIMEOUT, Twistd
+
+HERE = Path(__file__).parent
+
+# Release (the npm alias suffix) -> the arguments of ``conformance server``.
+SUITES = {
+    "0.1.16": ["--suite", "all"],
+    "0.2": ["--suite", "all", "--spec-version", "2025-11-25"],
+}
+APP_ARGS = ["--app", "tests.conformance.app:server", "--endpoint", "tcp:0:interface=127.0.0.1", "--always-stream"]
+# Checks with which the suite records what went over the wire; INFO there is no verdict.
+TRAFFIC_LOGS = frozenset({"outgoing-request", "incoming-response", "incoming-sse-event", "stream-closed"})
+SUITE_TIMEOUT = 900.0
+# twistd logs "<factory> starting on <port>" for each listening port.
+LISTENING = re.compile(r"\bstarting on (\d+)\b")
+# What the suite names each result directory: server-<scenario>-<ISO time, ':' and '.' as '-'>.
+RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
+
+
+def cli_path(release: str) -> Path:
+    return HERE / "node_modules" / f"conformance-{release}" / "dist" / "index.js"
+
+
+@pytest.fixture(scope="module")
+def conformance(node: str) -> str:
+    """Node, with both releases of the suite installed (``npm ci`` if an older
+    ``node_modules`` lacks them)."""
+    if not all(cli_path(release).is_file() for release in SUITES):
+        npm = str(Path(node).with_name("npm"))
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True,
+                       stdout=subprocess.DEVNULL)
+    return node
+
+
+@pytest.fixture
+def app_url(tmp_path: Path) -> Iterator[str]:
+    """The conformance app served by ``twistd mcpws``; its MCP endpoint's URL."""
+    server = Twistd(APP_ARGS, tmp_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (found := LISTENING.search(server.log)):
+            if server.process.poll() is not None:
+                pytest.fail(f"twistd exited with {server.process.returncode}:\n{server.log}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"twistd did not listen in {START_TIMEOUT} s:\n{server.log}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{found.group(1)}/mcp"
+    finally:
+        server.stop()
+
+
+def read_results(output: Path) -> dict[str, list[dict[str, Any]]]:
+    """Scenario name -> its checks, from the suite's output directory."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(output.glob("*/checks.json")):
+        match = RESULT_DIR.match(path.parent.name)
+        assert match, f"unexpected result directory {path.parent.name}"
+        results[match["scenario"]] = json.loads(path.read_text())
+    return results
+
+
+def verdict(check: dict[str, Any]) -> bool:
+    return check["status"] == "SUCCESS" or (check["status"] == "INFO" and check["id"] in TRAFFIC_LOGS)
+
+
+@pytest.mark.parametrize("release", SUITES)
+def test_conformance_suite(conformance: str, app_url: str, tmp_path: Path, release: str) -> None:
+    output = tmp_path / "results"
+    command = [conformance, str(cli_path(release)), "server", "--url", app_url, *SUITES[release]]
+    run = subprocess.run([*command, "-o", str(output)], cwd=HERE, capture_output=True, text=True,
+                         timeout=SUITE_TIMEOUT)
+    transcript = f"conformance {release} exited {run.returncode}:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    announced = re.search(r"\((\d+) scenarios\)", run.stdout)
+    assert announced, transcript
+    results = read_results(output)
+    # A scenario that crashed writes no checks.json: count them.
+    assert len(results) == int(announced.group(1)), f"{sorted(results)}\n{transcript}"
+    failures = [f"{scenario}: {check['id']} {check['status']}: {check.get('errorMessage', '')}"
+                for scenario, checks in results.items() for check in checks if not verdict(check)]
+    assert not failures, "\n".join(failures)
+    assert all(results.values()), [scenario for scenario, checks in results.items() if not checks]
+    assert run.returncode == 0, transcript
