@@ -18,6 +18,7 @@ Browser safety: a foreign ``Origin`` gets 403; on a loopback listener a
 from __future__ import annotations
 
 import ipaddress
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,10 +42,12 @@ __all__ = [
     "OriginPolicy",
     "Refusal",
     "SessionHost",
+    "WriteWaiters",
     "is_ip_literal",
     "is_loopback_host",
     "listener_is_loopback",
     "normalize_origin",
+    "unsent_bytes",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
@@ -109,6 +112,46 @@ def listener_is_loopback(address: IAddress) -> bool:
         except ValueError:
             return False
     return False
+
+
+def unsent_bytes(transport: object) -> int:
+    """Bytes written to a transport that its peer has not taken yet.
+
+    Walks down wrappers (TLS, twisted.web's channel, StandardIO's stdout
+    writer) to the file descriptor that holds Twisted's write buffer.
+    """
+    for _ in range(4):
+        if transport is None or hasattr(transport, "dataBuffer"):
+            break
+        transport = getattr(transport, "transport", None) or getattr(transport, "_writer", None)
+    if transport is None or not hasattr(transport, "dataBuffer"):
+        return 0
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[attr-defined,no-any-return]
+
+
+class WriteWaiters:
+    """Handlers waiting for a paused transport to drain (``OutputFlow.when_writable``).
+
+    Kept weakly: a handler that calls ``ctx.log()`` without awaiting it leaves
+    a Deferred nobody holds, which must not pile up while the peer is behind.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: weakref.WeakSet[Deferred[None]] = weakref.WeakSet()
+
+    def wait(self) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        self._waiters.add(waiter)
+        return waiter
+
+    def release(self) -> None:
+        waiters = list(self._waiters)
+        self._waiters.clear()
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def __len__(self) -> int:
+        return len(self._waiters)
 
 
 class OriginPolicy:

@@ -33,10 +33,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mcp_twisted import jsonrpc, tap
+from mcp_twisted.hosting import Limits, SessionHost, WriteWaiters, unsent_bytes
 from mcp_twisted.jsonrpc import INVALID_REQUEST, RPCError
 from mcp_twisted.protocol import SERVER_SHUTTING_DOWN
 from mcp_twisted.server import MCPServer
-from mcp_twisted.session import Role, Session, State
+from mcp_twisted.session import Session, State
 from mcp_twisted.tap import _size
 from mcp_twisted.websocket import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_OUTPUT_BUFFER
 
@@ -97,12 +98,12 @@ class StdioServerProtocol(Protocol):
         :param flush_timeout: seconds the last output may take to drain at
             the end before we stop waiting for it.
         """
-        self.app = app
+        self.host = SessionHost(
+            app, limits=Limits(max_sessions=1, max_in_flight=max_in_flight, handler_timeout=handler_timeout,
+                               max_message_size=max_message_size, max_batch_size=max_batch_size),
+            clock=clock, client_request_timeout=app.client_request_timeout)
         self.clock = clock
         self.max_message_size = max_message_size
-        self.max_in_flight = max_in_flight
-        self.handler_timeout = handler_timeout
-        self.max_batch_size = max_batch_size
         self.max_output_buffer = max_output_buffer
         self.flush_timeout = flush_timeout
         self.paused = False
@@ -112,23 +113,11 @@ class StdioServerProtocol(Protocol):
         self._closing = False  # no more input is handled, output is flushing
         self._ended = False
         self._flush_timer: IDelayedCall | None = None
-        self._writable_waiters: list[Deferred[None]] = []
+        self._writable_waiters = WriteWaiters()
         self._finished_waiters: list[Deferred[None]] = []
 
     def connectionMade(self) -> None:
-        self.session = Session(
-            self._send,
-            role=Role.SERVER,
-            handler=self.app,
-            clock=self.clock,
-            max_in_flight=self.max_in_flight,
-            handler_timeout=self.handler_timeout,
-            request_timeout=self.app.client_request_timeout,
-            max_message_size=self.max_message_size,
-            max_batch_size=self.max_batch_size,
-            flow=self,
-        )
-        self.session.attributes["peer"] = "stdio"
+        self.session = self.host.open_session(self._send, transport="stdio", peer="stdio", flow=self)
         self.transport.registerProducer(self, True)
 
     # -- input --------------------------------------------------------------
@@ -198,24 +187,17 @@ class StdioServerProtocol(Protocol):
     def when_writable(self) -> Deferred[None]:
         if not self.paused or self._ended:
             return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._writable_waiters.append(waiter)
-        return waiter
+        return self._writable_waiters.wait()
 
     def congested(self) -> bool:
         return self.paused and self.buffered_bytes() > self.max_output_buffer
 
     def buffered_bytes(self) -> int:
         """Bytes written to stdout that the client has not read yet."""
-        writer = getattr(self.transport, "_writer", None)  # StandardIO's stdout descriptor
-        if writer is None or not hasattr(writer, "dataBuffer"):
-            return 0
-        return len(writer.dataBuffer) - writer.offset + writer._tempDataLen
+        return unsent_bytes(self.transport)
 
     def _release_writers(self) -> None:
-        waiters, self._writable_waiters = self._writable_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        self._writable_waiters.release()
 
     # -- the end ------------------------------------------------------------
 

@@ -13,7 +13,6 @@ check is left open because it answers 400 and needs port-qualified patterns.
 from __future__ import annotations
 
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -47,10 +46,12 @@ from mcp_twisted.hosting import (
     OriginPolicy,
     Refusal,
     SessionHost,
+    WriteWaiters,
     is_ip_literal,
     is_loopback_host,
     listener_is_loopback,
     normalize_origin,
+    unsent_bytes,
 )
 from mcp_twisted.server import MCPServer
 from mcp_twisted.session import Session, State
@@ -141,9 +142,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
         self._init_timer: IDelayedCall | None = None
         self._stall_timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
-        # Weak: a handler that calls ctx.log() without awaiting it leaves its
-        # Deferred here; nothing else holds it, so it must not pile up.
-        self._writable_waiters: weakref.WeakSet[Deferred[None]] = weakref.WeakSet()
+        self._writable_waiters = WriteWaiters()
         handshaking = factory.handshaking
         handshaking[self] = None
         if len(handshaking) > factory.max_handshakes:
@@ -280,7 +279,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._release_writers()
+        self._writable_waiters.release()
         backlog = self._backlog
         while backlog and not self.paused and self.session is not None:
             self._receive(backlog.popleft())
@@ -292,9 +291,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
     def when_writable(self) -> Deferred[None]:
         if not self.paused:
             return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._writable_waiters.add(waiter)
-        return waiter
+        return self._writable_waiters.wait()
 
     def congested(self) -> bool:
         return self.paused and self.buffered_bytes() > self.factory.max_output_buffer
@@ -323,12 +320,6 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
     def stopProducing(self) -> None:
         self._backlog.clear()
 
-    def _release_writers(self) -> None:
-        waiters = list(self._writable_waiters)
-        self._writable_waiters.clear()
-        for waiter in waiters:
-            waiter.callback(None)
-
     def flush_backlog(self) -> None:
         """Hand messages read before a pause to the session now (at shutdown:
         a draining session answers their requests with -32003)."""
@@ -337,12 +328,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
 
     def buffered_bytes(self) -> int:
         """Bytes written to this connection that the peer has not taken yet."""
-        transport = self.transport
-        if not hasattr(transport, "dataBuffer"):
-            transport = getattr(transport, "transport", None)  # TLS: the TCP transport below
-        if transport is None or not hasattr(transport, "dataBuffer"):
-            return 0
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        return unsent_bytes(self.transport)
 
     def onSessionReady(self) -> None:
         """The MCP handshake finished; override to react (call ``super()``)."""
@@ -415,7 +401,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
             return  # the upgrade never finished: a refusal, already logged
         self.session.close(f"WebSocket closed ({code}): {reason}")
         self.factory.host.session_closed(self.session)
-        self._release_writers()  # handlers carry on; what they send now is dropped
+        self._writable_waiters.release()  # handlers carry on; what they send now is dropped
         self.factory.connections.discard(self)
         # When we closed, record the code we sent (1001 at shutdown, 1008
         # ...), not whatever the peer answered or 1006 if it never did.

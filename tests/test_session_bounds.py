@@ -150,3 +150,22 @@ def test_change_notifications_wait_and_merge_while_the_peer_is_behind():
     flow.drain()
     assert sorted(m["method"] for m in sent) == [
         "notifications/resources/updated", "notifications/tools/list_changed"]
+
+
+def test_waiters_nobody_awaits_do_not_pile_up():
+    # ctx.log() called without await while the peer is behind: each call
+    # leaves a Deferred that nobody holds.
+    import gc
+
+    from mcp_twisted.hosting import WriteWaiters
+
+    waiters = WriteWaiters()
+    for _ in range(10_000):
+        waiters.wait()
+    gc.collect()
+    assert len(waiters) == 0
+    held = waiters.wait()
+    fired: list[object] = []
+    held.addCallback(fired.append)
+    waiters.release()
+    assert fired == [None]
