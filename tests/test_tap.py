@@ -853,6 +853,11 @@ def test_nginx_config_upgrades_and_outlives_the_ping_interval():
     # The server pings every --ping-interval seconds; nginx must not time out before.
     (read_timeout,) = re.findall(r"proxy_read_timeout\s+(\d+)s;", active)
     assert int(read_timeout) > parse()["ping-interval"] + parse()["ping-timeout"]
+    assert int(read_timeout) > parse()["sse-keepalive"]
+    # SSE events pass as they are written; bodies up to the message limit pass.
+    assert re.search(r"proxy_buffering\s+off;", active)
+    (body,) = re.findall(r"client_max_body_size\s+(\d+)m;", active)
+    assert int(body) << 20 >= parse()["max-message-size"]
     # Host is left as nginx's default (the loopback upstream), which the server accepts.
     assert not re.search(r"proxy_set_header\s+Host\b", active)
     assert re.search(r"proxy_pass\s+http://127\.0\.0\.1:8080;", active)
