@@ -1,0 +1,161 @@
+"""Which protocol era a request belongs to: the handshake era or 2026-07-28.
+
+The 2026-07-28 revision has no ``initialize``: every request carries its
+protocol version and the client's capabilities in ``params._meta``. One
+server serves both, so each request is classified first, by one pure
+function (``classify``), from the message and, over HTTP, the
+``MCP-Protocol-Version`` header. WebSocket and stdio connections lock the
+era with their first request (``ConnectionEra``).
+
+Plain data and pure functions, like ``protocol.py``; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp_twisted.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Request, RPCError, brief
+from mcp_twisted.protocol import LOG_LEVEL_RANK, SUPPORTED_PROTOCOL_VERSIONS, Method
+
+__all__ = [
+    "ERROR_HTTP_STATUS",
+    "HEADER_MISMATCH",
+    "META_CLIENT_CAPABILITIES",
+    "META_CLIENT_INFO",
+    "META_LOG_LEVEL",
+    "META_PROTOCOL_VERSION",
+    "META_SERVER_INFO",
+    "META_SUBSCRIPTION_ID",
+    "MISSING_CLIENT_CAPABILITY",
+    "MODERN_VERSIONS",
+    "UNSUPPORTED_PROTOCOL_VERSION",
+    "ConnectionEra",
+    "Era",
+    "Modern",
+    "classify",
+    "http_status",
+]
+
+# Revisions of the stateless era this server speaks, oldest first.
+MODERN_VERSIONS: tuple[str, ...] = ("2026-07-28",)
+
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+
+# 2026-07-28 error codes (the -32020..-32099 range is MCP's).
+HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+# The HTTP status a 2026-07-28 error answer travels with; others are 200.
+ERROR_HTTP_STATUS: Mapping[int, int] = {
+    -32700: 400,
+    INVALID_REQUEST: 400,
+    INVALID_PARAMS: 400,
+    HEADER_MISMATCH: 400,
+    MISSING_CLIENT_CAPABILITY: 400,
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
+}
+
+
+def http_status(code: int) -> int:
+    """The HTTP status for a 2026-07-28 error answer with this code."""
+    return ERROR_HTTP_STATUS.get(code, 200)
+
+
+class Era(enum.Enum):
+    HANDSHAKE = "handshake"  # initialize, then a session (2024-11-05 .. 2025-11-25)
+    STATELESS = "stateless"  # every request describes itself (2026-07-28)
+
+
+@dataclass(frozen=True)
+class Modern:
+    """What a 2026-07-28 request says about itself."""
+
+    version: str
+    capabilities: dict[str, Any]
+    client_info: dict[str, Any] = field(default_factory=dict)
+    log_level: str | None = None  # no log messages at all without one
+
+
+def unsupported_version(requested: object) -> RPCError:
+    return RPCError(UNSUPPORTED_PROTOCOL_VERSION, f"Unsupported protocol version {brief(requested)}",
+                    {"supported": list(MODERN_VERSIONS), "requested": requested})
+
+
+def classify(message: Request, header_version: str | None = None) -> Modern | None:
+    """The era of one request: ``Modern`` for a 2026-07-28 request, None for
+    handshake-era traffic (``initialize`` and what follows it).
+
+    ``header_version`` is HTTP's ``MCP-Protocol-Version``. Raises ``RPCError``:
+    ``-32602`` for a partial envelope, ``-32022`` (with ``supported``) for a
+    revision this server does not speak, ``-32020`` when the header and the
+    body disagree.
+    """
+    if message.method == Method.INITIALIZE:
+        return None  # even one naming 2026-07-28: a handshake, answered with the newest handshake revision
+    params = message.params if isinstance(message.params, dict) else {}
+    meta = params.get("_meta")
+    meta = meta if isinstance(meta, dict) else {}
+    header_modern = header_version is not None and header_version not in SUPPORTED_PROTOCOL_VERSIONS
+    if META_PROTOCOL_VERSION not in meta:
+        if META_CLIENT_CAPABILITIES in meta or header_modern:
+            raise RPCError(INVALID_PARAMS, f"params._meta needs {META_PROTOCOL_VERSION!r} "
+                           f"and {META_CLIENT_CAPABILITIES!r}")
+        return None
+    version = meta[META_PROTOCOL_VERSION]
+    if header_version is not None and header_version != version:
+        raise RPCError(HEADER_MISMATCH, "MCP-Protocol-Version header does not match params._meta "
+                       f"({brief(header_version)} and {brief(version)})")
+    if version not in MODERN_VERSIONS:
+        raise unsupported_version(version)
+    capabilities = meta.get(META_CLIENT_CAPABILITIES)
+    if not isinstance(capabilities, dict):
+        raise RPCError(INVALID_PARAMS, f"params._meta needs {META_CLIENT_CAPABILITIES!r} (an object)")
+    client_info = meta.get(META_CLIENT_INFO, {})
+    if not isinstance(client_info, dict):
+        raise RPCError(INVALID_PARAMS, f"params._meta {META_CLIENT_INFO!r} must be an object")
+    log_level = meta.get(META_LOG_LEVEL)
+    if log_level is not None and (not isinstance(log_level, str) or log_level not in LOG_LEVEL_RANK):
+        raise RPCError(INVALID_PARAMS, f"Invalid log level {brief(log_level)}")
+    return Modern(version, capabilities, client_info, log_level)
+
+
+class ConnectionEra:
+    """A connection that carries one era (WebSocket, stdio): its first
+    request decides, as the official SDK's duplex loop does.
+
+    ``check`` classifies each request and refuses one of the other era:
+    ``initialize`` on a stateless connection gets ``-32022`` (with the
+    revisions that are spoken), an enveloped request on a handshake one
+    ``-32600``.
+    """
+
+    def __init__(self) -> None:
+        self.era: Era | None = None
+
+    def check(self, message: Request) -> Modern | None:
+        modern = classify(message)
+        era = Era.STATELESS if modern is not None else Era.HANDSHAKE
+        if self.era is None:
+            self.era = era
+        elif era is not self.era:
+            if self.era is Era.STATELESS:
+                raise unsupported_version(_requested(message))
+            raise RPCError(INVALID_REQUEST, "This connection is in the handshake era: "
+                           "2026-07-28 requests need a connection of their own")
+        return modern
+
+
+def _requested(message: Request) -> object:
+    params = message.params if isinstance(message.params, dict) else {}
+    return params.get("protocolVersion")
+
