@@ -2,12 +2,16 @@
 scenario in ``@modelcontextprotocol/conformance`` checks.
 
 The client declares what the suite's client declares (``sampling`` and
-``elicitation`` in the 2025-06-18 form) and answers as it does.
+``elicitation`` in the 2025-06-18 form) and answers as it does. The fixtures
+of the 2026-07-28 scenarios are exercised here on the handshake era, where
+their questions are ordinary requests to the client; those that name their
+questions (``key=``) wait for the ``Context`` methods to take that keyword.
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
 import re
@@ -18,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from mcp_twisted import Context
 from mcp_twisted.testing import MemoryClient, Peer, result_of
 from tests.conformance import app
 from tests.conformance.app import STEP_DELAY, server
@@ -25,6 +30,10 @@ from tests.conformance.app import STEP_DELAY, server
 VERSIONS = ("2025-06-18", "2025-11-25")
 SUITE_CAPABILITIES = {"sampling": {}, "elicitation": {}}
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_./-]{1,64}$")  # SEP-986, checked by tools-list
+# Whether ctx.elicit, ctx.sample and ctx.list_roots take key= (being added).
+KEYED = all("key" in inspect.signature(method).parameters
+            for method in (Context.elicit, Context.sample, Context.list_roots))
+needs_keys = pytest.mark.skipif(not KEYED, reason="ctx.elicit/sample/list_roots(key=...) not there yet")
 
 
 class Suite:
@@ -122,6 +131,13 @@ def test_every_tool_is_listed_with_a_valid_name_a_description_and_a_schema(suite
         "test_multiple_content_types", "test_error_handling", "test_tool_with_progress",
         "json_schema_2020_12_tool", "test_tool_with_logging", "test_sampling", "test_elicitation",
         "test_elicitation_sep1034_defaults", "test_elicitation_sep1330_enums",
+        # 2026-07-28
+        "test_missing_capability", "test_input_required_result_elicitation",
+        "test_input_required_result_sampling", "test_input_required_result_list_roots",
+        "test_input_required_result_request_state", "test_input_required_result_multiple_inputs",
+        "test_input_required_result_multi_round", "test_input_required_result_tampered_state",
+        "test_input_required_result_capabilities", "test_streaming_elicitation", "test_logging_tool",
+        "test_trigger_tool_change", "test_trigger_prompt_change", "test_x_mcp_header",
     }
     for tool in tools:
         assert TOOL_NAME.match(tool["name"]), tool["name"]
@@ -332,7 +348,8 @@ def test_watched_resource_subscribe_and_unsubscribe(suite):
 def test_prompts_are_listed_with_descriptions_and_arguments(suite):
     prompts = {p["name"]: p for p in result_of(suite.client.list_prompts())["prompts"]}
     assert set(prompts) == {"test_simple_prompt", "test_prompt_with_arguments",
-                            "test_prompt_with_embedded_resource", "test_prompt_with_image"}
+                            "test_prompt_with_embedded_resource", "test_prompt_with_image",
+                            "test_input_required_result_prompt"}
     assert all(p["description"] for p in prompts.values())
     assert [(a["name"], a["required"]) for a in prompts["test_prompt_with_arguments"]["arguments"]] == [
         ("arg1", True), ("arg2", True)]
@@ -369,3 +386,186 @@ def test_prompt_with_image(suite):
     assert first["role"] == "user" and first["content"]["mimeType"] == "image/png"
     assert_png(decoded(first["content"]))
     assert second == {"role": "user", "content": {"type": "text", "text": "Please analyze the image above."}}
+
+
+# -- 2026-07-28 fixtures, on the handshake era -------------------------------------
+
+# What the suite's MRTR scenarios answer, by form field.
+FORM_ANSWERS: dict[str, Any] = {"name": "Alice", "ok": True, "color": "blue", "context": "test context"}
+ROOTS = [{"uri": "file:///test/root", "name": "Test Root"}]
+
+
+class Asked:
+    """A client that answers every question the way the suite's MRTR scenarios do,
+    and records them in order (method, params)."""
+
+    def __init__(self, capabilities: tuple[str, ...] = ("sampling", "elicitation", "roots")) -> None:
+        self.questions: list[tuple[str, dict[str, Any]]] = []
+        handlers: dict[str, Any] = {"sampling": self._sample, "elicitation": self._elicit,
+                                    "roots": self._roots}
+        self.client = MemoryClient(server, **{name: handlers[name] for name in capabilities})
+
+    def _sample(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.questions.append(("sampling/createMessage", params))
+        return {"role": "assistant", "model": "test-model", "stopReason": "endTurn",
+                "content": {"type": "text", "text": "Paris"}}
+
+    def _elicit(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.questions.append(("elicitation/create", params))
+        fields = params["requestedSchema"]["properties"]
+        return {"action": "accept", "content": {name: FORM_ANSWERS[name] for name in fields}}
+
+    def _roots(self) -> list[dict[str, Any]]:
+        self.questions.append(("roots/list", {}))
+        return ROOTS
+
+    def text(self, tool: str, arguments: dict[str, Any] | None = None) -> str:
+        result = result_of(self.client.call_tool(tool, arguments or {}))
+        assert "isError" not in result, result
+        return only(result, "text")["text"]  # type: ignore[no-any-return]
+
+
+def test_missing_capability_samples_when_the_client_can(suite):
+    text = only(suite.call("test_missing_capability"), "text")["text"]
+    assert text == "The client declared sampling; the model said: This is a test response from the client"
+    [request] = suite.sampled
+    assert request["messages"][0]["content"]["text"] == "Say hello"
+
+
+def test_missing_capability_without_sampling_is_a_tool_error_on_the_handshake_era():
+    # On 2026-07-28 the same refusal is the JSON-RPC error -32021.
+    result = result_of(MemoryClient(server).call_tool("test_missing_capability", {}))
+    assert result["isError"] is True
+    assert "sampling" in result["content"][0]["text"]
+
+
+@pytest.mark.parametrize(("capabilities", "asked"), [
+    (("sampling", "elicitation"), ["sampling/createMessage", "elicitation/create"]),
+    (("sampling",), ["sampling/createMessage"]),
+    (("elicitation",), ["elicitation/create"]),
+])
+def test_capabilities_fixture_asks_only_what_the_client_declared(capabilities, asked):
+    client = Asked(capabilities)
+    text = client.text("test_input_required_result_capabilities")
+    assert text == f"capabilities-ok: {len(asked)} answer(s)"
+    assert [method for method, _ in client.questions] == asked
+
+
+def test_capabilities_fixture_without_sampling_or_elicitation_asks_nothing():
+    client = Asked(("roots",))
+    assert "neither" in client.text("test_input_required_result_capabilities")
+    assert client.questions == []
+
+
+def test_streaming_elicitation_asks_for_a_confirmation():
+    client = Asked()
+    assert client.text("test_streaming_elicitation") == "Streaming complete (action=accept)"
+    [(method, params)] = client.questions
+    assert method == "elicitation/create" and params["requestedSchema"] == app.CONFIRM_SCHEMA
+
+
+@pytest.mark.parametrize(("level", "logged"), [
+    ("info", [("info", "Logging tool started"),
+              ("critical", "A critical message, which any log level lets through")]),
+    ("error", [("critical", "A critical message, which any log level lets through")]),
+])
+def test_logging_tool_logs_at_once_what_the_level_lets_through(suite, level, logged):
+    assert result_of(suite.client.set_logging_level(level)) == {}
+    # No pause: the suite reads this call's stream for half a second only.
+    assert only(suite.call("test_logging_tool"), "text")["text"] == "Logging evaluated"
+    assert [(log["level"], log["data"]) for log in suite.logs] == logged
+
+
+@pytest.mark.parametrize(("tool", "kind", "lister"), [
+    ("test_trigger_tool_change", "tools", "list_tools"),
+    ("test_trigger_prompt_change", "prompts", "list_prompts"),
+])
+def test_triggers_announce_a_list_change_and_leave_the_list_as_it_was(tool, kind, lister):
+    changed: list[str] = []
+    client = MemoryClient(server, on_list_changed=changed.append)
+
+    def names() -> list[str]:
+        return [item["name"] for item in result_of(getattr(client, lister)())[kind]]
+
+    before = names()
+    assert only(result_of(client.call_tool(tool, {})), "text")["text"]
+    assert kind in changed
+    assert names() == before  # same items, same order: tools-list-deterministic-order
+
+
+def test_x_mcp_header_tool_lists_its_header_on_a_string_parameter(suite):
+    tools = {tool["name"]: tool for tool in result_of(suite.client.list_tools())["tools"]}
+    schema = tools["test_x_mcp_header"]["inputSchema"]
+    assert schema == app.X_MCP_HEADER_SCHEMA
+    assert schema["properties"]["region"] == {"type": "string", "x-mcp-header": "Region",
+                                              "description": "Mirrored into the Mcp-Param-Region header"}
+    assert schema.get("required", []) == []  # callable with no arguments
+
+
+def test_x_mcp_header_tool_echoes_its_region(suite):
+    assert only(suite.call("test_x_mcp_header", {"region": "Hello"}), "text")["text"] == "region=Hello"
+    assert only(suite.call("test_x_mcp_header"), "text")["text"] == "region=<none>"
+
+
+def test_input_required_prompt_is_listed_without_arguments(suite):
+    prompts = {p["name"]: p for p in result_of(suite.client.list_prompts())["prompts"]}
+    prompt = prompts["test_input_required_result_prompt"]
+    assert prompt["description"] and not prompt.get("arguments")
+
+
+@needs_keys
+@pytest.mark.parametrize(("tool", "asked", "text"), [
+    ("test_input_required_result_elicitation", [("elicitation/create", "What is your name?")],
+     "Hello, Alice!"),
+    ("test_input_required_result_sampling", [("sampling/createMessage", "What is the capital of France?")],
+     "Model said: Paris"),
+    ("test_input_required_result_list_roots", [("roots/list", None)],
+     "Client exposed 1 root(s): file:///test/root"),
+    ("test_input_required_result_request_state", [("elicitation/create", "Please confirm")],
+     "state-ok: confirmation received (ok=True)"),
+    ("test_input_required_result_tampered_state", [("elicitation/create", "Please confirm")],
+     "integrity-ok: confirmation received (ok=True)"),
+    ("test_input_required_result_multi_round",
+     [("elicitation/create", "Step 1: What is your name?"),
+      ("elicitation/create", "Step 2: What is your favorite color?")],
+     "Multi-round complete: Alice likes blue"),
+    ("test_input_required_result_multiple_inputs", [("elicitation/create", "What is your name?"),
+                                                    ("sampling/createMessage", "Generate a greeting"),
+                                                    ("roots/list", None)],
+     "Name: Alice; Greeting: Paris; Roots: 1"),
+])
+def test_input_required_fixtures_ask_and_answer(tool, asked, text):
+    client = Asked()
+    assert client.text(tool) == text
+
+    def said(method: str, params: dict[str, Any]) -> str | None:
+        if method == "elicitation/create":
+            return params["message"]  # type: ignore[no-any-return]
+        if method == "sampling/createMessage":
+            return params["messages"][0]["content"]["text"]  # type: ignore[no-any-return]
+        return None
+
+    assert [(method, said(method, params)) for method, params in client.questions] == asked
+
+
+@needs_keys
+def test_input_required_fixtures_ask_the_forms_and_token_limits_the_scenarios_show():
+    client = Asked()
+    client.text("test_input_required_result_multiple_inputs")
+    forms = {method: params for method, params in client.questions}
+    assert forms["elicitation/create"]["requestedSchema"] == app.NAME_SCHEMA
+    assert forms["sampling/createMessage"]["maxTokens"] == 50
+    client = Asked()
+    client.text("test_input_required_result_sampling")
+    assert client.questions[0][1]["maxTokens"] == 100
+
+
+@needs_keys
+def test_input_required_prompt_asks_for_its_context():
+    client = Asked()
+    result = result_of(client.client.get_prompt("test_input_required_result_prompt", {}))
+    assert result["messages"] == [{"role": "user", "content": {
+        "type": "text", "text": "Use the following context: test context"}}]
+    [(method, params)] = client.questions
+    assert (method, params["message"]) == ("elicitation/create", "What context should the prompt use?")
+    assert params["requestedSchema"] == app.CONTEXT_SCHEMA

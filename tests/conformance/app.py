@@ -10,6 +10,14 @@ Texts follow the scenario descriptions where a scenario states them. Waits use
 the session's clock, so in-memory tests drive them with a ``task.Clock``.
 Content-returning tools are annotated ``list[...]``: a ``dict`` return
 annotation would make the block structured output (``outputSchema``).
+
+The fixtures of the 2026-07-28 scenarios (``--spec-version 2026-07-28``) are
+at the end. Those that ask the client something (SEP-2322's
+``input-required-result-*``) are written as on the handshake era, with
+``ctx.elicit``, ``ctx.sample`` and ``ctx.list_roots``; on 2026-07-28 the
+server answers such a question with an ``input_required`` result and runs the
+handler again when the client retries with the answers. A question's ``key=``
+names it in ``inputRequests`` where a scenario expects a given name.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import zlib
 from typing import Any, Literal
 
 from twisted.internet import task
+from twisted.internet.defer import Deferred, gatherResults
 from typing_extensions import TypedDict
 
 from mcp_twisted import Context, MCPServer, ToolError, content
@@ -267,10 +276,6 @@ def json_schema_2020_12_tool(
     return f"JSON Schema 2020-12 tool called with: {json.dumps(given)}"
 
 
-# test_reconnection (SEP-1699: closes its own SSE stream mid-call) needs the
-# Streamable HTTP transport's request API; it is added with that transport.
-
-
 # -- resources ----------------------------------------------------------------
 
 
@@ -347,3 +352,181 @@ ARG1_SUGGESTIONS = ["paris", "park", "party", "test", "testing"]
 @server.completion("arg1", prompt="test_prompt_with_arguments")
 def complete_arg1(prefix: str) -> list[str]:
     return [word for word in ARG1_SUGGESTIONS if word.startswith(prefix)]
+
+
+# -- 2026-07-28 ---------------------------------------------------------------
+# Fixtures that only the 2026-07-28 scenarios call (server-stateless, SEP-2322
+# input-required-result-*, SEP-2243 http-custom-header-server-validation).
+# They are listed and callable on every revision.
+
+NAME_SCHEMA: dict[str, Any] = {
+    "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+CONFIRM_SCHEMA: dict[str, Any] = {
+    "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+COLOR_SCHEMA: dict[str, Any] = {
+    "type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
+CONTEXT_SCHEMA: dict[str, Any] = {
+    "type": "object", "properties": {"context": {"type": "string"}}, "required": ["context"]}
+
+
+def _field(answer: Any, name: str, default: str = "?") -> Any:
+    """A field of an accepted elicitation's content, or ``default``."""
+    accepted = isinstance(answer, dict) and answer.get("action") == "accept"
+    fields = answer.get("content") if accepted else None
+    return fields.get(name, default) if isinstance(fields, dict) else default
+
+
+def _sampled_text(answer: Any) -> str:
+    """The text of a sampling answer (``CreateMessageResult``), or ``?``."""
+    reply = answer.get("content") if isinstance(answer, dict) else None
+    text = reply.get("text") if isinstance(reply, dict) else None
+    return text if isinstance(text, str) else "?"
+
+
+@server.tool()
+async def test_missing_capability(ctx: Context) -> str:
+    """Needs the client's sampling capability: on 2026-07-28 a request that does not
+    declare it is refused with -32021 (MissingRequiredClientCapability)."""
+    answer = await ctx.sample("Say hello", max_tokens=20)
+    return f"The client declared sampling; the model said: {_sampled_text(answer)}"
+
+
+@server.tool()
+async def test_input_required_result_elicitation(ctx: Context) -> str:
+    """Asks the user's name (one elicitation, key user_name), then greets them."""
+    answer = await ctx.elicit("What is your name?", NAME_SCHEMA, key="user_name")
+    return f"Hello, {_field(answer, 'name', 'stranger')}!"
+
+
+@server.tool()
+async def test_input_required_result_sampling(ctx: Context) -> str:
+    """Asks the client's model a question (one sampling request, key capital_question)."""
+    answer = await ctx.sample("What is the capital of France?", max_tokens=100, key="capital_question")
+    return f"Model said: {_sampled_text(answer)}"
+
+
+@server.tool()
+async def test_input_required_result_list_roots(ctx: Context) -> str:
+    """Asks for the client's roots (one roots/list request, key client_roots)."""
+    roots = await ctx.list_roots(key="client_roots")
+    return f"Client exposed {len(roots)} root(s): {', '.join(str(root.get('uri')) for root in roots)}"
+
+
+@server.tool()
+async def test_input_required_result_request_state(ctx: Context) -> str:
+    """Asks for a confirmation (key confirm); the retry carries the requestState."""
+    answer = await ctx.elicit("Please confirm", CONFIRM_SCHEMA, key="confirm")
+    return f"state-ok: confirmation received (ok={_field(answer, 'ok')})"
+
+
+@server.tool()
+async def test_input_required_result_multiple_inputs(ctx: Context) -> str:
+    """Asks three things at once: a name (elicitation), a greeting (sampling) and
+    the roots, under the keys user_name, greeting and client_roots."""
+    questions: list[Deferred[Any]] = [
+        ctx.elicit("What is your name?", NAME_SCHEMA, key="user_name"),
+        ctx.sample("Generate a greeting", max_tokens=50, key="greeting"),
+        ctx.list_roots(key="client_roots"),
+    ]
+    name, greeting, roots = await gatherResults(questions, consumeErrors=True)
+    return (f"Name: {_field(name, 'name')}; Greeting: {_sampled_text(greeting)}; "
+            f"Roots: {len(roots)}")
+
+
+@server.tool()
+async def test_input_required_result_multi_round(ctx: Context) -> str:
+    """Asks two questions one after the other (keys step1, then step2): two rounds
+    of input before the answer."""
+    step1 = await ctx.elicit("Step 1: What is your name?", NAME_SCHEMA, key="step1")
+    step2 = await ctx.elicit("Step 2: What is your favorite color?", COLOR_SCHEMA, key="step2")
+    return f"Multi-round complete: {_field(step1, 'name')} likes {_field(step2, 'color')}"
+
+
+@server.tool()
+async def test_input_required_result_tampered_state(ctx: Context) -> str:
+    """Asks for a confirmation (key confirm); a retry whose requestState was
+    altered is refused (the server seals the state)."""
+    answer = await ctx.elicit("Please confirm", CONFIRM_SCHEMA, key="confirm")
+    return f"integrity-ok: confirmation received (ok={_field(answer, 'ok')})"
+
+
+@server.tool()
+async def test_input_required_result_capabilities(ctx: Context) -> str:
+    """Asks only what the client declared it can answer: sampling and elicitation,
+    each if declared; nothing when neither is."""
+    declared = ctx.client_capabilities or {}
+    questions: list[Deferred[Any]] = []
+    if "sampling" in declared:
+        questions.append(ctx.sample("Say hello", max_tokens=50))
+    if "elicitation" in declared:
+        questions.append(ctx.elicit("What is your name?", NAME_SCHEMA))
+    if not questions:
+        return "capabilities-ok: the client declared neither sampling nor elicitation"
+    answers = await gatherResults(questions, consumeErrors=True)
+    return f"capabilities-ok: {len(answers)} answer(s)"
+
+
+@server.tool()
+async def test_streaming_elicitation(ctx: Context) -> str:
+    """Asks for a confirmation mid-call: on 2026-07-28 the request's stream may carry
+    notifications and an input_required result, never a request to the client."""
+    answer = await ctx.elicit("Please confirm to continue", CONFIRM_SCHEMA)
+    return f"Streaming complete (action={answer.get('action')})"
+
+
+@server.tool()
+async def test_logging_tool(ctx: Context) -> str:
+    """Logs at info and at critical, without pauses: on 2026-07-28 a request that sets
+    no log level gets no notifications/message at all."""
+    await ctx.log("info", "Logging tool started", logger="conformance")
+    await ctx.log("critical", "A critical message, which any log level lets through", logger="conformance")
+    return "Logging evaluated"
+
+
+def _dynamic_tool() -> str:
+    """Registered and removed again by test_trigger_tool_change."""
+    return "dynamic"
+
+
+def _dynamic_prompt() -> str:
+    """Registered and removed again by test_trigger_prompt_change."""
+    return "dynamic"
+
+
+@server.tool()
+def test_trigger_tool_change() -> str:
+    """Adds a tool and removes it again: listeners hear notifications/tools/list_changed."""
+    server.add_tool(_dynamic_tool, "test_dynamic_tool")
+    server.remove_tool("test_dynamic_tool")
+    return "Tool list changed"
+
+
+@server.tool()
+def test_trigger_prompt_change() -> str:
+    """Adds a prompt and removes it again: listeners hear notifications/prompts/list_changed."""
+    server.add_prompt(_dynamic_prompt, "test_dynamic_prompt")
+    server.remove_prompt("test_dynamic_prompt")
+    return "Prompt list changed"
+
+
+# SEP-2243: a string parameter mirrored into the Mcp-Param-Region header.
+X_MCP_HEADER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "region": {"type": "string", "description": "Mirrored into the Mcp-Param-Region header",
+                   "x-mcp-header": "Region"},
+    },
+}
+
+
+@server.tool(input_schema=X_MCP_HEADER_SCHEMA)
+def test_x_mcp_header(region: str = "<none>") -> str:
+    """Echoes its region, which HTTP clients also send as the Mcp-Param-Region header."""
+    return f"region={region}"
+
+
+@server.prompt(title="Prompt Needing Input")
+async def test_input_required_result_prompt(ctx: Context) -> str:
+    """A prompt that first asks the user for its context (key user_context)."""
+    answer = await ctx.elicit("What context should the prompt use?", CONTEXT_SCHEMA, key="user_context")
+    return f"Use the following context: {_field(answer, 'context')}"
