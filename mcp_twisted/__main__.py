@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m mcp_twisted") -> 
     except usage.UsageError as e:
         print(f"{prog}: error: {e} (see --help)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    assert options.subCommand is not None  # postOptions refused a missing command
     RUNNERS[options.subCommand](options.subOptions)
 
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 from pathlib import Path
+from typing import cast
 
 from OpenSSL import crypto
 from twisted.internet import ssl
@@ -87,7 +88,8 @@ def certificate_subject(transport: object) -> str | None:
     """The RFC 4514 subject of the client's TLS certificate, if it sent one."""
     if not ISSLTransport.providedBy(transport):
         return None
-    certificate = transport.getPeerCertificate()  # type: ignore[attr-defined]
+    # ISSLTransport says object; Twisted's TLS transports give pyOpenSSL's X509 or None.
+    certificate = cast("crypto.X509 | None", transport.getPeerCertificate())
     if certificate is None:
         return None
     return certificate.to_cryptography().subject.rfc4514_string()

@@ -98,7 +98,8 @@ def load_key_and_certificate(private_key: str, certificate: str) -> ssl.PrivateC
         raise ValueError(
             f"privateKey file {private_key} is not the key of the certificate in certKey file {certificate}"
         )
-    return ssl.PrivateCertificate.fromCertificateAndKeyPair(cert, key)
+    private: ssl.PrivateCertificate = ssl.PrivateCertificate.fromCertificateAndKeyPair(cert, key)
+    return private
 
 
 def server_tls_options(
@@ -144,7 +145,7 @@ class ForwardSecretTLSServerParser:
 
     prefix = "mcpws-ssl"
 
-    def parseStreamServer(
+    def parseStreamServer(  # type: ignore[override]  # Twisted's interface says *args: object; ours are the string's named options
         self,
         reactor: Any,
         port: str,
@@ -165,7 +166,7 @@ class ForwardSecretTLSServerParser:
 class MutualTLSServerParser:
     prefix = "mtls"
 
-    def parseStreamServer(
+    def parseStreamServer(  # type: ignore[override]  # Twisted's interface says *args: object; ours are the string's named options
         self,
         reactor: Any,
         port: str,
@@ -189,7 +190,8 @@ def server_from_string(reactor: Any, description: str) -> IStreamServerEndpoint:
     kind, sep, rest = description.partition(":")
     if sep and kind == "ssl":
         description = f"{ForwardSecretTLSServerParser.prefix}:{rest}"
-    return serverFromString(reactor, description)
+    endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+    return endpoint
 
 
 # Endpoint types that listen on every address when no interface= is given,

@@ -21,7 +21,7 @@ import ipaddress
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -126,7 +126,7 @@ def unsent_bytes(transport: object) -> int:
         transport = getattr(transport, "transport", None) or getattr(transport, "_writer", None)
     if transport is None or not hasattr(transport, "dataBuffer"):
         return 0
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[attr-defined,no-any-return]
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[attr-defined,no-any-return]  # a FileDescriptor's buffer, found by hasattr: no interface has it
 
 
 class WriteWaiters:
@@ -313,12 +313,15 @@ class SessionHost:
         client_request_timeout: float | None = 60.0,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            # The module stands for the installed reactor, which provides IReactorTime.
+            clock = cast(IReactorTime, reactor)
         self.app = app
         self.admission = admission if admission is not None else Admission()
         self.limits = limits if limits is not None else Limits()
         self.metrics = metrics
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock
         self.client_request_timeout = client_request_timeout
         self.sessions: dict[Session, str] = {}
         # True once the service started shutting down: admission answers 503.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import reprlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, final
 
 import orjson
 
@@ -121,6 +121,7 @@ class LocalProtocolError(MCPError):
     """
 
 
+@final
 class MessageError(RPCError):
     """A text that is not a valid JSON-RPC message.
 
@@ -133,6 +134,7 @@ class MessageError(RPCError):
         self.request_id = request_id
 
 
+@final
 @dataclass(slots=True, frozen=True)
 class Request:
     id: RequestId
@@ -140,12 +142,14 @@ class Request:
     params: Any = None
 
 
+@final
 @dataclass(slots=True, frozen=True)
 class Notification:
     method: str
     params: Any = None
 
 
+@final
 @dataclass(slots=True, frozen=True)
 class Response:
     id: RequestId
@@ -163,7 +167,7 @@ Message = Request | Notification | Response | ErrorResponse
 BatchItem = Message | MessageError
 
 
-def is_request_id(value: object) -> bool:
+def is_request_id(value: object) -> TypeGuard[RequestId]:
     """Whether ``value`` may be a request id (also for ids quoted in notifications)."""
     # bool is an int subclass but not a valid id; floats are not allowed by MCP.
     return (type(value) is int) or isinstance(value, str)

@@ -11,7 +11,7 @@ nothing between scrapes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -118,7 +118,7 @@ class _Exposition(Resource):
     isLeaf = True
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's Resource, unannotated
         self.registry = registry
 
     def render_GET(self, request: Request) -> bytes:
@@ -132,7 +132,7 @@ class _Health(Resource):
     isLeaf = True
 
     def __init__(self, factory: MCPServerFactory) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's Resource, unannotated
         self.factory = factory
 
     def render_GET(self, request: Request) -> bytes:
@@ -150,6 +150,6 @@ def metrics_site(factory: MCPServerFactory) -> Site:
     root = Resource()
     root.putChild(b"metrics", _Exposition(factory.metrics.registry))
     root.putChild(b"healthz", _Health(factory))
-    site: Any = Site(root)
+    site = Site(root)
     site.noisy = False
     return site

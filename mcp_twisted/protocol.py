@@ -111,7 +111,7 @@ def negotiate_version(requested: object) -> str:
     and let the client decide whether it can use it.
     """
     if requested in SUPPORTED_PROTOCOL_VERSIONS:
-        return requested  # type: ignore[return-value]
+        return requested
     return LATEST_PROTOCOL_VERSION
 
 
@@ -127,7 +127,7 @@ def invalid_params(message: str, data: Any = None) -> RPCError:
 def check_log_level(level: object) -> str:
     if not isinstance(level, str) or level not in LOG_LEVEL_RANK:
         raise invalid_params(f"Invalid log level {brief(level)}; expected one of {', '.join(LOG_LEVELS)}")
-    return level  # type: ignore[return-value]
+    return level
 
 
 class CapabilityError(LocalProtocolError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -39,7 +39,7 @@ class _Listener(StreamServerEndpointService):
     """Listens on one endpoint; a failure to bind names the endpoint."""
 
     def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, description: str) -> None:
-        super().__init__(endpoint, factory)
+        super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]  # Twisted's service, unannotated
         self.description = description
         # Fail the start (and twistd) on a bind error instead of logging it
         # and running without a listener.
@@ -47,7 +47,7 @@ class _Listener(StreamServerEndpointService):
 
     def privilegedStartService(self) -> None:
         try:
-            super().privilegedStartService()
+            super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted's service, unannotated
         except Exception as e:
             raise ListenError(f"cannot listen on {self.description!r}: {e}") from e
 
@@ -91,7 +91,7 @@ class MCPService(MultiService):
             (the factory must have been given ``metrics``). It keeps serving
             while connections drain, so health checks see the 503.
         """
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's MultiService, unannotated
         self.factory = factory
         self.drain_timeout = drain_timeout
         self.close_timeout = close_timeout
@@ -115,7 +115,7 @@ class MCPService(MultiService):
             _Listener(metrics_endpoint, metrics_site(factory), "metrics endpoint").setServiceParent(self)
 
     @inlineCallbacks
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
         host = self.factory.host
         host.draining = True
         yield self.listeners.stopService()

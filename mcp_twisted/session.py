@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -406,12 +406,12 @@ class Session:
             return
         if type(message) is Request:
             self._on_request(message, None)
-        elif type(message) is list:
+        elif isinstance(message, list):
             self._on_batch(message)
         elif type(message) is Notification:
             self._on_notification(message)
         else:
-            self._on_response(message)  # type: ignore[arg-type]
+            self._on_response(message)
 
     def _on_batch(self, items: list[jsonrpc.BatchItem]) -> None:
         related = next((item.id for item in items if type(item) is Request), None)
@@ -448,7 +448,7 @@ class Session:
             elif type(item) is Notification:
                 self._on_notification(item)
             else:
-                self._on_response(item)  # type: ignore[arg-type]
+                self._on_response(item)
         if refused:
             self._log_busy(refused, limit=self.max_in_flight)
 
@@ -514,7 +514,8 @@ class Session:
             return
         d = as_deferred(result)
         # An already settled Deferred answers now and releases the slot at once.
-        d.addCallbacks(self._request_done, self._request_failed, (request,), None, (request,))
+        d.addCallbacks(self._request_done, self._request_failed,
+                       callbackArgs=(request,), errbackArgs=(request,))
         if request.cancelled:  # cancelled, or the session closed, while the handler ran
             d.cancel()
         elif self._incoming.get(message.id) is request:
@@ -576,8 +577,9 @@ class Session:
             self._notify_if_idle()
 
     def _observe(self, request: IncomingRequest, outcome: str) -> None:
+        assert self.observer is not None  # only called when there is one
         try:
-            self.observer(request.method, outcome, self.clock.seconds() - request.started)  # type: ignore[misc]
+            self.observer(request.method, outcome, self.clock.seconds() - request.started)
         except Exception:
             log.failure("Request observer raised")
 
@@ -683,7 +685,7 @@ class Session:
 
     def _peer_progress(self, params: dict[str, Any]) -> None:
         token = params.get("progressToken")
-        outgoing = self._outgoing.get(token) if jsonrpc.is_request_id(token) else None  # type: ignore[arg-type]
+        outgoing = self._outgoing.get(token) if jsonrpc.is_request_id(token) else None
         if outgoing is None or outgoing.on_progress is None:
             return
         if outgoing.timer is not None and outgoing.timer.active():
@@ -692,12 +694,13 @@ class Session:
             remaining = outgoing.deadline - self.clock.seconds()
             outgoing.timer.reset(max(0.0, min(outgoing.timeout or 0.0, remaining)))
         try:
-            outgoing.on_progress(params.get("progress"), params.get("total"), params.get("message"))
+            progress: Any = params.get("progress")  # the peer's values are passed on unchecked
+            outgoing.on_progress(progress, params.get("total"), params.get("message"))
         except Exception:
             log.failure("Progress callback for {method!r} raised", method=outgoing.method)
 
     def _on_response(self, message: Response | jsonrpc.ErrorResponse) -> None:
-        outgoing = self._outgoing.pop(message.id, None)  # type: ignore[arg-type]
+        outgoing = self._outgoing.pop(message.id, None) if message.id is not None else None
         if outgoing is None:
             if type(message) is jsonrpc.ErrorResponse:
                 log.warn("Peer reported an error: {error}", error=clip(str(message.error)))
@@ -707,7 +710,7 @@ class Session:
         if type(message) is Response:
             outgoing.deferred.callback(message.result)
         else:
-            outgoing.deferred.errback(message.error)  # type: ignore[union-attr]
+            outgoing.deferred.errback(message.error)
 
     # -- output -----------------------------------------------------------
 
@@ -826,7 +829,11 @@ class Session:
             encoded = jsonrpc.encode(jsonrpc.request(request_id, method, params))
         except TypeError as e:
             return fail(e)
-        d: Deferred[Any] = Deferred(lambda _: self._cancel_outgoing(request_id, "cancelled"))
+
+        def cancel(_: Deferred[Any]) -> None:
+            self._cancel_outgoing(request_id, "cancelled")
+
+        d: Deferred[Any] = Deferred(cancel)
         outgoing = OutgoingRequest(request_id, method, d, on_progress, timeout)
         self._outgoing[request_id] = outgoing
         self._send(encoded, related, False)
@@ -966,5 +973,6 @@ def as_deferred(result: object) -> Deferred[Any]:
     if isinstance(result, Deferred):
         return result
     if hasattr(result, "__await__"):
-        return Deferred.fromCoroutine(result)  # type: ignore[arg-type]
+        # Handlers' awaitables are coroutines (async def); fromCoroutine refuses any other.
+        return Deferred.fromCoroutine(cast("Coroutine[Any, Any, Any]", result))
     return succeed(result)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
@@ -40,6 +40,13 @@ from mcp_twisted.server import MCPServer
 from mcp_twisted.session import Session, State
 from mcp_twisted.tap import _size
 from mcp_twisted.websocket import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_OUTPUT_BUFFER
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IConsumer, ITransport
+
+    class IStdioTransport(ITransport, IConsumer, IPushProducer):
+        """For annotations only (no transport declares it), like Twisted's own
+        ``portforward._MakeTypesHappy``: what ``StandardIO`` provides."""
 
 __all__ = [
     "DEFAULT_FLUSH_TIMEOUT",
@@ -76,6 +83,7 @@ class StdioServerProtocol(Protocol):
     """
 
     session: Session | None = None
+    transport: IStdioTransport  # set by makeConnection, before connectionMade
 
     def __init__(
         self,
@@ -150,7 +158,8 @@ class StdioServerProtocol(Protocol):
             elif len(line) > self.max_message_size:
                 self._refuse_line()
             elif line and not line.isspace():  # blank lines between messages are harmless
-                self.session.receive(line)  # type: ignore[union-attr]
+                assert self.session is not None  # made in connectionMade, before any input
+                self.session.receive(line)
 
     def _refuse_line(self) -> None:
         limit = self.max_message_size
@@ -288,7 +297,7 @@ def serve_stdio(
     session is over: stop the reactor then, as ``run()`` does.
     """
     protocol = StdioServerProtocol(app, reactor, **limits)
-    StandardIO(protocol, stdin=stdin, stdout=stdout, reactor=reactor)
+    StandardIO(protocol, stdin=stdin, stdout=stdout, reactor=reactor)  # type: ignore[call-arg]  # mypy sees Twisted's Windows StandardIO, without them
     reactor.addSystemEventTrigger("before", "shutdown", protocol.shut_down)
     return protocol
 

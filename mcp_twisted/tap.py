@@ -143,7 +143,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's usage.Options, unannotated
         self["endpoints"] = []
         self["allowed_origins"] = []
         self["allowed_hosts"] = []
@@ -229,7 +229,7 @@ class TwistdService(MCPWebSocketService):
 
     def privilegedStartService(self) -> None:
         try:
-            super().privilegedStartService()
+            super().privilegedStartService()  # type: ignore[no-untyped-call]  # MultiService's, unannotated
         except ListenError as e:
             raise StartupError(str(e)) from None
 

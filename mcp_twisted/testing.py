@@ -94,12 +94,12 @@ def result_of(d: Deferred[T] | Coroutine[Any, Any, T]) -> T:
     Raises ``AssertionError`` if it has not fired yet or has failed: in memory
     an answer arrives during the call, so "not yet" is a finding, not a race.
     """
-    results: list[Any] = []
+    results: list[T | Failure] = []
     ensureDeferred(d).addBoth(results.append)
     assert results, f"{d!r} has not fired"
     if isinstance(results[0], Failure):
         raise AssertionError(f"{d!r} failed: {results[0].getTraceback()}")
-    return results[0]  # type: ignore[no-any-return]
+    return results[0]
 
 
 def failure_of(d: Deferred[Any] | Coroutine[Any, Any, Any], *errors: type[BaseException]) -> Failure:
@@ -111,6 +111,7 @@ def failure_of(d: Deferred[Any] | Coroutine[Any, Any, Any], *errors: type[BaseEx
     failure = results[0]
     assert isinstance(failure, Failure), f"{d!r} succeeded with {failure!r}"
     if errors and not failure.check(*errors):
+        assert failure.type is not None  # a Failure always holds its exception
         raise AssertionError(f"{d!r} failed with {failure.type.__name__}, not one of "
                              f"{[e.__name__ for e in errors]}: {failure.getTraceback()}")
     return failure
@@ -403,7 +404,7 @@ class Peer:
         Everything the session sent so far is taken: ``take()`` returns only
         what comes after.
         """
-        result = self.result(Method.INITIALIZE, {
+        result: dict[str, Any] = self.result(Method.INITIALIZE, {
             "protocolVersion": version, "capabilities": capabilities or {},
             "clientInfo": client_info or {"name": "mcp-twisted-testing", "version": "0"},
         }, id="initialize")
@@ -411,7 +412,7 @@ class Peer:
             self.notify(Notify.INITIALIZED)
         self.initialize_result = result
         self.take()
-        return result  # type: ignore[no-any-return]
+        return result
 
     # -- reading ------------------------------------------------------------
 
@@ -444,11 +445,13 @@ class Peer:
         """``call``, and the error object (a result fails the assertion)."""
         answer = self.call(method, params, id=id)
         assert "error" in answer, answer
-        return answer["error"]  # type: ignore[no-any-return]
+        error: dict[str, Any] = answer["error"]
+        return error
 
     def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
         """The result of ``tools/call`` (a tool's failure is a result with ``isError``)."""
-        return self.result(Method.TOOLS_CALL, {"name": name, "arguments": arguments or {}})  # type: ignore[no-any-return]
+        result: dict[str, Any] = self.result(Method.TOOLS_CALL, {"name": name, "arguments": arguments or {}})
+        return result
 
     def notifications(self, method: str | None = None) -> list[Any]:
         """The params of the notifications received (of ``method`` only, if given), oldest first."""

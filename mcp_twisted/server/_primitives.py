@@ -151,6 +151,7 @@ class Tool:
             return failure
         # The client sees the message and an id; the traceback stays in the log.
         error_id = new_error_id()
+        assert failure.value is not None  # a Failure always holds its exception
         # Error, not critical: the app's bug, and the server goes on serving.
         log.failure("Tool {tool!r} raised (error id {error_id})", failure, LogLevel.error, tool=self.name,
                     error_id=error_id)

@@ -95,7 +95,7 @@ class MCPServer:
         self._templates: dict[str, ResourceTemplate] = {}
         self._prompts: dict[str, Prompt] = {}
         # (ref type, prompt name or template, argument) -> (fn, fn takes the other arguments)
-        self._completions: dict[tuple[str, str, str], tuple[Callable[..., Any], bool]] = {}
+        self._completions: dict[tuple[str, str | None, str], tuple[Callable[..., Any], bool]] = {}
         self._sessions: dict[Session, _SessionState] = {}
         self._methods: dict[str, Callable[[IncomingRequest], Any]] = {
             Method.TOOLS_LIST: self._list_tools,
@@ -211,9 +211,9 @@ class MCPServer:
             missing = set(template.variables) - {p.name for p in signature.parameters}
             if missing:
                 raise TypeError(f"{name}: no parameter for template variables {sorted(missing)}")
-            entry: Resource | ResourceTemplate = ResourceTemplate(
+            entry: Resource | ResourceTemplate
+            entry = self._templates[uri] = ResourceTemplate(
                 name, signature, template=template, **details)
-            self._templates[uri] = entry  # type: ignore[assignment]
         else:
             entry = Resource(name, signature, uri=uri, size=size, **details)
             self._resources[uri] = entry
@@ -281,7 +281,7 @@ class MCPServer:
 
         def register(fn: F) -> F:
             takes_arguments = len(inspect.signature(fn).parameters) >= 2
-            self._completions[key] = (fn, takes_arguments)  # type: ignore[index]
+            self._completions[key] = (fn, takes_arguments)
             return fn
 
         return register
@@ -417,7 +417,8 @@ class MCPServer:
             raise invalid_params(f"URI too long: {len(uri)} characters (limit {self.max_uri_length})",
                                  {"limit": self.max_uri_length})
         for template in self._templates.values():
-            variables = template.template.match(uri)  # type: ignore[union-attr]
+            assert template.template is not None  # add_resource gives every template one
+            variables = template.template.match(uri)
             if variables is not None:
                 context = self._context(request, template.signature.context_parameter)
                 return template.read(uri, variables, context)

@@ -129,7 +129,7 @@ class Signature:
     # (model field, parameter name) pairs and the compiled validator, kept
     # here so a call does no lookups through pydantic's Python layer.
     _fields: tuple[tuple[str, str], ...] = ()
-    _validate: Callable[[Any], Any] = dataclasses.field(default=None)  # type: ignore[assignment]
+    _validate: Callable[[Any], Any] = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self._fields = tuple(zip(self.model.model_fields, (p.name for p in self.parameters), strict=True))
@@ -275,7 +275,8 @@ def compile_signature(
         # parameter may be called "schema" or "json" without clashing with
         # BaseModel's own attributes.
         # A description=None would erase one given with Annotated[..., Field(description=...)].
-        doc = {"description": parameter_docs[parameter.name]} if parameter.name in parameter_docs else {}
+        doc: dict[str, Any] = (
+            {"description": parameter_docs[parameter.name]} if parameter.name in parameter_docs else {})
         field = Field(default, alias=parameter.name, **doc)
         fields[f"p{len(parameters) - 1}"] = (annotation, field)
     try:
