@@ -7,7 +7,25 @@ the client does not import the server, its app and pydantic.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from autobahn.websocket.protocol import WebSocketProtocol
+
+if TYPE_CHECKING:
+    from autobahn.twisted.websocket import WebSocketAdapterProtocol
+    from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
+
+    class IWebSocketTransport(ITCPTransport, IConsumer, IPushProducer):
+        """For annotations only (no transport declares it), like Twisted's own
+        ``portforward._MakeTypesHappy``: what the TCP or TLS transport under a
+        WebSocket connection provides, and what our protocols use of it."""
+
+    class _TwistedWebSocketProtocol(WebSocketAdapterProtocol, WebSocketProtocol):  # type: ignore[misc]  # Autobahn's two bases define peer and _transport_details differently
+        """What ``FastPathMixin`` is mixed into: Autobahn's protocol on Twisted."""
+
+        transport: IWebSocketTransport  # set by makeConnection, before any of our code runs
+else:
+    _TwistedWebSocketProtocol = object
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -42,7 +60,7 @@ def check_timer_settings(**seconds: float) -> None:
             raise ValueError(f"{name.replace('_', ' ')} {value:g} s: use 0 (off) or whole seconds >= 1")
 
 
-class FastPathMixin:
+class FastPathMixin(_TwistedWebSocketProtocol):
     """Skips two debug log calls Autobahn makes for every read and write.
 
     ``dataReceived`` and ``sendData`` build their debug messages' arguments
@@ -53,14 +71,14 @@ class FastPathMixin:
     """
 
     def dataReceived(self, data: bytes) -> None:
-        self._dataReceived(data)  # type: ignore[attr-defined]
+        self._dataReceived(data)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]
-            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+        if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]  # Autobahn copies logOctets from the factory in _connectionMade
+            super().sendData(data, sync, chopsize)
             return
-        self.transport.write(data)  # type: ignore[attr-defined]
-        if self.state == WebSocketProtocol.STATE_OPEN:  # type: ignore[attr-defined]
-            self.trafficStats.outgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
+        self.transport.write(data)
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
         else:
-            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)  # type: ignore[attr-defined]
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)

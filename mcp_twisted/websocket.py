@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -24,6 +24,7 @@ from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -93,7 +94,7 @@ def tls_failure_text(error: SSL.Error) -> str:
 
 
 @implementer(IPushProducer)
-class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
+class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn's two bases define peer and _transport_details differently
     """One WebSocket connection carrying one MCP session.
 
     Hooks for subclasses (call ``super()`` in each):
@@ -156,7 +157,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
                 factory.metrics.handshake_refusals.labels("handshake_evicted").inc()
             oldest.transport.abortConnection()
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.handshaking.pop(self, None)
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
@@ -193,7 +194,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
     def _abort_soon(self) -> None:
         """Abort the TCP connection unless it ends by itself first."""
         if self._abort_timer is None:
-            grace = max(1.0, self.closeHandshakeTimeout or 0.0)
+            grace = max(1.0, self.closeHandshakeTimeout or 0.0)  # type: ignore[attr-defined]  # Autobahn copies it from the factory in _connectionMade
             self._abort_timer = self.factory.clock.callLater(grace, self.transport.abortConnection)
 
     def _close_for_policy(self, reason: bytes) -> None:
@@ -254,7 +255,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
         factory.handshaking.pop(self, None)
         self.opened_at = time.monotonic()
         self.session = factory.host.open_session(
-            self._send, transport="websocket", identity=self.identity, peer=self.peer, flow=self)
+            self._send_message, transport="websocket", identity=self.identity, peer=self.peer, flow=self)
         if factory.init_timeout:
             self._init_timer = factory.clock.callLater(factory.init_timeout, self._init_expired)
         factory.connections.add(self)
@@ -363,8 +364,9 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
 
     def _receive(self, payload: bytes) -> None:
         session = self.session
-        session.receive(payload)  # type: ignore[union-attr]
-        if not self._ready_announced and session.state is State.READY:  # type: ignore[union-attr]
+        assert session is not None  # made in onOpen, before any message
+        session.receive(payload)
+        if not self._ready_announced and session.state is State.READY:
             self._ready_announced = True
             if self._init_timer is not None:
                 self._init_timer.cancel()
@@ -374,7 +376,8 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):
             except Exception:
                 log.failure("onSessionReady raised for {peer}", peer=self.peer)
 
-    def _send(self, data: bytes, related: object = None, answer: bool = False) -> None:
+    def _send_message(self, data: bytes, related: object = None, answer: bool = False) -> None:
+        # Not named _send: that is Autobahn's (it drains its send queue).
         # One connection is one stream: which request a message belongs to
         # does not matter here. A handler may finish after the peer started
         # closing; drop the answer then.
@@ -423,7 +426,8 @@ class MCPWebSocketServerFactory(WebSocketServerFactory):
     WebSocket and Streamable HTTP can serve one app with one set of limits.
     """
 
-    protocol = MCPWebSocketServerProtocol
+    protocol = MCPWebSocketServerProtocol  # type: ignore[assignment]  # Autobahn's factory leaves Twisted's Factory[P] unparameterized
+    host: SessionHost  # not Autobahn's URL host, which only its client factories use
 
     def __init__(
         self,
@@ -492,7 +496,7 @@ class MCPWebSocketServerFactory(WebSocketServerFactory):
         :param auth: require ``Authorization: Bearer`` tokens (HTTP 401 otherwise).
         :param metrics: count connections and requests (see ``metrics_site``).
         """
-        super().__init__(url, server=None)
+        super().__init__(url, server=None)  # type: ignore[no-untyped-call]  # Autobahn's, unannotated
         check_timer_settings(
             ping_interval=ping_interval, ping_timeout=ping_timeout,
             open_handshake_timeout=open_handshake_timeout, close_handshake_timeout=close_handshake_timeout,
@@ -544,7 +548,8 @@ class MCPWebSocketServerFactory(WebSocketServerFactory):
     # What the host holds, under the names this factory always had.
     @property
     def app(self) -> MCPServer:
-        return self.host.app  # type: ignore[return-value]
+        # SessionHost takes any SessionHandler; a factory's host serves an MCPServer.
+        return cast(MCPServer, self.host.app)
 
     @property
     def clock(self) -> IReactorTime:

@@ -8,10 +8,9 @@
     result = await client.call_tool("forecast", {"city": "Oslo"})
 """
 
-from mcp_twisted.client._api import MCPClient, NotConnected
+from mcp_twisted.client._api import ConnectionFailed, MCPClient, NotConnected
 from mcp_twisted.client._lifecycle import ConnectionState
 from mcp_twisted.client._websocket import (
-    ConnectionFailed,
     MCPClientFactory,
     MCPClientProtocol,
     MCPClientService,

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mcp_twisted import __version__
 from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError, clip
@@ -139,11 +140,14 @@ class MCPClient:
         then wake whoever waits for a session."""
         self.session = session
         self._gave_up = None
+
+        def not_restored(failure: Failure, uri: str) -> None:
+            log.warn("Could not restore subscription to {uri}: {error}",
+                     uri=uri, error=failure.getErrorMessage())
+
         for uri in self._subscriptions:
             # Subscriptions do not survive a connection: restore them.
-            session.request(Method.RESOURCES_SUBSCRIBE, {"uri": uri}).addErrback(
-                lambda f, uri=uri: log.warn("Could not restore subscription to {uri}: {error}",
-                                            uri=uri, error=f.getErrorMessage()))
+            session.request(Method.RESOURCES_SUBSCRIBE, {"uri": uri}).addErrback(not_restored, uri)
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
             waiter.callback(self)
@@ -193,9 +197,9 @@ class MCPClient:
             self.on_log(params)
         elif method == Notify.RESOURCES_UPDATED:
             uri = params.get("uri")
-            callback = self._subscriptions.get(uri)  # type: ignore[arg-type]
+            callback = self._subscriptions.get(uri)
             if callback is not None:
-                callback(uri)  # type: ignore[arg-type]
+                callback(uri)
         elif method in LIST_CHANGED_KIND and self.on_list_changed is not None:
             self.on_list_changed(LIST_CHANGED_KIND[method])
 
@@ -219,7 +223,8 @@ class MCPClient:
         """Send any request; the typed methods below are built on this."""
         timeout = self.request_timeout if timeout is None else timeout
         if self.connected:
-            return self.session.request(  # type: ignore[union-attr]
+            assert self.session is not None  # connected says so
+            return self.session.request(
                 method, params, timeout=timeout, on_progress=on_progress)
         if self._gave_up is not None:
             return fail(self._gave_up)
@@ -238,6 +243,7 @@ class MCPClient:
             from twisted.internet.defer import TimeoutError
 
             failure.trap(TimeoutError)
+            assert timeout is not None  # only addTimeout fails it so
             raise RequestTimedOut(method, timeout)
 
         return ready.addCallbacks(send, waited_too_long)

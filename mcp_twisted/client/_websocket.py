@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -23,7 +23,7 @@ from twisted.application.internet import ClientService
 from twisted.internet import defer, endpoints, ssl
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -58,7 +58,7 @@ def backoff_policy(
     return policy
 
 
-class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
+class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):  # type: ignore[misc]  # Autobahn's two bases define peer and _transport_details differently
     """One WebSocket connection carrying one client session.
 
     ``connection_state`` follows ``_lifecycle.TRANSITIONS``. ``initialized``
@@ -94,7 +94,7 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
         self._advance(ConnectionEvent.OPENED)
         client = self.factory.client
         self.session = Session(
-            self._send, role=Role.CLIENT, handler=client, clock=client.clock,
+            self._send_message, role=Role.CLIENT, handler=client, clock=client.clock,
             request_timeout=client.request_timeout,
         )
         client.handshake(self.session).addCallbacks(self._initialized, self._rejected)
@@ -104,7 +104,8 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
         # The service takes the session before the client wakes its waiters:
         # code woken by when_ready() may stop the service at once.
         self.initialized.callback(self)
-        self.factory.client.attach(self.session)  # type: ignore[arg-type]
+        assert self.session is not None  # made in onOpen, before the handshake
+        self.factory.client.attach(self.session)
 
     def _rejected(self, failure: Failure) -> None:
         if failure.check(ConnectionLost):
@@ -124,7 +125,8 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
 
     def _close_session(self) -> None:
         # Closed first, so that nothing the server still sends is acted on.
-        self.session.close("closed by the client")  # type: ignore[union-attr]
+        assert self.session is not None  # only called once upgraded: onOpen made it
+        self.session.close("closed by the client")
         self.sendClose(CLOSE_NORMAL)
 
     def _abandon(self, initialized: Deferred[MCPClientProtocol]) -> None:
@@ -143,7 +145,8 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
             self._closed_waiters.append(d)
         return d
 
-    def _send(self, data: bytes, related: object = None, answer: bool = False) -> None:
+    def _send_message(self, data: bytes, related: object = None, answer: bool = False) -> None:
+        # Not named _send: that is Autobahn's (it drains its send queue).
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendMessage(data)
 
@@ -157,7 +160,7 @@ class MCPClientProtocol(FastPathMixin, WebSocketClientProtocol):
         if self.failure_reason is None and not self.initialized.called:
             self.failure_reason = reason or f"closed with code {code}"
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         # TLS failures reach onClose only as 1006; the real cause is here.
         if self.connection_state is ConnectionState.CONNECTING and self.failure_reason is None:
             self.failure_reason = _describe_failure(reason, self.factory.host)
@@ -198,7 +201,7 @@ class MCPClientFactory(WebSocketClientFactory):
     ``current`` is the connection being attempted or in use, if any.
     """
 
-    protocol = MCPClientProtocol
+    protocol = MCPClientProtocol  # type: ignore[assignment]  # Autobahn's factory leaves Twisted's Factory[P] unparameterized
 
     def __init__(
         self,
@@ -210,7 +213,7 @@ class MCPClientFactory(WebSocketClientFactory):
         ping_timeout: float = 10.0,
         max_message_size: int = 4 * 1024 * 1024,
     ) -> None:
-        super().__init__(url, protocols=[SUBPROTOCOL], headers=headers or {})
+        super().__init__(url, protocols=[SUBPROTOCOL], headers=headers or {})  # type: ignore[no-untyped-call]  # Autobahn's, unannotated
         check_timer_settings(ping_interval=ping_interval, ping_timeout=ping_timeout)
         self.client = client
         self.current: MCPClientProtocol | None = None
@@ -297,13 +300,20 @@ class _SessionEndpoint:
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         attempt = self.endpoint.connect(self.service.factory)
-        attempt.addCallback(lambda protocol: protocol.initialized)
-        return attempt.addCallbacks(self._session_up, self.service._attempt_failed, callbackArgs=(factory,))
+        # The endpoint says IProtocol; the service's factory builds MCPClientProtocols.
+        session = attempt.addCallback(lambda protocol: cast(MCPClientProtocol, protocol).initialized)
+        return session.addCallbacks(self._session_up, self.service._attempt_failed, callbackArgs=(factory,))
 
     def _session_up(self, protocol: MCPClientProtocol, factory: IProtocolFactory) -> IProtocol:
         stand_in = factory.buildProtocol(protocol.transport.getPeer())
+        assert stand_in is not None  # ClientService's factory always builds one
         stand_in.makeConnection(protocol.transport)
-        ended = protocol.when_closed().addCallback(lambda _: stand_in.connectionLost(protocol.lost_reason))
+
+        def lost(_: None) -> None:
+            assert protocol.lost_reason is not None  # set before when_closed() fires
+            stand_in.connectionLost(protocol.lost_reason)
+
+        ended = protocol.when_closed().addCallback(lost)
         ended.addCallback(lambda _: self.service._session_ended())
         self.service._session_up()
         return stand_in
@@ -377,10 +387,16 @@ class MCPClientService(ClientService):
 
     whenReady = when_ready
 
-    def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[MCPClientProtocol]:  # type: ignore[override]
+    def whenConnected(self, failAfterFailures: int | None = None) -> Deferred[MCPClientProtocol]:  # type: ignore[override]  # Twisted's Deferred is invariant: this is still a Deferred of an IProtocol
         """The protocol of the session that is up, or of the next one
         (``ClientService`` itself holds a stand-in for it)."""
-        return super().whenConnected(failAfterFailures).addCallback(lambda _: self.factory.current)
+
+        def current(_: IProtocol) -> MCPClientProtocol:
+            protocol = self.factory.current
+            assert protocol is not None  # ClientService is connected: the session's connection is up
+            return protocol
+
+        return super().whenConnected(failAfterFailures).addCallback(current)
 
     def _watch(self, failed: int = 0) -> None:
         """Give up after ``max_attempts`` failed attempts in a row (``failed`` of them made)."""
@@ -431,7 +447,7 @@ class MCPClientService(ClientService):
         return self._stop(ConnectionFailed(f"The client for {self.factory.url} was stopped"))
 
     @inlineCallbacks
-    def _stop(self, error: ConnectionFailed) -> Any:
+    def _stop(self, error: ConnectionFailed) -> Generator[Deferred[Any], Any, None]:
         protocol = self.factory.current
         if protocol is not None and protocol.connection_state is ConnectionState.READY:
             # Closed and answered before ClientService drops the TCP connection.
@@ -444,7 +460,7 @@ class MCPClientService(ClientService):
         self.client.fail_waiters(error)
 
     @inlineCallbacks
-    def _wait_closed(self, closed: Deferred[None]) -> Any:
+    def _wait_closed(self, closed: Deferred[None]) -> Generator[Deferred[Any], Any, None]:
         """Wait for ``closed``, ``close_timeout`` seconds at most."""
         with contextlib.suppress(defer.TimeoutError):
             yield closed.addTimeout(self.close_timeout, self.clock)

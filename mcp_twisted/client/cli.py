@@ -15,8 +15,8 @@ from typing import Any
 from twisted.internet import defer, task
 
 from mcp_twisted.auth import load_certificates
-from mcp_twisted.client._api import MCPClient
-from mcp_twisted.client._websocket import ConnectionFailed, MCPClientService
+from mcp_twisted.client._api import ConnectionFailed, MCPClient
+from mcp_twisted.client._websocket import MCPClientService
 from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.session import ConnectionLost, RequestTimedOut
 
