@@ -33,7 +33,10 @@ SUITES = {
     "0.1.16": ["--suite", "all"],
     "0.2": ["--suite", "all", "--spec-version", "2025-11-25"],
 }
-APP_ARGS = ["--app", "tests.conformance.app:server", "--endpoint", "tcp:0:interface=127.0.0.1", "--always-stream"]
+# --always-stream: every answer on a resumable SSE stream, as the official SDK
+# does by default (with JSON answers one multiple-streams check is only INFO).
+APP_ARGS = ["--app", "tests.conformance.app:server", "--endpoint", "tcp:0:interface=127.0.0.1",
+            "--always-stream"]
 # Checks with which the suite records what went over the wire; INFO there is no verdict.
 TRAFFIC_LOGS = frozenset({"outgoing-request", "incoming-response", "incoming-sse-event", "stream-closed"})
 SUITE_TIMEOUT = 900.0
