@@ -231,7 +231,7 @@ class AdmissionRequest:
     authorization: str | None = None
     on_loopback: bool = False  # the listener's own address is a loopback one
     tls_transport: object = None  # for the client certificate, when there is one
-    opens_session: bool = True  # counts against the session cap
+    opens_session: bool = True  # counts against the session cap; refused while draining
 
 
 class Admission:
@@ -263,7 +263,9 @@ class Admission:
         raises ``Refusal`` in the order path, drain, capacity, Host, Origin, token."""
         if self.path is not None and request.path != self.path:
             raise Refusal(404, "path", "Not Found")
-        if host.draining:
+        # A live session's requests still reach it while draining (it answers
+        # new ones -32003; running handlers hear the client's answers).
+        if host.draining and request.opens_session:
             raise Refusal(503, "draining", "Service Unavailable: shutting down")
         if request.opens_session and host.at_capacity:
             raise Refusal(503, "capacity", "Service Unavailable: too many connections")

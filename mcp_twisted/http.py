@@ -38,8 +38,14 @@ from zope.interface import implementer
 
 from mcp_twisted import jsonrpc
 from mcp_twisted.hosting import AdmissionRequest, Refusal, SessionHost, listener_is_loopback
-from mcp_twisted.jsonrpc import INVALID_REQUEST, MessageError, Request, RequestId, RPCError
-from mcp_twisted.protocol import SUPPORTED_PROTOCOL_VERSIONS, Method, version_at_least
+from mcp_twisted.jsonrpc import INVALID_REQUEST, MessageError, Notification, Request, RequestId, RPCError
+from mcp_twisted.protocol import (
+    BATCHING_VERSIONS,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    Method,
+    Notify,
+    version_at_least,
+)
 from mcp_twisted.session import Session
 
 if TYPE_CHECKING:
@@ -60,6 +66,8 @@ VERSION_HEADER = "MCP-Protocol-Version"
 # resume from at once) came with 2025-11-25; older clients may choke on them.
 PRIMING_SINCE = "2025-11-25"
 STANDALONE = "0"  # the stream id of the GET stream
+# What ends the POST of a request its client cancelled (LSP's RequestCancelled).
+REQUEST_CANCELLED = -32800
 
 
 @dataclass
@@ -102,6 +110,12 @@ class EventStore:
         self._events.append((self._sequence, stream, data, self.clock.seconds()))
         self._bytes += len(data)
         self._trim()
+        return f"{stream}.{self._sequence}"
+
+    def reserve(self, stream: str) -> str:
+        """An id for an event that is not kept (a priming event: replaying it
+        would tell the client nothing), in the same sequence as the rest."""
+        self._sequence += 1
         return f"{stream}.{self._sequence}"
 
     def _trim(self) -> None:
@@ -149,6 +163,7 @@ class SSEStream:
         request.setHeader("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
         request.setHeader(SESSION_HEADER, http_session.id)
         request.registerProducer(self, True)
+        request.write(b"")  # the head now: a stream with nothing to say yet is still open
         self._keepalive: LoopingCall | None = None
         if settings.keepalive_interval:
             self._keepalive = LoopingCall(self._write, b": keep-alive\n\n")
@@ -227,11 +242,15 @@ class Exchange:
     None once its client left (messages then only go to the event store).
     """
 
-    __slots__ = ("ids", "json_only", "request", "sse", "stream_id", "sync_body")
+    __slots__ = ("batch", "cancelled", "ids", "json_only", "request", "sse", "stream_id", "sync_body")
 
-    def __init__(self, request: server.Request, ids: Iterable[RequestId], stream_id: str) -> None:
+    def __init__(
+        self, request: server.Request, ids: Iterable[RequestId], stream_id: str, batch: bool
+    ) -> None:
         self.request: server.Request | None = request
         self.ids = set(ids)
+        self.batch = batch  # answered with an array
+        self.cancelled: set[RequestId] = set()
         self.stream_id = stream_id
         self.sse: SSEStream | None = None
         self.sync_body: bytes | None = None  # an answer ready before render() returned
@@ -276,8 +295,10 @@ class HTTPSession:
                 self._answer_json(exchange, data)
                 return
         self._stream(exchange, data)
-        if answer and exchange.sse is not None:
-            exchange.sse.finish()
+        if answer:
+            if exchange.sse is not None:
+                exchange.sse.finish()
+            self._touch()  # its client may have left: nothing else restarts the timer
 
     def _answer_json(self, exchange: Exchange, data: bytes) -> None:
         request = exchange.request
@@ -294,9 +315,10 @@ class HTTPSession:
         self._touch()
 
     def _stream(self, exchange: Exchange, data: bytes) -> None:
-        event_id = self.events.add(exchange.stream_id, data)
         if exchange.sse is None and exchange.request is not None:
             exchange.sse = self._open_stream(exchange.request, exchange.stream_id)
+        # Numbered after the priming event, so that resuming from it replays this.
+        event_id = self.events.add(exchange.stream_id, data)
         if exchange.sse is not None:
             exchange.sse.send(event_id, data)
 
@@ -305,7 +327,7 @@ class HTTPSession:
         self.streams.add(stream)
         self._touch()
         if version_at_least(self.session.protocol_version, PRIMING_SINCE):
-            stream.prime(self.events.add(stream_id, b""))
+            stream.prime(self.events.reserve(stream_id))
         return stream
 
     def close_stream(self, request_id: RequestId) -> None:
@@ -314,25 +336,55 @@ class HTTPSession:
         exchange = self.exchanges.get(request_id)
         if exchange is None or exchange.request is None:
             return
+        if not version_at_least(self.session.protocol_version, PRIMING_SINCE):
+            return  # before 2025-11-25 a client does not resume a request's stream
         if exchange.sse is None:
             exchange.sse = self._open_stream(exchange.request, exchange.stream_id)
         exchange.sse.finish()
         exchange.sse = None
         exchange.request = None
 
-    def new_exchange(self, request: server.Request, ids: Iterable[RequestId]) -> Exchange:
+    def new_exchange(
+        self, request: server.Request, ids: Iterable[RequestId], batch: bool = False
+    ) -> Exchange:
         self._stream_numbers += 1
-        exchange = Exchange(request, ids, str(self._stream_numbers))
+        exchange = Exchange(request, ids, str(self._stream_numbers), batch)
         for request_id in exchange.ids:
             self.exchanges[request_id] = exchange
-        request.notifyFinish().addErrback(lambda _: self._client_left(exchange))
+        self._touch()  # a running request holds the session open
+        self._watch(exchange, request)
         return exchange
 
-    def _client_left(self, exchange: Exchange) -> None:
+    def _watch(self, exchange: Exchange, request: server.Request) -> None:
+        request.notifyFinish().addErrback(lambda _: self._client_left(exchange, request))
+
+    def _client_left(self, exchange: Exchange, request: server.Request) -> None:
         # The spec: a disconnect is not a cancellation. The handler goes on
-        # and what it sends waits in the event store.
-        exchange.request = None
-        exchange.sse = None
+        # and what it sends waits in the event store. A connection that was
+        # taken over by a resumed stream detaches nothing.
+        if exchange.request is request:
+            exchange.request = None
+            exchange.sse = None
+
+    def end_cancelled(self, items: Iterable[jsonrpc.BatchItem]) -> None:
+        """End the POSTs of requests the client has just cancelled.
+
+        The session sends nothing for a cancelled request, as the spec asks,
+        but its POST must still end, or the client's connection hangs: it
+        gets an error answer, as the official Python SDK sends.
+        """
+        for item in items:
+            if type(item) is not Notification or item.method != Notify.CANCELLED:
+                continue
+            request_id = item.params.get("requestId") if isinstance(item.params, dict) else None
+            exchange = self.exchanges.get(request_id) if jsonrpc.is_request_id(request_id) else None
+            if exchange is None:
+                continue
+            exchange.cancelled.add(request_id)
+            if exchange.cancelled >= exchange.ids:  # nothing of it still runs
+                errors = [jsonrpc.error_response(i, RPCError(REQUEST_CANCELLED, "Request cancelled"))
+                          for i in sorted(exchange.ids, key=str)]
+                self.route(jsonrpc.encode(errors if exchange.batch else errors[0]), request_id, True)
 
     def resume(self, request: server.Request, last_event_id: str) -> bool:
         """Attach a GET with ``Last-Event-ID`` to the stream it names; False
@@ -342,6 +394,10 @@ class HTTPSession:
             return False
         stream_id, missed = found
         exchange = next((e for e in self.exchanges.values() if e.stream_id == stream_id), None)
+        if exchange is not None and exchange.sse is not None:
+            # Its client reconnected before this end noticed the old
+            # connection die: the new one takes over.
+            exchange.sse.finish()
         stream = SSEStream(request, self)
         self.streams.add(stream)
         for event_id, data in missed:
@@ -350,6 +406,7 @@ class HTTPSession:
             self.standalone = stream
         elif exchange is not None:
             exchange.request, exchange.sse = request, stream
+            self._watch(exchange, request)
         else:
             stream.finish()  # that request was answered: everything was replayed
         return True
@@ -397,10 +454,20 @@ class HTTPSession:
         self.end()
 
     def end(self) -> None:
-        """Close the session: running handlers are cancelled, streams end."""
+        """Close the session: running handlers are cancelled, streams end,
+        and POSTs still waiting for a JSON answer get the 404 of a session
+        that is gone."""
         if self._expiry is not None and self._expiry.active():
             self._expiry.cancel()
         self.resource.sessions.pop(self.id, None)
+        exchanges, self.exchanges = set(self.exchanges.values()), {}
+        for exchange in exchanges:
+            request = exchange.request
+            if exchange.sse is None and request is not None and not getattr(request, "_rendering", False):
+                body = _error_body(request, 404, INVALID_REQUEST, "Session ended")
+                request.setHeader("Content-Length", str(len(body)))
+                request.write(body)
+                request.finish()
         for stream in list(self.streams):
             stream.finish()
         self.session.close("HTTP session ended")
@@ -563,7 +630,7 @@ class MCPHTTPResource(Resource):
         items = message if isinstance(message, list) else [message]
         initialize = [m for m in items if type(m) is Request and m.method == Method.INITIALIZE]
         if initialize and not request.getHeader(SESSION_HEADER):
-            if len(items) > 1:
+            if isinstance(message, list):
                 return _error_body(request, 400, INVALID_REQUEST, "initialize must be sent alone")
             return self._initialize(request, identity, initialize[0])
         found = self._session(request, identity)
@@ -571,20 +638,30 @@ class MCPHTTPResource(Resource):
             return found
         http_session = found
         http_session._touch()
+        if isinstance(message, list) and http_session.session.protocol_version not in BATCHING_VERSIONS:
+            # Refused here: the session's answer would belong to no request
+            # (a batch of notifications) and go to the GET stream.
+            return _error_body(request, 400, INVALID_REQUEST,
+                               "Batches are not accepted in this protocol revision")
         ids = [m.id for m in items if type(m) is Request]
-        if not ids:
-            http_session.session.receive(request.content.getvalue())
+        if any(request_id in http_session.exchanges for request_id in ids):
+            # The session would refuse it too, but its answer would be filed
+            # under the running request's POST, which would then never end.
+            return _error_body(request, 400, INVALID_REQUEST,
+                               "Request id is already in use by a request in flight")
+        exchange = http_session.new_exchange(request, ids, isinstance(message, list)) if ids else None
+        http_session.session.dispatch(message)
+        http_session.end_cancelled(items)
+        if exchange is None:
             request.setResponseCode(202)
             return b""
-        exchange = http_session.new_exchange(request, ids)
-        http_session.session.receive(request.content.getvalue())
         return self._reply(request, exchange)
 
     def _initialize(self, request: server.Request, identity: Any, message: Request) -> bytes | int:
         http_session = HTTPSession(self, identity, _peer(request))
         exchange = http_session.new_exchange(request, [message.id])
         exchange.json_only = True
-        http_session.session.receive(request.content.getvalue())
+        http_session.session.dispatch(message)
         body = exchange.sync_body
         if body is not None and http_session.session.initialize_result is not None:
             # Only a successful initialize makes a session.
