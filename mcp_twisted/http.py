@@ -37,7 +37,14 @@ from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from mcp_twisted import jsonrpc
-from mcp_twisted.hosting import AdmissionRequest, Refusal, SessionHost, listener_is_loopback
+from mcp_twisted.hosting import (
+    AdmissionRequest,
+    Refusal,
+    SessionHost,
+    WriteWaiters,
+    listener_is_loopback,
+    unsent_bytes,
+)
 from mcp_twisted.jsonrpc import INVALID_REQUEST, MessageError, Notification, Request, RequestId, RPCError
 from mcp_twisted.protocol import (
     BATCHING_VERSIONS,
@@ -190,12 +197,7 @@ class SSEStream:
             self.request.finish()
 
     def buffered(self) -> int:
-        transport = getattr(self.request.channel, "transport", None)
-        while transport is not None and not hasattr(transport, "dataBuffer"):
-            transport = getattr(transport, "transport", None)  # TLS: the TCP transport below
-        if transport is None:
-            return 0
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[no-any-return]
+        return unsent_bytes(self.request.channel)
 
     # IPushProducer: the channel's write buffer passed its high-water mark.
     def pauseProducing(self) -> None:
@@ -272,7 +274,7 @@ class HTTPSession:
         self.standalone: SSEStream | None = None
         self.streams: set[SSEStream] = set()
         self._stream_numbers = 0
-        self._writable: list[Deferred[None]] = []
+        self._writable_waiters = WriteWaiters()
         self._expiry: IDelayedCall | None = None
         self.session: Session = resource.host.open_session(
             self.route, transport="http", identity=identity, peer=peer, flow=self)
@@ -416,9 +418,7 @@ class HTTPSession:
     def when_writable(self) -> Deferred[None]:
         if not any(stream.paused for stream in self.streams):
             return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._writable.append(waiter)
-        return waiter
+        return self._writable_waiters.wait()
 
     def congested(self) -> bool:
         limit = self.resource.settings.max_output_buffer
@@ -426,9 +426,7 @@ class HTTPSession:
 
     def stream_writable(self) -> None:
         if not any(stream.paused for stream in self.streams):
-            waiters, self._writable = self._writable, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._writable_waiters.release()
 
     def stream_closed(self, stream: SSEStream) -> None:
         self.streams.discard(stream)
@@ -472,9 +470,7 @@ class HTTPSession:
             stream.finish()
         self.session.close("HTTP session ended")
         self.resource.host.session_closed(self.session)
-        waiters, self._writable = self._writable, []
-        for waiter in waiters:
-            waiter.callback(None)
+        self._writable_waiters.release()
 
 
 class BoundedRequest(server.Request):
@@ -737,8 +733,17 @@ class MCPSite(server.Site):
         *,
         max_body_size: int,
         timeout: float = 60.0,
+        reactor: IReactorTime | None = None,
     ) -> None:
-        super().__init__(_Dispatcher(http, websocket), timeout=timeout)
+        """
+        :param timeout: seconds a connection may sit idle between requests
+            (or in an unfinished request head) before it is closed.
+        :param reactor: the clock of that timeout; by default the HTTP
+            resource's, so that every timer of the transport is on one clock.
+        """
+        if reactor is None and http is not None:
+            reactor = http.host.clock
+        super().__init__(_Dispatcher(http, websocket), timeout=timeout, reactor=reactor)
         self.max_body_size = max_body_size
         self.displayTracebacks = False
         self.noisy = False
