@@ -1,6 +1,9 @@
-"""Interop client built on the official MCP Python SDK (mcp==1.30.0), WebSocket transport.
+"""Interop client built on the official MCP Python SDK (mcp==1.30.0).
 
-Usage: python sdk_client.py URL SCENARIO      SCENARIO: full | echo
+Usage: python sdk_client.py URL SCENARIO      SCENARIO: full | echo | full+updates
+The URL picks the SDK's transport: ws:// or wss:// WebSocket, http:// or https://
+Streamable HTTP. full+updates is full, then a subscription to demo://readme and a wait
+for its notifications/resources/updated (the server under test must send some).
 Prints ONE JSON object on stdout: {"scenario": ..., "steps": {step: result-or-{"error": ...}}}.
 Each step is isolated: a failing step is recorded as {"error": "..."} and the run goes on.
 Exit 0 when the run completed (even with step errors), 1 on connection failure/global timeout.
@@ -13,9 +16,11 @@ import json
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from mcp import ClientSession, McpError, types
+from mcp.client.streamable_http import streamable_http_client
 from mcp.client.websocket import websocket_client
 from mcp.shared.context import RequestContext
 from pydantic import AnyUrl
@@ -25,8 +30,18 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 GLOBAL_TIMEOUT = 30.0
 STEP_TIMEOUT = 10.0
+SCENARIOS = ("full", "echo", "full+updates")
 
 Json = Any
+# Opens one of the SDK's client transports: its streams, (read, write, ...).
+Transport = Callable[[], AbstractAsyncContextManager[tuple[Any, ...]]]
+
+
+def transport_for(url: str) -> Transport:
+    """The SDK's transport for ``url``: Streamable HTTP for http(s)://, else WebSocket."""
+    if url.startswith(("http://", "https://")):
+        return lambda: streamable_http_client(url)
+    return lambda: websocket_client(url)
 
 
 def dump(model: Any) -> Json:
@@ -57,6 +72,16 @@ class Recorder:
         self.sampling_requests: list[Json] = []
         self.elicitations: list[Json] = []
         self.roots_requests = 0
+        self.updated: list[str] = []
+        self.got_update = asyncio.Event()
+
+    async def messages(self, message: Any) -> None:
+        """Every message ClientSession hands over (here: the resource updates)."""
+        if isinstance(message, types.ServerNotification) and isinstance(
+            message.root, types.ResourceUpdatedNotification
+        ):
+            self.updated.append(str(message.root.params.uri))
+            self.got_update.set()
 
     async def logging(self, params: types.LoggingMessageNotificationParams) -> None:
         self.logs.append(dump(params))
@@ -181,6 +206,17 @@ async def scenario_full(session: ClientSession, rec: Recorder, steps: dict[str, 
     await step(steps, "concurrent_echo", concurrent)
 
 
+async def scenario_updates(session: ClientSession, rec: Recorder, steps: dict[str, Json]) -> None:
+    """Subscribe, then wait for the server to say the resource changed."""
+
+    async def subscribe() -> Json:
+        await session.subscribe_resource(AnyUrl("demo://readme"))
+        await rec.got_update.wait()
+        return {"updated": rec.updated[:1]}
+
+    await step(steps, "subscribe", subscribe)
+
+
 async def _ok(awaitable: Awaitable[Any]) -> Json:
     await awaitable
     return {"ok": True}
@@ -190,19 +226,20 @@ async def _tool(session: ClientSession, name: str, args: dict[str, Any]) -> Json
     return tool_result(await session.call_tool(name, args))
 
 
-async def run(url: str, scenario: str) -> dict[str, Json]:
+async def run(transport: Transport, scenario: str) -> dict[str, Json]:
     rec = Recorder()
     steps: dict[str, Json] = {}
     out: dict[str, Json] = {"scenario": scenario, "initialize": None, "steps": steps}
     async with (
-        websocket_client(url) as (read, write),
+        transport() as streams,
         ClientSession(
-            read,
-            write,
+            streams[0],
+            streams[1],
             sampling_callback=rec.sampling,
             elicitation_callback=rec.elicitation,
             list_roots_callback=rec.roots,
             logging_callback=rec.logging,
+            message_handler=rec.messages,
             client_info=types.Implementation(name="mcp-python-sdk-interop", version="1.30.0"),
         ) as session,
     ):
@@ -212,20 +249,24 @@ async def run(url: str, scenario: str) -> dict[str, Json]:
             "serverInfo": dump(init.serverInfo),
             "capabilities": dump(init.capabilities),
         }
+        if len(streams) > 2:  # Streamable HTTP: what the session id looked like
+            out["session_id"] = streams[2]()
         if scenario == "echo":
             await step(steps, "echo", lambda: _tool(session, "echo", {"text": "hi"}))
         else:
             await scenario_full(session, rec, steps)
+        if scenario == "full+updates":
+            await scenario_updates(session, rec, steps)
     return out
 
 
 def main() -> int:
-    if len(sys.argv) != 3 or sys.argv[2] not in ("full", "echo"):
-        print("usage: sdk_client.py URL full|echo", file=sys.stderr)
+    if len(sys.argv) != 3 or sys.argv[2] not in SCENARIOS:
+        print(f"usage: sdk_client.py URL {'|'.join(SCENARIOS)}", file=sys.stderr)
         return 2
     url, scenario = sys.argv[1], sys.argv[2]
     try:
-        out = asyncio.run(asyncio.wait_for(run(url, scenario), GLOBAL_TIMEOUT))
+        out = asyncio.run(asyncio.wait_for(run(transport_for(url), scenario), GLOBAL_TIMEOUT))
         code = 0
     except BaseException as exc:  # report anything (incl. ExceptionGroup) as JSON
         if isinstance(exc, KeyboardInterrupt):

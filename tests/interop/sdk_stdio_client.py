@@ -25,10 +25,8 @@ def main() -> int:
         return 2
     scenario, command = sys.argv[1], sys.argv[2:]
     server = StdioServerParameters(command=command[0], args=command[1:], cwd=ROOT)
-    # sdk_client.run opens its transport with websocket_client(url): the same
-    # scenario runs over stdio when that name gives the SDK's stdio transport.
-    sdk_client.websocket_client = lambda _url: stdio_client(server)
-    report = asyncio.run(asyncio.wait_for(sdk_client.run("stdio", scenario), sdk_client.GLOBAL_TIMEOUT))
+    run = sdk_client.run(lambda: stdio_client(server), scenario)
+    report = asyncio.run(asyncio.wait_for(run, sdk_client.GLOBAL_TIMEOUT))
     print(json.dumps(report, default=str))
     return 0
 
