@@ -1,15 +1,20 @@
-"""Load generator for MCP servers over WebSocket (picows on uvloop).
+"""Load generator for MCP servers over WebSocket (picows on uvloop) and
+Streamable HTTP (``http://`` URLs: ``bench/httpgen.py``, calls only).
 
-Every connection does the MCP handshake first (subprotocol ``mcp``,
-``initialize``, ``notifications/initialized``). Then, by ``--mode``:
+Every connection does the MCP handshake first (subprotocol ``mcp`` over
+WebSocket, ``initialize``, ``notifications/initialized``). Then, by ``--mode``:
 
 ``calls`` (default)
     C connections (``--clients``), each keeping P ``tools/call`` requests of
-    tool ``echo`` in flight (``--inflight``), closed loop: every answer sends
-    the next request. ``--warmup`` seconds unmeasured, then ``--duration``
-    seconds measured. Reports calls/s, p50/p90/p99 latency, errors, server CPU
-    per call (``utime+stime`` of ``--pid`` from ``/proc/<pid>/stat`` across the
-    measured window) and how busy the server's and our own core were.
+    tool ``echo`` in flight (``--inflight``; 1 over HTTP), closed loop: every
+    answer sends the next request. ``--tool echo_progress`` asks for progress
+    (``_meta.progressToken``): the tool reports it once, then echoes.
+    ``--warmup`` seconds unmeasured, then ``--duration`` seconds measured.
+    Reports calls/s, p50/p90/p99 latency, errors, server CPU per call
+    (``utime+stime`` of ``--pid`` from ``/proc/<pid>/stat`` across the
+    measured window) and how busy the server's and our own core were; over
+    HTTP also response bytes, SSE events, priming events and progress
+    notifications per call.
 ``idle``
     Opens N initialised connections (``--connections``), reports the server's
     RSS growth per connection, waits ``--wait`` seconds (past a few auto-ping
@@ -25,6 +30,7 @@ Examples::
     python bench/loadgen.py --url ws://127.0.0.1:8080/mcp --pid 1234 --clients 50 --inflight 8
     python bench/loadgen.py --url ws://127.0.0.1:8080/mcp --pid 1234 --mode idle --connections 10000
     python bench/loadgen.py --url wss://127.0.0.1:8443/mcp --cafile ca.pem --mode handshakes
+    python bench/loadgen.py --url http://127.0.0.1:8080/mcp --pid 1234 --clients 50 --tool echo_progress
 
 ``--json`` prints one JSON object (for ``bench/run.py``) instead of text.
 """
@@ -43,22 +49,43 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpgen
 import orjson
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 PROTOCOL_VERSION = "2025-06-18"
+HTTP_PROTOCOL_VERSION = "2025-11-25"  # SSE answers start with a priming event since this one
 SETUP_TIMEOUT = 30.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TOOLS = ("echo", "echo_progress")
 
-INITIALIZE = orjson.dumps({
-    "jsonrpc": "2.0", "id": 0, "method": "initialize",
-    "params": {
-        "protocolVersion": PROTOCOL_VERSION,
-        "capabilities": {},
-        "clientInfo": {"name": "bench-loadgen", "version": "1.0.0"},
-    },
-})
+
+def initialize_request(version: str) -> bytes:
+    return orjson.dumps({
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {
+            "protocolVersion": version,
+            "capabilities": {},
+            "clientInfo": {"name": "bench-loadgen", "version": "1.0.0"},
+        },
+    })
+
+
+INITIALIZE = initialize_request(PROTOCOL_VERSION)
 INITIALIZED = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+
+def call_request(tool: str, text: str) -> Callable[[int], bytes]:
+    """The ``tools/call`` request with a given id; for ``echo_progress`` the
+    id is also the progress token."""
+    params: dict[str, Any] = {"name": tool, "arguments": {"text": text}}
+    if tool == "echo_progress":
+        params["_meta"] = {"progressToken": -1}
+    # -1 stands for the id; the text is letters and digits (payload_text), no % and no -.
+    encoded = orjson.dumps({"jsonrpc": "2.0", "id": -1, "method": "tools/call", "params": params})
+    template = encoded.replace(b"-1", b"%d")
+    count = encoded.count(b"-1")
+    return lambda request_id: template % ((request_id,) * count)
 
 
 # -- the server process, from /proc ---------------------------------------
@@ -146,12 +173,19 @@ class CallStats:
     """Shared by every connection of a ``calls`` run."""
 
     text: str
+    request: Callable[[int], bytes]  # the tools/call with this id
+    progress_per_call: int = 0  # progress notifications before each answer (HTTP checks it)
     recording: bool = False
     stopping: bool = False
     completed: int = 0
     errors: int = 0
     latencies_ns: list[int] = field(default_factory=list)
     first_error: str | None = None
+    # Over HTTP: response body bytes, SSE events, priming events and progress notifications received.
+    response_bytes: int = 0
+    events: int = 0
+    priming: int = 0
+    progress: int = 0
 
 
 class Connection(WSListener):
@@ -169,8 +203,6 @@ class Connection(WSListener):
         self._stats: CallStats | None = None
         self._sent: dict[int, int] = {}
         self._next_id = 1
-        self._prefix = b""
-        self._suffix = b""
         self.drained: asyncio.Future[None] | None = None
 
     # picows callbacks
@@ -229,11 +261,6 @@ class Connection(WSListener):
     # the call loop
     def start_calls(self, stats: CallStats, inflight: int) -> None:
         self._stats = stats
-        prefix, _, suffix = orjson.dumps({
-            "jsonrpc": "2.0", "id": 0, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": stats.text}},
-        }).partition(b'"id":0')
-        self._prefix, self._suffix = prefix + b'"id":', suffix
         self.drained = asyncio.get_running_loop().create_future()
         self._on_message = self._on_answer
         for _ in range(inflight):
@@ -243,7 +270,7 @@ class Connection(WSListener):
         request_id = self._next_id
         self._next_id = request_id + 1
         self._sent[request_id] = time.perf_counter_ns()
-        self.transport.send(WSMsgType.TEXT, b"%s%d%s" % (self._prefix, request_id, self._suffix))  # type: ignore[union-attr]
+        self.transport.send(WSMsgType.TEXT, self._stats.request(request_id))  # type: ignore[union-attr]
 
     def _on_answer(self, data: bytes) -> None:
         now = time.perf_counter_ns()
@@ -296,15 +323,22 @@ async def connect(url: str, ssl_context: ssl.SSLContext | None, *, buffer: int =
 
 async def connect_many(
     url: str, ssl_context: ssl.SSLContext | None, count: int, concurrency: int, buffer: int = 16 * 1024
-) -> tuple[list[Connection], list[str]]:
-    """``count`` initialised connections, at most ``concurrency`` being set up at once."""
+) -> tuple[list[Any], list[str]]:
+    """``count`` initialised connections (``HTTPConnection`` for an http://
+    URL), at most ``concurrency`` being set up at once."""
     gate = asyncio.Semaphore(concurrency)
     failures: list[str] = []
 
-    async def one() -> Connection | None:
+    async def open_one() -> Any:
+        if url.startswith("http:"):
+            return await httpgen.connect(url, initialize_request(HTTP_PROTOCOL_VERSION), INITIALIZED,
+                                         HTTP_PROTOCOL_VERSION, SETUP_TIMEOUT)
+        return await connect(url, ssl_context, buffer=buffer)
+
+    async def one() -> Any:
         async with gate:
             try:
-                return await connect(url, ssl_context, buffer=buffer)
+                return await open_one()
             except Exception as e:
                 failures.append(f"{type(e).__name__}: {e}")
                 return None
@@ -313,7 +347,7 @@ async def connect_many(
     return [c for c in results if c is not None], failures
 
 
-async def close_all(connections: list[Connection]) -> None:
+async def close_all(connections: list[Any]) -> None:
     await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
 
 
@@ -323,7 +357,9 @@ async def run_calls(args: argparse.Namespace, ssl_context: ssl.SSLContext | None
     connections, failures = await connect_many(args.url, ssl_context, args.clients, args.clients)
     if failures:
         raise RuntimeError(f"{len(failures)} of {args.clients} connections failed: {failures[0]}")
-    stats = CallStats(text=payload_text(args.payload))
+    text = payload_text(args.payload)
+    stats = CallStats(text=text, request=call_request(args.tool, text),
+                      progress_per_call=int(args.tool == "echo_progress"))
     for c in connections:
         c.start_calls(stats, args.inflight)
     await asyncio.sleep(args.warmup)
@@ -344,6 +380,7 @@ async def run_calls(args: argparse.Namespace, ssl_context: ssl.SSLContext | None
     latencies = sorted(stats.latencies_ns)
     result: dict[str, Any] = {
         "mode": "calls", "clients": args.clients, "inflight": args.inflight, "payload": args.payload,
+        "tool": args.tool,
         "duration_s": round(elapsed, 3), "calls": stats.completed,
         "calls_per_s": stats.completed / elapsed,
         "p50_us": percentile(latencies, 0.50), "p90_us": percentile(latencies, 0.90),
@@ -352,6 +389,9 @@ async def run_calls(args: argparse.Namespace, ssl_context: ssl.SSLContext | None
         "loadgen_cpu_util": (own_cpu1 - own_cpu0) / elapsed,
         "cores": core_use(cores0, cores1),
     }
+    if args.url.startswith("http:") and stats.completed:
+        for key in ("response_bytes", "events", "priming", "progress"):
+            result[f"{key}_per_call"] = getattr(stats, key) / stats.completed
     if server_cpu0 is not None and server_cpu1 is not None:
         spent = server_cpu1 - server_cpu0
         result["server_cpu_util"] = spent / elapsed
@@ -463,15 +503,17 @@ async def run_handshakes(args: argparse.Namespace, ssl_context: ssl.SSLContext |
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Load generator for MCP servers over WebSocket.",
+        description="Load generator for MCP servers over WebSocket and Streamable HTTP.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--url", required=True, help="ws:// or wss:// URL of the MCP endpoint")
+    parser.add_argument("--url", required=True, help="ws://, wss:// or http:// URL of the MCP endpoint")
     parser.add_argument("--pid", type=int, help="server process id (for CPU and memory)")
     parser.add_argument("--mode", choices=("calls", "idle", "handshakes"), default="calls")
     parser.add_argument("--clients", type=int, default=50, help="connections (calls) or workers (handshakes)")
     parser.add_argument("--inflight", type=int, default=1, help="calls in flight per connection")
     parser.add_argument("--payload", type=int, default=100, help="bytes of echo text")
+    parser.add_argument("--tool", choices=TOOLS, default="echo",
+                        help="echo_progress: ask for progress, reported once before the answer")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds measured")
     parser.add_argument("--connections", type=int, default=10_000, help="idle: connections to open")
@@ -492,6 +534,8 @@ def format_text(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.url.startswith("http:") and (args.mode != "calls" or args.inflight != 1):
+        raise SystemExit("loadgen.py: over HTTP only --mode calls, with --inflight 1")
     raise_open_file_limit()
     ssl_context = None
     if args.url.startswith("wss:"):

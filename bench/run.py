@@ -1,10 +1,14 @@
-"""The benchmark suite: mcp-twisted against the bare-Autobahn floor and the
-official MCP Python SDK, with every target as a ratio.
+"""The benchmark suite: mcp-twisted against a floor (bare Autobahn for
+WebSocket, a bare twisted.web resource for Streamable HTTP) and the official
+MCP Python SDK, with every target as a ratio.
 
-    python bench/run.py            # the full suite (about 10 minutes)
-    python bench/run.py --quick    # a smoke run (under a minute)
+    python bench/run.py            # the full suite (about 20 minutes)
+    python bench/run.py --quick    # a smoke run (about a minute)
     python bench/run.py --servers floor,mcp_twisted --clients 50 --inflight 8 --payload 10240
+    python bench/run.py --http     # Streamable HTTP only: 1 and 50 clients, JSON and SSE (about 9 minutes)
+    python bench/run.py --http --servers floor,mcp_twisted --clients 50 --answer sse
     python bench/run.py --baseline HEAD~1   # also measure a revision of mcp_twisted/, alternated
+    python bench/run.py --http --baseline /tmp/patched   # or a copy of it (a directory with mcp_twisted/)
 
 Each measured point starts a fresh server pinned to one core (``--server-cpu``)
 and a load generator (``bench/loadgen.py``) pinned to another
@@ -49,6 +53,9 @@ SERVERS: dict[str, str] = {
 }
 SDK = ("sdk_fastmcp", "sdk_lowlevel")
 OURS, FLOOR = "mcp_twisted", "floor"
+# Over Streamable HTTP the same servers run with --http; the floor is another program.
+HTTP_SERVERS: dict[str, str] = {**SERVERS, FLOOR: "servers/bare_twisted_web.py"}
+ANSWERS = ("json", "sse")
 
 # Targets (from the benchmark issue).
 MIN_FLOOR_RATIO = 0.75
@@ -56,6 +63,9 @@ MIN_SDK_RATIO = 4.0
 MAX_P99_RATIO = 1.3
 MAX_IDLE_KIB = 16.0
 IDLE_TARGET_CONNECTIONS = 10_000
+# Targets over Streamable HTTP (from the Streamable HTTP issue).
+HTTP_MIN_FLOOR_RATIO = 0.8
+HTTP_MIN_SDK_RATIO = 3.0
 
 
 def git(*command: str) -> str:
@@ -92,12 +102,41 @@ class CallConfig:
         return f"{self.clients}x{self.inflight}, {size}"
 
 
+@dataclass(frozen=True)
+class HTTPConfig:
+    """Streamable HTTP: ``clients`` keep-alive connections, one call in flight
+    each; ``answer`` "json" calls ``echo`` (a JSON body), "sse" calls
+    ``echo_progress`` (an SSE stream: priming event, progress, answer)."""
+
+    clients: int
+    answer: str
+    payload: int = 100
+
+    @property
+    def tool(self) -> str:
+        return "echo_progress" if self.answer == "sse" else "echo"
+
+    @property
+    def label(self) -> str:
+        return f"http {self.clients}x1, {self.answer.upper()}"
+
+    def server_options(self, server: str) -> list[str]:
+        """The SDK chooses JSON or SSE per server; mcp-twisted and the floor per request."""
+        json_response = server.partition("@")[0] in SDK and self.answer == "json"
+        return ["--http", *(["--json-response"] if json_response else [])]
+
+
+def http_configs(clients: Iterable[int], answers: Iterable[str]) -> list[HTTPConfig]:
+    return [HTTPConfig(c, a) for c in clients for a in answers]
+
+
 @dataclass
 class Plan:
     rounds: int
     warmup: float
     duration: float
     calls: list[tuple[CallConfig, list[str]]] = field(default_factory=list)
+    http_calls: list[tuple[HTTPConfig, list[str]]] = field(default_factory=list)
     handshakes: list[str] = field(default_factory=list)
     handshake_clients: int = 16
     tls_calls: list[str] = field(default_factory=list)
@@ -113,13 +152,14 @@ def full_plan(args: argparse.Namespace) -> Plan:
         for inflight in (1, 8):
             servers = [FLOOR, OURS, *(SDK if payload == 100 else ())]
             plan.calls.append((CallConfig(50, inflight, payload), servers))
+    plan.http_calls = [(config, [FLOOR, OURS, *SDK]) for config in http_configs((1, 50), ANSWERS)]
     plan.handshakes = [FLOOR, OURS, "sdk_fastmcp"]
     plan.tls_calls = [FLOOR, OURS, "sdk_fastmcp"]
     n = args.idle_connections or IDLE_TARGET_CONNECTIONS
     plan.idle = [(FLOOR, n), (OURS, n), ("sdk_fastmcp", min(n, 1000)), ("sdk_lowlevel", min(n, 1000))]
     plan.notes.append(
         "The SDK servers (about 800 calls/s) are measured with 100 B payloads only, over TLS as "
-        "FastMCP only, and idle with 1,000 connections: that keeps the suite under 15 minutes."
+        "FastMCP only, and idle with 1,000 connections: that keeps the WebSocket part near 10 minutes."
     )
     return plan
 
@@ -130,6 +170,7 @@ def quick_plan(args: argparse.Namespace) -> Plan:
         (CallConfig(50, 1, 100), [FLOOR, OURS, "sdk_fastmcp"]),
         (CallConfig(50, 8, 10240), [FLOOR, OURS]),
     ]
+    plan.http_calls = [(config, [FLOOR, OURS, "sdk_fastmcp"]) for config in http_configs((50,), ANSWERS)]
     plan.handshakes = [FLOOR, OURS]
     plan.handshake_clients = 8
     plan.idle = [(FLOOR, args.idle_connections or 300), (OURS, args.idle_connections or 300)]
@@ -138,14 +179,24 @@ def quick_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def with_baseline(plan: Plan, baseline: str) -> Plan:
-    """Measure ``baseline`` (a revision of mcp-twisted) right after the working tree everywhere."""
+def with_baseline(plan: Plan, baselines: Sequence[str]) -> Plan:
+    """Measure ``baselines`` (other copies of mcp-twisted) right after the working tree everywhere."""
     def add(servers: list[str]) -> list[str]:
-        return [t for s in servers for t in ([s, baseline] if s == OURS else [s])]
+        return [t for s in servers for t in ([s, *baselines] if s == OURS else [s])]
 
     plan.calls = [(config, add(servers)) for config, servers in plan.calls]
+    plan.http_calls = [(config, add(servers)) for config, servers in plan.http_calls]
     plan.handshakes, plan.tls_calls = add(plan.handshakes), add(plan.tls_calls)
-    plan.idle = [(t, n) for s, n in plan.idle for t in ([s, baseline] if s == OURS else [s])]
+    plan.idle = [(t, n) for s, n in plan.idle for t in ([s, *baselines] if s == OURS else [s])]
+    return plan
+
+
+def http_plan(args: argparse.Namespace) -> Plan:
+    """Streamable HTTP only: the clients and answers named (default all), every server unless named."""
+    plan = Plan(rounds=args.rounds or 3, warmup=args.warmup or 2.0, duration=args.duration or 6.0)
+    servers = args.servers or [FLOOR, OURS, *SDK]
+    plan.http_calls = [(config, servers) for config in http_configs(args.clients or (1, 50),
+                                                                     args.answer or ANSWERS)]
     return plan
 
 
@@ -179,8 +230,12 @@ class Runner:
         self.trees: dict[str, Path] = {}  # "mcp_twisted@REV" -> a copy of that revision
         self.tree_at_start = self.tree_at_end = tree_state()
 
-    def add_baseline(self, revision: str) -> str:
-        """Export ``mcp_twisted/`` at a revision; returns the server name that runs it."""
+    @staticmethod
+    def export(revision: str) -> tuple[str, Path]:
+        """A directory with ``mcp_twisted/`` as of a revision (exported once),
+        or the directory given if it has one (a patched copy); and its label."""
+        if (Path(revision) / "mcp_twisted").is_dir():
+            return Path(revision).resolve().name, Path(revision).resolve()
         commit = git("rev-parse", "--short", revision)
         if not commit:
             raise SystemExit(f"run.py: unknown revision {revision!r}")
@@ -190,9 +245,20 @@ class Runner:
             archive = subprocess.run(["git", "archive", commit, "mcp_twisted"], capture_output=True,
                                      cwd=REPO, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
-        name = f"{OURS}@{commit}"
+        return commit, directory
+
+    def add_baseline(self, revision: str) -> str:
+        """Run ``mcp_twisted/`` of a revision or directory too; returns its server name."""
+        label, directory = self.export(revision)
+        name = f"{OURS}@{label}"
         self.trees[name] = directory
         return name
+
+    def use_tree(self, revision: str) -> None:
+        """Measure mcp-twisted itself from a revision or directory, not the working tree."""
+        label, self.trees[OURS] = self.export(revision)
+        state = f"{git('rev-parse', '--short', 'HEAD')}; mcp_twisted/ as of {label} (--tree {revision})"
+        self.tree_at_start = self.tree_at_end = state
 
     def _prefix(self, cpu: int) -> list[str]:
         prefix = ["taskset", "-c", str(cpu)]
@@ -216,10 +282,12 @@ class Runner:
             self.tls = paths
         return self.tls
 
-    def start_server(self, name: str, extra: Sequence[str] = ()) -> tuple[subprocess.Popen[str], int]:
+    def start_server(
+        self, name: str, extra: Sequence[str] = (), *, http: bool = False
+    ) -> tuple[subprocess.Popen[str], int]:
         if name in self.trees:
             extra = [*extra, "--tree", str(self.trees[name])]
-        script = BENCH / SERVERS[name.partition("@")[0]]
+        script = BENCH / (HTTP_SERVERS if http else SERVERS)[name.partition("@")[0]]
         command = [*self._prefix(self.server_cpu), sys.executable, str(script), "--port", "0", *extra]
         self.log.write(f"--- {name} {' '.join(extra)}\n")
         self.log.flush()
@@ -260,18 +328,18 @@ class Runner:
 
     def measure(
         self, name: str, options: Sequence[str], *, tls: bool = False, server_extra: Sequence[str] = (),
-        timeout: float = 300,
+        timeout: float = 300, http: bool = False,
     ) -> dict[str, Any]:
         extra = list(server_extra)
         if tls:
             _, cert, key = self.tls_files()
             extra += ["--tls", str(cert), str(key)]
         try:
-            process, port = self.start_server(name, extra)
+            process, port = self.start_server(name, extra, http=http)
         except RuntimeError as e:
             return {"failed": str(e)}
         try:
-            scheme = "wss" if tls else "ws"
+            scheme = "http" if http else "wss" if tls else "ws"
             return self.loadgen(f"{scheme}://127.0.0.1:{port}/mcp", process.pid, options, timeout)
         except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
             return {"failed": str(e)}
@@ -315,7 +383,7 @@ def alternate(
 
 
 def run_plan(plan: Plan, runner: Runner) -> Results:
-    results: Results = {"calls": [], "handshakes": {}, "tls_calls": {}, "idle": {}}
+    results: Results = {"calls": [], "http_calls": [], "handshakes": {}, "tls_calls": {}, "idle": {}}
     timing = ["--warmup", str(plan.warmup), "--duration", str(plan.duration)]
     for config, servers in plan.calls:
         options = ["--clients", str(config.clients), "--inflight", str(config.inflight),
@@ -323,6 +391,14 @@ def run_plan(plan: Plan, runner: Runner) -> Results:
         points = alternate(plan.rounds, servers, config.label,
                            lambda s, o=options: runner.measure(s, o))  # type: ignore[misc]
         results["calls"].append({"config": config.__dict__, "label": config.label, "points": points})
+    for http_config, servers in plan.http_calls:
+        options = ["--clients", str(http_config.clients), "--payload", str(http_config.payload),
+                   "--tool", http_config.tool, *timing]
+        points = alternate(plan.rounds, servers, http_config.label,
+                           lambda s, c=http_config, o=options: runner.measure(  # type: ignore[misc]
+                               s, o, http=True, server_extra=c.server_options(s)))
+        results["http_calls"].append({"config": http_config.__dict__, "label": http_config.label,
+                                      "points": points})
     if plan.handshakes:
         options = ["--mode", "handshakes", "--clients", str(plan.handshake_clients), *timing]
         results["handshakes"] = alternate(plan.rounds, plan.handshakes, "wss handshakes",
@@ -395,24 +471,33 @@ class Target:
                 f"| {sign} {self.limit:g} | {verdict} |")
 
 
-def targets(results: Results) -> list[Target]:
+def rate_targets(entries: Iterable[dict[str, Any]], min_floor: float, min_sdk: float) -> list[Target]:
+    """calls/s against the floor and against the SDK's best server, per configuration."""
     found: list[Target] = []
-    by_config = [(e["label"], e["config"], e["points"]) for e in results["calls"]]
-    for label, _, points in by_config:
+    by_config = [(e["label"], e["points"]) for e in entries]
+    for label, points in by_config:
         if OURS in points and FLOOR in points:
             ours, floor = median_of(points[OURS], "calls_per_s"), median_of(points[FLOOR], "calls_per_s")
             ratios = paired(points[OURS], points[FLOOR], "calls_per_s")
             found.append(Target(f"calls/s vs floor, {label}", f"{fmt(ours)} vs {fmt(floor)}",
-                                median(ratios), ratios, MIN_FLOOR_RATIO, True))
-    for label, _, points in by_config:
+                                median(ratios), ratios, min_floor, True))
+    for label, points in by_config:
         sdk = {s: median_of(points[s], "calls_per_s") for s in SDK if s in points}
         sdk = {s: rate for s, rate in sdk.items() if not math.isnan(rate)}
         if OURS in points and sdk:
             best = max(sdk, key=sdk.__getitem__)
             ours = median_of(points[OURS], "calls_per_s")
+            ratios = paired(points[OURS], points[best], "calls_per_s")
             found.append(Target(f"calls/s vs the SDK's best, {label}",
                                 f"{fmt(ours)} vs {fmt(sdk[best])} ({best})",
-                                ours / sdk[best], [], MIN_SDK_RATIO, True))
+                                median(ratios), ratios, min_sdk, True))
+    return found
+
+
+def targets(results: Results) -> list[Target]:
+    found = rate_targets(results["calls"], MIN_FLOOR_RATIO, MIN_SDK_RATIO)
+    found += rate_targets(results["http_calls"], HTTP_MIN_FLOOR_RATIO, HTTP_MIN_SDK_RATIO)
+    by_config = [(e["label"], e["config"], e["points"]) for e in results["calls"]]
     for label, config, points in by_config:
         if config["inflight"] == 1 and config["payload"] <= 100 and OURS in points and FLOOR in points:
             ours, floor = median_of(points[OURS], "p99_us", 1e-3), median_of(points[FLOOR], "p99_us", 1e-3)
@@ -440,22 +525,28 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
             *("| " + " | ".join(row) + " |" for row in rows)]
 
 
-def calls_table(results: Results) -> list[str]:
+def calls_table(entries: Iterable[dict[str, Any]], *, http: bool = False) -> list[str]:
+    """One row per configuration and server; over HTTP also what an answer was."""
     rows = []
-    for entry in results["calls"]:
+    for entry in entries:
         for server, points in entry["points"].items():
             rates = values(points, "calls_per_s")
             failed = sum(1 for p in points if "failed" in p)
             errors = f"{sum(values(points, 'errors')):.0f}" + (f" + {failed} failed runs" if failed else "")
+            answer = []
+            if http:
+                events = median_of(points, "events_per_call")
+                answer = [f"{fmt(median_of(points, 'response_bytes_per_call'))} B"
+                          + (f", {fmt(events, 1)} events" if events else ", JSON")]
             rows.append([
                 entry["label"], server, fmt(median(rates)) + spread(rates, 0),
                 fmt(median_of(points, "p50_us", 1e-3), 2), fmt(median_of(points, "p99_us", 1e-3), 2),
                 fmt(median_of(points, "server_cpu_us_per_call"), 1),
                 fmt(median_of(points, "server_cpu_util", 100)) + "%",
-                fmt(max(values(points, "loadgen_cpu_util"), default=math.nan) * 100) + "%", errors,
+                fmt(max(values(points, "loadgen_cpu_util"), default=math.nan) * 100) + "%", *answer, errors,
             ])
     return table(["config", "server", "calls/s (range)", "p50 ms", "p99 ms", "server CPU µs/call",
-                  "server core", "loadgen core (max)", "errors"], rows)
+                  "server core", "loadgen core (max)", *(["answer body"] if http else []), "errors"], rows)
 
 
 def tls_table(results: Results) -> list[str]:
@@ -493,7 +584,7 @@ def idle_table(results: Results) -> list[str]:
 def baseline_table(results: Results) -> list[str]:
     """The working tree against a baseline revision, ratios within rounds."""
     rows = []
-    for entry in results["calls"]:
+    for entry in [*results["calls"], *results["http_calls"]]:
         points = entry["points"]
         for name in (n for n in points if n.startswith(OURS + "@")):
             rate = paired(points[OURS], points[name], "calls_per_s")
@@ -514,7 +605,8 @@ def generator_check(results: Results, server_cpu: int) -> list[str]:
     def ok(points: Iterable[Point]) -> list[Point]:
         return [p for p in points if "failed" not in p]
 
-    calls = ok(p for e in results["calls"] for ps in e["points"].values() for p in ps)
+    entries = [*results["calls"], *results["http_calls"]]
+    calls = ok(p for e in entries for ps in e["points"].values() for p in ps)
     calls += ok(p for ps in results["tls_calls"].values() for p in ps)
     lines = []
     if calls:
@@ -556,7 +648,8 @@ def environment(runner: Runner, plan: Plan, elapsed: float) -> list[str]:
     if runner.tree_at_end != tree:
         tree += f"; **mcp_twisted/ changed during the run**, now {runner.tree_at_end}"
     packages = ", ".join(f"{p} {version(p)}" for p in
-                         ("twisted", "autobahn", "mcp", "uvicorn", "websockets", "picows", "uvloop"))
+                         ("twisted", "autobahn", "mcp", "uvicorn", "websockets", "httptools", "picows",
+                          "uvloop", "orjson"))
     nice = f", both at nice {runner.nice}" if runner.nice else ""
     now = datetime.datetime.now().astimezone()
     return [
@@ -575,9 +668,19 @@ def report(plan: Plan, results: Results, runner: Runner, elapsed: float) -> str:
              "Ratios are medians of the ratio within each round (range in parentheses).", "",
              *table(["target", "measured (medians)", "ratio", "target", "verdict"], []),
              *(t.row() for t in targets(results))]
-    lines += ["", "## Calls: `tools/call` echo over ws://, closed loop", "",
-              "CxP = C connections with P calls in flight each. Medians over rounds, calls/s range in "
-              "parentheses. Server core: the share of its core the server used.", "", *calls_table(results)]
+    if results["calls"]:
+        lines += ["", "## Calls: `tools/call` echo over ws://, closed loop", "",
+                  "CxP = C connections with P calls in flight each. Medians over rounds, calls/s range in "
+                  "parentheses. Server core: the share of its core the server used.", "",
+                  *calls_table(results["calls"])]
+    if results["http_calls"]:
+        lines += ["", "## Streamable HTTP: `tools/call` over POST, closed loop", "",
+                  "C keep-alive HTTP/1.1 connections, one call in flight each, 100 B echo text. JSON: tool "
+                  "`echo`, answered with a JSON body (the SDK with `json_response=True`). SSE: tool "
+                  "`echo_progress`, answered with an SSE stream of a priming event, one progress "
+                  "notification and the answer (protocol 2025-11-25). The floor is a bare twisted.web "
+                  "resource. Answer body: bytes and SSE events per answer, as the generator received them.",
+                  "", *calls_table(results["http_calls"], http=True)]
     if results["handshakes"] or results["tls_calls"]:
         lines += ["", "## TLS (wss://)", "",
                   f"A handshake is TCP connect + TLS + WebSocket upgrade + `initialize` + "
@@ -611,13 +714,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--inflight", type=comma_list(int), help="calls in flight per connection, e.g. 1,8")
     parser.add_argument("--payload", type=comma_list(int), help="echo text bytes, e.g. 100,10240")
     parser.add_argument("--tls", action="store_true", help="with --servers: also measure wss")
+    parser.add_argument("--http", action="store_true",
+                        help="Streamable HTTP only (with --servers, --clients, --answer: those only)")
+    parser.add_argument("--answer", type=comma_list(str), help="--http: json, sse or json,sse")
     parser.add_argument("--idle-connections", type=int,
                         help="idle connections (with --servers: also measure idle)")
     parser.add_argument("--rounds", type=int, help="rounds (default 3; --quick 1)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per point")
     parser.add_argument("--duration", type=float, help="seconds measured per point")
-    parser.add_argument("--baseline", metavar="REV",
-                        help="also measure mcp_twisted/ as of this git revision (e.g. HEAD~1), alternated")
+    parser.add_argument("--baseline", metavar="REV", action="append",
+                        help="also measure mcp_twisted/ as of this git revision (e.g. HEAD~1), or from a "
+                             "directory holding a copy of it, alternated; may be repeated")
+    parser.add_argument("--tree", metavar="REV",
+                        help="measure mcp_twisted/ as of this revision or directory, not the working tree")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--loadgen-cpu", type=int, default=1)
     parser.add_argument("--nice", type=int, default=-20,
@@ -626,13 +735,20 @@ def parse_args() -> argparse.Namespace:
     unknown = set(args.servers or ()) - set(SERVERS)
     if unknown:
         parser.error(f"unknown server(s) {', '.join(sorted(unknown))}; choose from {', '.join(SERVERS)}")
+    if set(args.answer or ()) - set(ANSWERS):
+        parser.error(f"--answer: choose from {', '.join(ANSWERS)}")
+    if args.http and (args.inflight or args.payload or args.idle_connections or args.tls):
+        parser.error("--http measures 1 call in flight, 100 B payloads; no --inflight, --payload, "
+                     "--idle-connections or --tls")
     return args
 
 
 def main() -> None:
     args = parse_args()
     RESULTS.mkdir(exist_ok=True)
-    if args.servers or args.clients or args.inflight or args.payload:
+    if args.http:
+        plan = http_plan(args)
+    elif args.servers or args.clients or args.inflight or args.payload:
         plan = custom_plan(args)
     elif args.quick:
         plan = quick_plan(args)
@@ -641,11 +757,14 @@ def main() -> None:
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {args.loadgen_cpu})  # keep this process off the server's core
     runner = Runner(args)
+    if args.tree:
+        runner.use_tree(args.tree)
     if args.baseline:
-        plan = with_baseline(plan, runner.add_baseline(args.baseline))
+        plan = with_baseline(plan, [runner.add_baseline(revision) for revision in args.baseline])
     started = time.monotonic()
     results = run_plan(plan, runner)
-    runner.tree_at_end = tree_state()
+    if OURS not in runner.trees:
+        runner.tree_at_end = tree_state()
     text = report(plan, results, runner, time.monotonic() - started)
     (RESULTS / "latest.md").write_text(text)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1))

@@ -2,7 +2,8 @@
 and the ready line the suite waits for.
 
 Each server prints ``READY <port>`` on stdout once it accepts connections
-(``--port 0`` picks a free port) and serves WebSocket at ``/mcp``.
+(``--port 0`` picks a free port) and serves WebSocket at ``/mcp`` (with
+``--http``, where a server has it: Streamable HTTP at ``/mcp``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 SERVER_INFO = {"name": "bench-echo", "version": "1.0.0"}
 
 
-def parse_args(description: str, *, default_ping: float | None, tree: bool = False) -> argparse.Namespace:
+def parse_args(
+    description: str, *, default_ping: float | None, tree: bool = False, http: bool = False, sdk: bool = False
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve wss with this PEM pair")
@@ -26,6 +29,11 @@ def parse_args(description: str, *, default_ping: float | None, tree: bool = Fal
     parser.add_argument("--ping-timeout", type=float, default=None, help="seconds to wait for a pong")
     if tree:
         parser.add_argument("--tree", help="import the framework from this directory (default: the checkout)")
+    if http:
+        parser.add_argument("--http", action="store_true", help="serve Streamable HTTP at /mcp")
+    if sdk:
+        parser.add_argument("--json-response", action="store_true",
+                            help="--http: answer with JSON bodies, not SSE streams (the SDK's json_response)")
     return parser.parse_args()
 
 

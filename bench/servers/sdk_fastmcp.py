@@ -1,32 +1,63 @@
 """The official MCP Python SDK (1.30): a FastMCP ``echo`` tool over the SDK's
 WebSocket transport (``mcp.server.websocket.websocket_server``) in Starlette
-under uvicorn.
+under uvicorn, or with ``--http`` over its Streamable HTTP transport
+(``FastMCP.streamable_http_app()``, stateful sessions, an in-memory event
+store; ``--json-response`` for JSON answers instead of SSE streams).
+
+``echo_progress`` reports progress once, then echoes.
 
 Usage: python bench/servers/sdk_fastmcp.py --port 8080 [--tls CERT KEY] [--ping-interval S]
+       python bench/servers/sdk_fastmcp.py --port 8080 --http [--json-response]
 """
 
 from __future__ import annotations
 
+from argparse import Namespace
+
 from _common import parse_args
-from _uvicorn import serve
-from mcp.server.fastmcp import FastMCP
+from _sdk_http import LOOPBACK_ONLY, RETRY_MS, MemoryEventStore
+from _uvicorn import serve, serve_app
+from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.websocket import websocket_server
 from starlette.websockets import WebSocket
 
-mcp = FastMCP("bench-echo", log_level="WARNING")
+
+def make_server(args: Namespace) -> FastMCP:
+    if not args.http:
+        mcp = FastMCP("bench-echo", log_level="WARNING")
+    else:
+        mcp = FastMCP("bench-echo", log_level="WARNING", json_response=args.json_response,
+                      event_store=MemoryEventStore(), retry_interval=RETRY_MS,
+                      transport_security=LOOPBACK_ONLY)
+
+    @mcp.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @mcp.tool()
+    async def echo_progress(text: str, ctx: Context) -> str:  # type: ignore[type-arg]
+        """Report progress once, then return the text unchanged."""
+        await ctx.report_progress(1, 1)
+        return text
+
+    return mcp
 
 
-@mcp.tool()
-def echo(text: str) -> str:
-    """Return the text unchanged."""
-    return text
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], default_ping=None, http=True, sdk=True)
+    mcp = make_server(args)
+    if args.http:
+        serve_app(mcp.streamable_http_app(), args, lifespan=True)
+        return
 
+    async def endpoint(websocket: WebSocket) -> None:
+        server = mcp._mcp_server
+        async with websocket_server(websocket.scope, websocket.receive, websocket.send) as streams:
+            await server.run(*streams, server.create_initialization_options())
 
-async def endpoint(websocket: WebSocket) -> None:
-    server = mcp._mcp_server
-    async with websocket_server(websocket.scope, websocket.receive, websocket.send) as streams:
-        await server.run(*streams, server.create_initialization_options())
+    serve(endpoint, args)
 
 
 if __name__ == "__main__":
-    serve(endpoint, parse_args(__doc__.splitlines()[0], default_ping=None))
+    main()
