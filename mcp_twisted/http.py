@@ -99,7 +99,9 @@ class EventStore:
     """A session's recent SSE events, bounded by count, bytes and age.
 
     Ids are ``"<stream>.<sequence>"``: the stream can be told from the id
-    alone, and the sequence orders events across the session.
+    alone, and the sequence orders events across the session. Events older
+    than ``ttl`` go on a timer, so a session that has gone quiet does not
+    hold them until it expires.
     """
 
     def __init__(self, clock: IReactorTime, max_events: int, max_bytes: int, ttl: float) -> None:
@@ -110,6 +112,7 @@ class EventStore:
         self._events: deque[tuple[int, str, bytes, float]] = deque()
         self._bytes = 0
         self._sequence = 0
+        self._aging: IDelayedCall | None = None
 
     def add(self, stream: str, data: bytes) -> str:
         """Keep an event; returns its id."""
@@ -127,10 +130,24 @@ class EventStore:
 
     def _trim(self) -> None:
         events = self._events
-        oldest = self.clock.seconds() - self.ttl
+        now = self.clock.seconds()
         while events and (len(events) > self.max_events or self._bytes > self.max_bytes
-                          or events[0][3] < oldest):
+                          or events[0][3] <= now - self.ttl):
             self._bytes -= len(events.popleft()[2])
+        if events and self._aging is None and self.ttl:
+            self._aging = self.clock.callLater(events[0][3] + self.ttl - now, self._aged)
+
+    def _aged(self) -> None:
+        self._aging = None
+        self._trim()
+
+    def close(self) -> None:
+        """Forget every event (the session ended)."""
+        if self._aging is not None and self._aging.active():
+            self._aging.cancel()
+        self._aging = None
+        self._events.clear()
+        self._bytes = 0
 
     def after(self, event_id: str) -> tuple[str, list[tuple[str, bytes]]] | None:
         """The stream an event id names and the kept events after it on that
@@ -388,14 +405,31 @@ class HTTPSession:
                           for i in sorted(exchange.ids, key=str)]
                 self.route(jsonrpc.encode(errors if exchange.batch else errors[0]), request_id, True)
 
-    def resume(self, request: server.Request, last_event_id: str) -> bool:
-        """Attach a GET with ``Last-Event-ID`` to the stream it names; False
-        if the id is unknown."""
+    def _exchange_of(self, stream_id: str) -> Exchange | None:
+        return next((e for e in self.exchanges.values() if e.stream_id == stream_id), None)
+
+    def resumable(self, last_event_id: str) -> str | None:
+        """The stream a GET with this ``Last-Event-ID`` may resume, or None.
+
+        Not one whose POST still waits for a JSON answer: that stream has
+        sent nothing, so no client holds an id of it, and taking it over
+        would leave the POST unanswered.
+        """
         found = self.events.after(last_event_id)
         if found is None:
-            return False
+            return None
+        exchange = self._exchange_of(found[0])
+        if exchange is not None and exchange.sse is None and exchange.request is not None:
+            return None
+        return found[0]
+
+    def resume(self, request: server.Request, last_event_id: str) -> None:
+        """Attach a GET to the stream its ``Last-Event-ID`` names (see
+        ``resumable``): what was missed, then what comes."""
+        found = self.events.after(last_event_id)
+        assert found is not None
         stream_id, missed = found
-        exchange = next((e for e in self.exchanges.values() if e.stream_id == stream_id), None)
+        exchange = self._exchange_of(stream_id)
         if exchange is not None and exchange.sse is not None:
             # Its client reconnected before this end noticed the old
             # connection die: the new one takes over.
@@ -411,7 +445,6 @@ class HTTPSession:
             self._watch(exchange, request)
         else:
             stream.finish()  # that request was answered: everything was replayed
-        return True
 
     # -- OutputFlow -------------------------------------------------------
 
@@ -468,6 +501,7 @@ class HTTPSession:
                 request.finish()
         for stream in list(self.streams):
             stream.finish()
+        self.events.close()
         self.session.close("HTTP session ended")
         self.resource.host.session_closed(self.session)
         self._writable_waiters.release()
@@ -686,15 +720,15 @@ class MCPHTTPResource(Resource):
         if isinstance(found, bytes):
             return found
         http_session = found
-        last_event_id = request.getHeader("last-event-id")
-        if last_event_id and http_session.events.after(last_event_id) is not None:
-            if last_event_id.startswith(STANDALONE + ".") and http_session.standalone is not None:
-                return _plain(request, 409, "Conflict: this session's stream is already open")
-            http_session.resume(request, last_event_id)
-            return server.NOT_DONE_YET
-        if http_session.standalone is not None:
+        last_event_id = request.getHeader("last-event-id") or ""
+        # An id this session cannot resume opens its stream afresh.
+        stream_id = http_session.resumable(last_event_id) if last_event_id else None
+        if stream_id in (None, STANDALONE) and http_session.standalone is not None:
             return _plain(request, 409, "Conflict: this session's stream is already open")
-        http_session.standalone = http_session._open_stream(request, STANDALONE)
+        if stream_id is None:
+            http_session.standalone = http_session._open_stream(request, STANDALONE)
+        else:
+            http_session.resume(request, last_event_id)
         return server.NOT_DONE_YET
 
     def _delete(self, request: server.Request, identity: Any) -> bytes | int:

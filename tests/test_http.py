@@ -25,7 +25,7 @@ from mcp_twisted.auth import TokenAuthenticator
 from mcp_twisted.http import EventStore, HTTPSettings, MCPHTTPResource
 from mcp_twisted.jsonrpc import INVALID_REQUEST, PARSE_ERROR
 from mcp_twisted.metrics import Metrics
-from mcp_twisted.protocol import SERVER_SHUTTING_DOWN
+from mcp_twisted.protocol import SERVER_BUSY, SERVER_SHUTTING_DOWN
 from mcp_twisted.service import MCPService
 from mcp_twisted.websocket import MCPServerFactory
 from tests.http_support import (
@@ -321,6 +321,21 @@ def test_the_session_cap_counts_every_transport_and_more_get_503():
     assert server.post(init_message()).status == 200
 
 
+def test_the_in_flight_limit_applies_per_session_as_over_websocket():
+    app, state = http_app()
+    server = Served(app, max_in_flight=2)
+    session = server.initialize()
+    running = [server.request("POST", call(i, "hang"), session=session) for i in (1, 2)]
+    busy = server.post(call(3, "echo", {"text": "x"}), session)
+    assert busy.status == 200 and busy.json["error"]["code"] == SERVER_BUSY
+    assert server.post({"jsonrpc": "2.0", "id": 4, "method": "ping"}, session).json["result"] == {}
+    other = server.initialize()  # the limit is per session
+    assert server.post(call(5, "echo", {"text": "y"}), other).status == 200
+    state["gates"][0].callback("one")
+    assert running[0].reply.complete
+    assert server.post(call(6, "echo", {"text": "z"}), session).json["result"]["content"][0]["text"] == "z"
+
+
 def test_delete_ends_the_session_its_handlers_and_its_streams(served):
     server, state = served
     session = server.initialize()
@@ -425,6 +440,19 @@ def test_resuming_takes_over_a_stream_whose_connection_has_not_dropped_yet(serve
     assert resumed.reply.complete and answer(resumed.reply)["result"]["content"][0]["text"] == "taken over"
 
 
+def test_a_last_event_id_naming_a_post_still_waiting_for_json_does_not_take_its_answer(served):
+    # Its stream has sent nothing, so no real client can hold such an id.
+    server, state = served
+    session = server.initialize()
+    server.request("GET", session=session).drop()  # the session's sequence is at 1 now
+    waiting = server.request("POST", call(1, "hang"), session=session)
+    stream_id = server.http_session(session).exchanges[1].stream_id
+    forged = server.request("GET", session=session, headers={"Last-Event-ID": f"{stream_id}.1"})
+    state["gates"][0].callback("mine")
+    assert waiting.reply.json["result"]["content"][0]["text"] == "mine"
+    assert forged.reply.status == 200 and forged.reply.messages == []  # the session's own stream
+
+
 def test_the_standalone_stream_replays_what_was_sent_while_it_was_closed(served):
     server, _ = served
     session = server.initialize()
@@ -473,8 +501,12 @@ def test_the_event_store_is_bounded_by_count_bytes_and_age():
     assert [i for i, _ in store.after(ids[0])[1]] == ids[2:]  # the two oldest are gone
     store.add("1", b"y" * 95)  # 125 bytes: the oldest go until it fits
     assert [data for _, data in store.after("1.0")[1]] == [b"y" * 95]
-    clock.advance(10.1)
-    assert store.after("1.0") == ("1", [])
+    clock.advance(9)
+    store.add("2", b"z")
+    clock.advance(1)  # the old ones age out on their own, with no request to trim them
+    assert store._bytes == 1 and store.after("1.0") == ("1", [])
+    clock.advance(9)
+    assert store._bytes == 0 and not clock.getDelayedCalls()
     assert store.after("1.99") is None and store.after("nonsense") is None
 
 
