@@ -204,6 +204,13 @@ class SSEStream:
     def _write(self, data: bytes) -> None:
         if self.open:
             self.request.write(data)
+            # As over WebSocket: the stall clock runs from the first write
+            # that finds the client over the limit.
+            settings = self.http_session.resource.settings
+            if (self.paused and self._stalled is None and settings.output_stall_timeout
+                    and self.buffered() > settings.max_output_buffer):
+                self._stalled = self.http_session.resource.host.clock.callLater(
+                    settings.output_stall_timeout, self._stall_expired)
 
     def finish(self) -> None:
         """End the response (the client has every event)."""
@@ -219,10 +226,6 @@ class SSEStream:
     # IPushProducer: the channel's write buffer passed its high-water mark.
     def pauseProducing(self) -> None:
         self.paused = True
-        settings = self.http_session.resource.settings
-        if self._stalled is None and settings.output_stall_timeout:
-            self._stalled = self.http_session.resource.host.clock.callLater(
-                settings.output_stall_timeout, self._stall_expired)
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -235,11 +238,16 @@ class SSEStream:
         self.open = False
 
     def _stall_expired(self) -> None:
+        """The client stayed over the output limit for the whole stall timeout."""
         self._stalled = None
-        if self.open and self.buffered() > self.http_session.resource.settings.max_output_buffer:
-            log.info("Dropping an SSE stream of session {session}: its client stopped reading",
-                     session=self.http_session.id[:8])
-            self.request.channel.transport.abortConnection()
+        if not self.open or self.buffered() <= self.http_session.resource.settings.max_output_buffer:
+            return  # it caught up; the next write over the limit starts a new timer
+        log.info("Dropping an SSE stream of session {session}: its client stopped reading",
+                 session=self.http_session.id[:8])
+        metrics = self.http_session.resource.host.metrics
+        if metrics is not None:
+            metrics.output_stalls.inc()
+        self.request.channel.transport.abortConnection()
 
     def _gone(self, _: object) -> None:
         self.open = False

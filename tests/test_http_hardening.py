@@ -19,6 +19,7 @@ from twisted.internet import defer, endpoints, protocol, reactor, task
 
 from mcp_twisted import Context, MCPServer
 from mcp_twisted.http import HTTPSettings
+from mcp_twisted.metrics import Metrics
 from tests.http_support import HTTPClient, call, init_message, parse_responses, raw_request, serve
 from tests.support import find, until
 
@@ -280,7 +281,8 @@ async def test_progress_from_a_handler_that_does_not_wait_is_dropped_over_the_li
 @pytest_twisted.ensureDeferred
 async def test_a_stream_left_unread_over_the_limit_for_too_long_is_dropped(attacked, events):
     settings = HTTPSettings(max_output_buffer=64 * KIB, output_stall_timeout=0.5)
-    _, resource, url, state, clock = await attacked(settings, max_message_size=1 << 20)
+    metrics = Metrics()
+    _, resource, url, state, clock = await attacked(settings, max_message_size=1 << 20, metrics=metrics)
     owner = HTTPClient(url)
     await owner.initialize()
     await owner.call({"jsonrpc": "2.0", "id": 0, "method": "logging/setLevel", "params": {"level": "info"}})
@@ -289,13 +291,46 @@ async def test_a_stream_left_unread_over_the_limit_for_too_long_is_dropped(attac
     clock.advance(0.4)
     assert not reader.lost.called
     clock.advance(0.1)
-    assert find(events, "Dropping an SSE stream")
+    assert find(events, "Dropping an SSE stream") and metrics.output_stalls._value.get() == 1
     await until(lambda: not resource.sessions[owner.session].streams)  # the server let go of it
     reader.transport.resumeProducing()  # it never read, so it never noticed
     await reader.lost.addTimeout(5, reactor)
     # The handler was not cancelled: its answer waits in the event store.
     await until(lambda: state["gates"])
     state["gates"][0].callback("kept")
+    await polite_call(url, owner)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_stall_clock_starts_when_a_stream_goes_over_the_limit_not_when_it_pauses(attacked):
+    # A GET stream that is not read gets what no request owns: it may sit
+    # paused below the limit for any time, and is dropped once it stays over.
+    settings = HTTPSettings(max_output_buffer=64 * KIB, output_stall_timeout=30, keepalive_interval=0)
+    _, resource, url, _, clock = await attacked(settings)
+    owner = HTTPClient(url)
+    await owner.initialize()
+    reader = await raw_client(url, receive_buffer=16 * KIB)
+    reader.transport.pauseProducing()
+    reader.transport.write(raw_request("GET", headers={"Accept": "text/event-stream",
+                                                       "Mcp-Session-Id": owner.session}, host=host_of(url)))
+    http_session = resource.sessions[owner.session]
+    await until(lambda: http_session.standalone is not None)
+    stream = http_session.standalone
+
+    def announce(size: int) -> None:  # not droppable, no key: always written
+        http_session.session.notify("notifications/message", {"level": "info", "data": "n" * size})
+
+    while not stream.paused:
+        announce(8 * KIB)
+        await task.deferLater(reactor, 0.01)
+    assert stream.buffered() <= 64 * KIB
+    clock.advance(3600)  # paused, under the limit: no reason to drop it
+    assert stream.open
+    announce(64 * KIB)  # now over it
+    clock.advance(29)
+    assert stream.open
+    clock.advance(1)
+    await until(lambda: not stream.open)
     await polite_call(url, owner)
 
 
