@@ -269,6 +269,10 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         # drains, so a client that does not read cannot grow our memory.
         if factory.write_buffer_size is not None and hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = factory.write_buffer_size
+        if getattr(self.transport, "producer", None) is not None:
+            # Upgraded from twisted.web (MCPSite): the HTTP channel that read
+            # the request is still registered; the connection is ours now.
+            self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
 
     # IPushProducer, driven by the transport's write buffer. Messages that
