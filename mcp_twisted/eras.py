@@ -31,6 +31,7 @@ __all__ = [
     "META_SUBSCRIPTION_ID",
     "MISSING_CLIENT_CAPABILITY",
     "MODERN_VERSIONS",
+    "REMOVED_IN_STATELESS",
     "UNSUPPORTED_PROTOCOL_VERSION",
     "ConnectionEra",
     "Era",
@@ -41,6 +42,12 @@ __all__ = [
 
 # Revisions of the stateless era this server speaks, oldest first.
 MODERN_VERSIONS: tuple[str, ...] = ("2026-07-28",)
+
+# Handshake-era methods that 2026-07-28 requests may not call (-32601).
+REMOVED_IN_STATELESS = frozenset({
+    Method.INITIALIZE, Method.PING, Method.LOGGING_SET_LEVEL, Method.RESOURCES_SUBSCRIBE,
+    Method.RESOURCES_UNSUBSCRIBE,
+})
 
 META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
@@ -100,8 +107,9 @@ def classify(message: Request, header_version: str | None = None) -> Modern | No
     revision this server does not speak, ``-32020`` when the header and the
     body disagree.
     """
-    if message.method == Method.INITIALIZE:
-        return None  # even one naming 2026-07-28: a handshake, answered with the newest handshake revision
+    # The envelope decides, also for initialize: one without it is a handshake
+    # (even naming 2026-07-28: it gets the newest handshake revision), one
+    # with it is a 2026-07-28 request for a method that no longer exists.
     params = message.params if isinstance(message.params, dict) else {}
     meta = params.get("_meta")
     meta = meta if isinstance(meta, dict) else {}

@@ -76,6 +76,9 @@ class Method:
     SAMPLING_CREATE_MESSAGE = "sampling/createMessage"
     ROOTS_LIST = "roots/list"
     ELICITATION_CREATE = "elicitation/create"
+    # 2026-07-28
+    SERVER_DISCOVER = "server/discover"
+    SUBSCRIPTIONS_LISTEN = "subscriptions/listen"
 
 
 KNOWN_METHODS = frozenset(value for name, value in vars(Method).items() if name.isupper())
@@ -94,6 +97,7 @@ class Notify:
     PROMPTS_LIST_CHANGED = "notifications/prompts/list_changed"
     ROOTS_LIST_CHANGED = "notifications/roots/list_changed"
     ELICITATION_COMPLETE = "notifications/elicitation/complete"
+    SUBSCRIPTIONS_ACKNOWLEDGED = "notifications/subscriptions/acknowledged"  # 2026-07-28
 
 
 # Which list each list_changed notification is about (also the capability name).

@@ -27,9 +27,11 @@ from twisted.python.failure import Failure
 
 from mcp_twisted import jsonrpc
 from mcp_twisted._lograte import RepeatedEventLog
+from mcp_twisted.eras import REMOVED_IN_STATELESS, ConnectionEra, Modern
 from mcp_twisted.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
+    METHOD_NOT_FOUND,
     LocalProtocolError,
     MCPError,
     MessageError,
@@ -173,8 +175,7 @@ class IncomingRequest:
     """A request from the peer, from arrival until it is answered or cancelled.
 
     Protocol version and client capabilities are read through the request, not
-    the session: in the stateless 2026-07-28 revision they travel in each
-    request's ``_meta`` and this is the one place that will change.
+    the session: a 2026-07-28 request carries its own in ``_meta`` (``modern``).
     """
 
     __slots__ = (
@@ -184,17 +185,22 @@ class IncomingRequest:
         "abort_error",
         "cancelled",
         "deferred",
+        "early_result",
         "id",
         "method",
+        "modern",
         "outcome",
         "params",
         "progress_token",
+        "rounds",
         "session",
         "started",
         "timed_out",
     )
 
-    def __init__(self, session: Session, message: Request, batch: _Batch | None) -> None:
+    def __init__(
+        self, session: Session, message: Request, batch: _Batch | None, modern: Modern | None = None
+    ) -> None:
         self.session = session
         self.id: RequestId = message.id
         self.method = message.method
@@ -207,6 +213,12 @@ class IncomingRequest:
         # Set when the session gives up on the handler (shutdown): the error
         # the peer gets instead of the handler's answer.
         self.abort_error: RPCError | None = None
+        # What a 2026-07-28 request says about itself (None: handshake era).
+        self.modern = modern
+        # Set by finish_early: the answer that replaces the handler's.
+        self.early_result: dict[str, Any] | None = None
+        # The app's multi-round state for this request (2026-07-28), if it asked.
+        self.rounds: Any = None
         # What the observer records for an answer that is not an error: the
         # app above may say more (a tool's isError result is "tool_error")
         # without the session knowing result shapes.
@@ -219,11 +231,24 @@ class IncomingRequest:
 
     @property
     def protocol_version(self) -> str:
-        return self.session.protocol_version
+        return self.modern.version if self.modern is not None else self.session.protocol_version
 
     @property
     def client_capabilities(self) -> dict[str, Any]:
-        return self.session.peer_capabilities
+        return self.modern.capabilities if self.modern is not None else self.session.peer_capabilities
+
+    @property
+    def client_info(self) -> dict[str, Any]:
+        return self.modern.client_info if self.modern is not None else self.session.peer_info
+
+    def finish_early(self, result: dict[str, Any]) -> None:
+        """Answer with ``result`` now and cancel the handler: a 2026-07-28
+        round that needs the client's input, or a listen stream that ends."""
+        if self.done:
+            return
+        self.early_result = result
+        if self.deferred is not None:
+            self.deferred.cancel()
 
     @property
     def done(self) -> bool:
@@ -358,6 +383,8 @@ class Session:
         self._next_id = 0
         # Answers waiting in unfinished batches: they hold in-flight slots.
         self._held = 0
+        # Server role: the era this connection speaks, fixed by its first request.
+        self._era = ConnectionEra()
         # Keyed notifications held while the peer is behind (see notify).
         self._coalesced: dict[object, tuple[str, dict[str, Any] | None]] = {}
         self._log_busy = RepeatedEventLog(
@@ -464,6 +491,17 @@ class Session:
 
     def _on_request(self, message: Request, batch: _Batch | None) -> None:
         method = message.method
+        modern = None
+        if self.role is Role.SERVER:
+            try:
+                modern = self._era.check(message)
+            except RPCError as refused:
+                self._reply(batch, jsonrpc.error_response(message.id, refused))
+                return
+            if modern is not None and method in REMOVED_IN_STATELESS:
+                error = RPCError(METHOD_NOT_FOUND, f"Method not found: {method} is not in {modern.version}")
+                self._reply(batch, jsonrpc.error_response(message.id, error))
+                return
         if method == Method.PING:
             self._reply(batch, jsonrpc.response(message.id, {}))
             return
@@ -480,7 +518,7 @@ class Session:
                 error = RPCError(INVALID_REQUEST, "A client does not answer initialize")
                 self._reply(batch, jsonrpc.error_response(message.id, error))
             return
-        if self.role is Role.SERVER and self.state is State.NEW:
+        if self.role is Role.SERVER and self.state is State.NEW and modern is None:
             error = RPCError(INVALID_REQUEST, "Session not initialized: send 'initialize' first")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
@@ -498,7 +536,7 @@ class Session:
             error = invalid_params("MCP requests take params as an object, not an array")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
-        request = IncomingRequest(self, message, batch)
+        request = IncomingRequest(self, message, batch, modern)
         if self.observer is not None:
             request.started = self.clock.seconds()
         # In flight before the handler runs, so that it can report progress at
@@ -558,6 +596,8 @@ class Session:
 
     def _request_done(self, result: Any, request: IncomingRequest) -> None:
         if self._finish(request):
+            if request.modern is not None and type(result) is dict and "resultType" not in result:
+                result = {**result, "resultType": "complete"}  # required on every 2026-07-28 result
             self._answer(request, jsonrpc.response(request.id, result))
             if self.observer is not None:
                 self._observe(request, request.outcome)
@@ -567,6 +607,9 @@ class Session:
             self._notify_if_idle()
 
     def _request_failed(self, failure: Failure, request: IncomingRequest) -> None:
+        if request.early_result is not None:  # the handler was cancelled to answer this instead
+            self._request_done(request.early_result, request)
+            return
         if self._finish(request):
             self._answer_failure(failure, request)
             if self.observer is not None:

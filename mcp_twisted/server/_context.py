@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 
 from mcp_twisted.protocol import LOG_LEVEL_RANK, CapabilityError, Method, Notify
+from mcp_twisted.server._modern import Rounds
 
 if TYPE_CHECKING:
     from mcp_twisted.server._server import MCPServer
@@ -23,6 +24,13 @@ class Context:
     (``sample``, ``list_roots``, ``elicit``) raise ``CapabilityError`` at once
     when the client did not declare the capability, and fail with
     ``RequestTimedOut`` when it does not answer within ``timeout`` seconds.
+
+    On 2026-07-28 requests the same calls work, with no request to the client:
+    the first question without an answer ends the round with an
+    ``input_required`` result (questions asked together go in it together,
+    each under its ``key``), and the client's retry runs the handler again,
+    this time with the answers (see ``server/_modern.py``). An undeclared
+    capability is then a ``-32021`` error answer.
     """
 
     __slots__ = ("_request", "server")
@@ -49,7 +57,7 @@ class Context:
 
     @property
     def client_info(self) -> dict[str, Any]:
-        return self._request.session.peer_info
+        return self._request.client_info
 
     @property
     def identity(self) -> Any:
@@ -79,8 +87,11 @@ class Context:
         """
         if level not in LOG_LEVEL_RANK:
             raise ValueError(f"Invalid log level {level!r}; expected one of {', '.join(LOG_LEVEL_RANK)}")
-        threshold = self.server.log_level_for(self.session)
-        if not self.cancelled and LOG_LEVEL_RANK[level] >= LOG_LEVEL_RANK[threshold]:
+        modern = self._request.modern
+        # 2026-07-28: a request without a logLevel gets no log messages at all.
+        threshold = self.server.log_level_for(self.session) if modern is None else modern.log_level
+        wanted = threshold is not None and LOG_LEVEL_RANK[level] >= LOG_LEVEL_RANK[threshold]
+        if wanted and not self.cancelled:
             params: dict[str, Any] = {"level": level, "data": data}
             if logger is not None:
                 params["logger"] = logger
@@ -88,8 +99,14 @@ class Context:
         return self.session.when_writable()
 
     def _client_request(
-        self, capability: str, method: str, params: dict[str, Any] | None, timeout: float | None
+        self, capability: str, method: str, params: dict[str, Any] | None, timeout: float | None,
+        key: str | None = None,
     ) -> Deferred[Any]:
+        request = self._request
+        if request.modern is not None:
+            if request.rounds is None:
+                request.rounds = Rounds(request, self.server.state_sealer)
+            return request.rounds.ask(capability, method, params, key)  # type: ignore[no-any-return]
         if capability not in self.client_capabilities:
             raise CapabilityError(capability, f"cannot send {method}")
         if timeout is None:
@@ -108,11 +125,13 @@ class Context:
         include_context: str | None = None,
         metadata: dict[str, Any] | None = None,
         timeout: float | None = None,
+        key: str | None = None,
     ) -> Deferred[dict[str, Any]]:
         """Ask the client's model for a message (``sampling/createMessage``).
 
         ``messages`` may be a plain string, sent as one user message. Fires
         with the result: ``{"role", "content", "model", "stopReason"?}``.
+        ``key`` names the question in a 2026-07-28 ``input_required`` result.
         """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": {"type": "text", "text": messages}}]
@@ -124,15 +143,18 @@ class Context:
         ):
             if value is not None:
                 params[key] = value
-        return self._client_request("sampling", Method.SAMPLING_CREATE_MESSAGE, params, timeout)
+        return self._client_request("sampling", Method.SAMPLING_CREATE_MESSAGE, params, timeout, key)
 
-    def list_roots(self, *, timeout: float | None = None) -> Deferred[list[dict[str, Any]]]:
+    def list_roots(
+        self, *, timeout: float | None = None, key: str | None = None
+    ) -> Deferred[list[dict[str, Any]]]:
         """The client's roots (``roots/list``): a list of ``{"uri", "name"?}``."""
-        d = self._client_request("roots", Method.ROOTS_LIST, None, timeout)
+        d = self._client_request("roots", Method.ROOTS_LIST, None, timeout, key)
         return d.addCallback(lambda result: result.get("roots", []))
 
     def elicit(
-        self, message: str, requested_schema: dict[str, Any], *, timeout: float | None = None
+        self, message: str, requested_schema: dict[str, Any], *, timeout: float | None = None,
+        key: str | None = None,
     ) -> Deferred[dict[str, Any]]:
         """Ask the user to fill in a form (``elicitation/create``, form mode).
 
@@ -145,7 +167,7 @@ class Context:
             raise CapabilityError("elicitation", "the client does not accept form mode")
         if "url" in modes:
             params["mode"] = "form"  # only name the mode to clients that know of modes
-        return self._client_request("elicitation", Method.ELICITATION_CREATE, params, timeout)
+        return self._client_request("elicitation", Method.ELICITATION_CREATE, params, timeout, key)
 
     def elicit_url(
         self, message: str, url: str, elicitation_id: str, *, timeout: float | None = None

@@ -12,17 +12,21 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mcp_twisted.eras import META_SERVER_INFO, MODERN_VERSIONS
 from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError, brief, clip, is_request_id
 from mcp_twisted.protocol import (
     LIST_CHANGED_KIND,
     RESOURCE_NOT_FOUND,
+    SUPPORTED_PROTOCOL_VERSIONS,
     Method,
     Notify,
     check_log_level,
     invalid_params,
     version_at_least,
 )
+from mcp_twisted.sealing import StateSealer
 from mcp_twisted.server._context import Context
+from mcp_twisted.server._modern import CACHED_METHODS, CachePolicy, Listeners
 from mcp_twisted.server._primitives import Prompt, Resource, ResourceTemplate, Tool
 from mcp_twisted.server._signature import compile_signature
 from mcp_twisted.server._uritemplate import URITemplate
@@ -63,6 +67,8 @@ class MCPServer:
         client_request_timeout: float = 60.0,
         max_subscriptions: int = 100,
         max_uri_length: int = 8192,
+        cache: CachePolicy | None = None,
+        state_key: bytes | None = None,
     ) -> None:
         """
         :param page_size: items per page of the ``*/list`` methods.
@@ -78,6 +84,13 @@ class MCPServer:
             asks every HTTP server to accept and about what common servers
             allow, so no real resource URI is refused; with the default count
             a session holds at most ~800 KiB of URIs.
+        :param cache: ``ttlMs`` and ``cacheScope`` of the 2026-07-28 results
+            that carry them (discover, the lists, reads); the default lets
+            clients reuse nothing. A resource's own ``cache=`` wins for its reads.
+        :param state_key: the key that seals the ``requestState`` of
+            2026-07-28 multi-round requests (32 bytes or more). Instances
+            that serve the same clients need the same key; without one, a
+            random key serves this process only.
         """
         self.name = name
         self.version = version
@@ -90,6 +103,9 @@ class MCPServer:
         self.client_request_timeout = client_request_timeout
         self.max_subscriptions = max_subscriptions
         self.max_uri_length = max_uri_length
+        self.cache = cache if cache is not None else CachePolicy()
+        self.state_sealer = StateSealer(state_key)
+        self._listeners = Listeners()
         self._tools: dict[str, Tool] = {}
         self._resources: dict[str, Resource] = {}
         self._templates: dict[str, ResourceTemplate] = {}
@@ -109,6 +125,8 @@ class MCPServer:
             Method.PROMPTS_GET: self._get_prompt,
             Method.COMPLETION_COMPLETE: self._complete,
             Method.LOGGING_SET_LEVEL: self._set_level,
+            Method.SERVER_DISCOVER: self._discover,
+            Method.SUBSCRIPTIONS_LISTEN: self._listen,
         }
 
     # -- declaring --------------------------------------------------------
@@ -294,12 +312,15 @@ class MCPServer:
         return list(self._sessions)
 
     def notify_resource_updated(self, uri: str) -> None:
-        """Tell every session subscribed to ``uri`` that it changed."""
+        """Tell every session subscribed to ``uri`` (and every listen stream
+        that asked for it) that it changed."""
+        self._listeners.resource_updated(uri)
         for session, state in self._sessions.items():
             if uri in state.subscriptions:
                 session.notify(Notify.RESOURCES_UPDATED, {"uri": uri}, key=(Notify.RESOURCES_UPDATED, uri))
 
     def _list_changed(self, method: str) -> None:
+        self._listeners.list_changed(method)
         # Only sessions told about the capability at initialize may hear of it.
         capability = LIST_CHANGED_KIND[method]
         for session in self._sessions:
@@ -313,7 +334,10 @@ class MCPServer:
 
     # -- SessionHandler ---------------------------------------------------
 
-    def describe(self, session: Session) -> dict[str, Any]:
+    def describe(self, session: Session, version: str | None = None) -> dict[str, Any]:
+        """The ``initialize`` result (less ``protocolVersion``): capabilities,
+        ``serverInfo``, ``instructions``; ``server/discover`` builds on it."""
+        version = version if version is not None else session.protocol_version
         capabilities: dict[str, Any] = {"logging": {}}
         if self._tools:
             capabilities["tools"] = {"listChanged": True}
@@ -321,12 +345,12 @@ class MCPServer:
             capabilities["resources"] = {"subscribe": True, "listChanged": True}
         if self._prompts:
             capabilities["prompts"] = {"listChanged": True}
-        if self._completions and version_at_least(session.protocol_version, "2025-03-26"):
+        if self._completions and version_at_least(version, "2025-03-26"):
             capabilities["completions"] = {}
         info: dict[str, Any] = {"name": self.name, "version": self.version}
-        if version_at_least(session.protocol_version, "2025-06-18") and self.title:
+        if version_at_least(version, "2025-06-18") and self.title:
             info["title"] = self.title
-        if version_at_least(session.protocol_version, "2025-11-25"):
+        if version_at_least(version, "2025-11-25"):
             if self.website_url:
                 info["websiteUrl"] = self.website_url
             if self.icons:
@@ -336,9 +360,13 @@ class MCPServer:
             description["instructions"] = self.instructions
         return description
 
+    def end_listeners(self) -> None:
+        """End every ``subscriptions/listen`` stream (the server is draining)."""
+        self._listeners.end_all()
+
     def handle_request(self, request: IncomingRequest) -> Any:
         method = self._methods.get(request.method)
-        if method is None:
+        if method is None or (request.modern is None and request.method in STATELESS_ONLY):
             raise RPCError(METHOD_NOT_FOUND, f"Method not found: {clip(request.method)}")
         meta = request.params.get("_meta")
         if meta is not None and not isinstance(meta, dict):
@@ -347,7 +375,25 @@ class MCPServer:
         # what the spec allows (a string or an integer), not any JSON value.
         if request.progress_token is not None and not is_request_id(request.progress_token):
             raise invalid_params("params._meta.progressToken must be a string or an integer")
+        if request.modern is not None and request.method in CACHED_METHODS and method != self._read_resource:
+            return self.cache.apply(method(request))  # reads apply it themselves (they may be Deferreds)
         return method(request)
+
+    # -- 2026-07-28 ------------------------------------------------------------
+
+    def _discover(self, request: IncomingRequest) -> dict[str, Any]:
+        description = self.describe(request.session, request.protocol_version)
+        result: dict[str, Any] = {
+            "supportedVersions": [*SUPPORTED_PROTOCOL_VERSIONS, *MODERN_VERSIONS],
+            "capabilities": description["capabilities"],
+            "_meta": {META_SERVER_INFO: description["serverInfo"]},
+        }
+        if "instructions" in description:
+            result["instructions"] = description["instructions"]
+        return result
+
+    def _listen(self, request: IncomingRequest) -> Deferred[Any]:
+        return self._listeners.listen(request, self.max_subscriptions, self.max_uri_length)
 
     def handle_notification(self, session: Session, method: str, params: Any) -> None:
         if method == Notify.ROOTS_LIST_CHANGED:
@@ -408,6 +454,18 @@ class MCPServer:
         return self._page(request, "resourceTemplates", list(self._templates.values()))
 
     def _read_resource(self, request: IncomingRequest) -> Any:
+        result = self._read(request)
+        if request.modern is None:
+            return result
+        if isinstance(result, Deferred):
+            return result.addCallback(self._cached_read)
+        return self._cached_read(result)
+
+    def _cached_read(self, result: dict[str, Any]) -> dict[str, Any]:
+        # Not on an input_required round: only complete results are cached.
+        return result if result.get("resultType") == "input_required" else self.cache.apply(result)
+
+    def _read(self, request: IncomingRequest) -> Any:
         uri = _required_string(request.params, "uri")
         resource = self._resources.get(uri)
         if resource is not None:
@@ -422,6 +480,8 @@ class MCPServer:
             if variables is not None:
                 context = self._context(request, template.signature.context_parameter)
                 return template.read(uri, variables, context)
+        if request.modern is not None:  # 2026-07-28 (SEP-2164): an unknown URI is a bad parameter
+            raise invalid_params(f"Resource not found: {clip(uri)}", {"uri": uri})
         raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {clip(uri)}", {"uri": uri})
 
     def _subscribe(self, request: IncomingRequest) -> dict[str, Any]:
@@ -494,6 +554,10 @@ def _completion_result(values: Sequence[str]) -> dict[str, Any]:
         "total": len(values),
         "hasMore": len(values) > MAX_COMPLETION_VALUES,
     }}
+
+
+# Methods that exist only on the 2026-07-28 revision.
+STATELESS_ONLY = frozenset({Method.SERVER_DISCOVER, Method.SUBSCRIPTIONS_LISTEN})
 
 
 def _note_tool_error(result: dict[str, Any], request: IncomingRequest) -> dict[str, Any]:
