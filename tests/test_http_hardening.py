@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, endpoints, protocol, reactor, task
+from twisted.internet import defer, endpoints, reactor, task
 
 from mcp_twisted import Context, MCPServer
 from mcp_twisted.http import HTTPSettings
 from mcp_twisted.metrics import Metrics
-from tests.http_support import HTTPClient, call, init_message, parse_responses, raw_request, serve
+from tests.http_support import Collect, HTTPClient, call, init_message, parse_responses, raw_request, serve
 from tests.support import find, until
 
 KIB = 1024
@@ -95,26 +95,12 @@ async def polite_call(url: str, client: HTTPClient | None = None) -> None:
     assert reply["result"]["content"][0]["text"] == "hi"
 
 
-class RawClient(protocol.Protocol):
-    """A TCP client that writes what the test says and keeps what it gets."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.lost: defer.Deferred[None] = defer.Deferred()
-        self.arrived: list[defer.Deferred[None]] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any) -> None:
-        self.lost.callback(None)
-
-    @property
-    def replies(self) -> list[Any]:
-        return parse_responses(self.received, self.lost.called)
+def replies(client: Collect) -> list[Any]:
+    """The HTTP responses a raw client has read."""
+    return parse_responses(client.body, client.done.called)
 
 
-_raw_clients: list[RawClient] = []
+_raw_clients: list[Collect] = []
 
 
 @pytest.fixture(autouse=True)
@@ -123,14 +109,14 @@ def _close_raw_clients() -> Any:
     yield
     while _raw_clients:
         client = _raw_clients.pop()
-        if not client.lost.called:
+        if not client.done.called:
             client.transport.abortConnection()
 
 
-async def raw_client(url: str, receive_buffer: int | None = None) -> RawClient:
+async def raw_client(url: str, receive_buffer: int | None = None) -> Collect:
     port = int(url.split(":")[2].split("/")[0])
     client = await endpoints.connectProtocol(
-        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port), RawClient())
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port), Collect())
     _raw_clients.append(client)
     if receive_buffer is not None:
         client.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
@@ -163,12 +149,12 @@ async def test_an_oversize_body_gets_413_without_being_read(attacked, framing):
     if framing in ("declared-and-sent", "chunked"):
         # The body keeps coming, as from a client that does not wait to be told.
         chunk = b" " * (16 * KIB)
-        while not attacker.lost.called and sent < 8 << 20:
+        while not attacker.done.called and sent < 8 << 20:
             attacker.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if framing == "chunked" else chunk)
             sent += len(chunk)
             await task.deferLater(reactor, 0)
-    await attacker.lost.addTimeout(5, reactor)
-    assert [reply.status for reply in attacker.replies] == [413]  # no "100 Continue" either side of it
+    await attacker.done.addTimeout(5, reactor)
+    assert [reply.status for reply in replies(attacker)] == [413]  # no "100 Continue" either side of it
     assert sent < 4 << 20  # refused at the limit, not read to the end
     await polite_call(url, polite)
 
@@ -181,13 +167,13 @@ async def test_endless_headers_are_cut_off_and_others_are_served(attacked):
         attacker.transport.write(b"POST /mcp HTTP/1.1\r\nHost: " + host_of(url).encode() + b"\r\n")
     for _ in range(60):  # 30 KiB of header lines each, a line at a time
         for attacker in attackers:
-            if not attacker.lost.called:
+            if not attacker.done.called:
                 attacker.transport.write(b"X-Pad: " + b"a" * 500 + b"\r\n")
         await task.deferLater(reactor, 0)
     await polite_call(url)
-    await defer.DeferredList([a.lost for a in attackers]).addTimeout(5, reactor)
+    await defer.DeferredList([a.done for a in attackers]).addTimeout(5, reactor)
     for attacker in attackers:
-        assert attacker.received.startswith(b"HTTP/1.1 400 ")  # twisted.web's 16 KiB head limit
+        assert attacker.body.startswith(b"HTTP/1.1 400 ")  # twisted.web's 16 KiB head limit
 
 
 # 2. Sessions are capped, and idle ones end.
@@ -214,7 +200,7 @@ async def test_many_sessions_hit_the_cap_then_idle_ones_expire(attacked):
 
 
 async def slow_reader(url: str, session: str, message: dict[str, Any],
-                      resource: Any) -> tuple[RawClient, Any]:
+                      resource: Any) -> tuple[Collect, Any]:
     """POSTs ``message`` and stops reading; returns the client and the server's
     stream, once the handler has sent something.
 
@@ -250,8 +236,8 @@ async def test_a_handler_that_waits_for_room_runs_at_the_pace_of_a_slow_reader(a
     await polite_call(url)
     await polite_call(url, owner)  # the same session: other requests are answered meanwhile
     reader.transport.resumeProducing()  # reading again: the rest arrives, in order
-    await until(lambda: b"\r\n0\r\n\r\n" in reader.received, timeout=10)
-    (reply,) = reader.replies
+    await until(lambda: b"\r\n0\r\n\r\n" in reader.body, timeout=10)
+    (reply,) = replies(reader)
     steps = [m["params"]["progress"] for m in (e.message for e in reply.events if e.data) if "method" in m]
     assert steps == list(range(1, 1001))  # nothing dropped, in order
 
@@ -271,8 +257,8 @@ async def test_progress_from_a_handler_that_does_not_wait_is_dropped_over_the_li
     await polite_call(url)
     state["gates"][0].callback(50_000)
     reader.transport.resumeProducing()
-    await until(lambda: b"\r\n0\r\n\r\n" in reader.received)
-    (reply,) = reader.replies
+    await until(lambda: b"\r\n0\r\n\r\n" in reader.body)
+    (reply,) = replies(reader)
     messages = [e.message for e in reply.events if e.data]
     assert 100 < len(messages) < 2000  # ~120 bytes each: what fit in the limit, not 6 MB of them
     assert messages[-1]["result"]["content"][0]["text"] == "50000"
@@ -289,12 +275,12 @@ async def test_a_stream_left_unread_over_the_limit_for_too_long_is_dropped(attac
     reader, stream = await slow_reader(url, owner.session, call(1, "shout", {"size": 512 * KIB}), resource)
     await until(lambda: stream.paused and stream.buffered() > 64 * KIB)
     clock.advance(0.4)
-    assert not reader.lost.called
+    assert not reader.done.called
     clock.advance(0.1)
     assert find(events, "Dropping an SSE stream") and metrics.output_stalls._value.get() == 1
     await until(lambda: not resource.sessions[owner.session].streams)  # the server let go of it
     reader.transport.resumeProducing()  # it never read, so it never noticed
-    await reader.lost.addTimeout(5, reactor)
+    await reader.done.addTimeout(5, reactor)
     # The handler was not cancelled: its answer waits in the event store.
     await until(lambda: state["gates"])
     state["gates"][0].callback("kept")
@@ -399,7 +385,7 @@ async def test_idle_connections_are_closed_after_the_site_timeout(attacked):
         client.transport.write(b"POST /mcp HTTP/1.1\r\nHost: " + host_of(url).encode() + b"\r\n")
     await polite_call(url)
     clock.advance(59)
-    assert not any(client.lost.called for client in idle + half)
+    assert not any(client.done.called for client in idle + half)
     clock.advance(1)  # MCPSite's idle timeout, on the transport's clock
-    await defer.DeferredList([client.lost for client in idle + half]).addTimeout(5, reactor)
+    await defer.DeferredList([client.done for client in idle + half]).addTimeout(5, reactor)
     await polite_call(url)
