@@ -37,6 +37,7 @@ from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from mcp_twisted import jsonrpc
+from mcp_twisted.eras import classify, http_status
 from mcp_twisted.hosting import (
     AdmissionRequest,
     Refusal,
@@ -54,6 +55,7 @@ from mcp_twisted.protocol import (
     version_at_least,
 )
 from mcp_twisted.session import Session
+from mcp_twisted.stateless_http import serve_stateless
 
 if TYPE_CHECKING:
     from autobahn.twisted.resource import WebSocketResource
@@ -665,6 +667,10 @@ class MCPHTTPResource(Resource):
             message = jsonrpc.parse(request.content.getvalue())
         except MessageError as e:
             return _error_body(request, 400, e.code, e.message)
+        if not request.getHeader(SESSION_HEADER):
+            stateless = self._stateless(request, identity, message)
+            if stateless is not None:
+                return stateless
         items = message if isinstance(message, list) else [message]
         initialize = [m for m in items if type(m) is Request and m.method == Method.INITIALIZE]
         if initialize and not request.getHeader(SESSION_HEADER):
@@ -694,6 +700,33 @@ class MCPHTTPResource(Resource):
             request.setResponseCode(202)
             return b""
         return self._reply(request, exchange)
+
+    def _stateless(
+        self, request: server.Request, identity: Any, message: jsonrpc.Message | list[jsonrpc.BatchItem]
+    ) -> bytes | int | None:
+        """Serve a 2026-07-28 POST (see ``stateless_http``); None for
+        handshake-era traffic. That revision has no batches and no responses
+        from clients; its notifications are accepted and dropped."""
+        header = request.getHeader(VERSION_HEADER)
+        modern_header = header is not None and header not in SUPPORTED_PROTOCOL_VERSIONS
+        if type(message) is not Request:
+            if not modern_header:
+                return None
+            if type(message) is Notification:
+                request.setResponseCode(202)
+                return b""
+            return _error_body(request, 400, INVALID_REQUEST, "2026-07-28 takes one request per POST")
+        try:
+            modern = classify(message, header)
+        except RPCError as error:
+            request.setResponseCode(http_status(error.code))
+            request.setHeader("Content-Type", "application/json")
+            return jsonrpc.encode(jsonrpc.error_response(message.id, error))
+        if modern is None:
+            return None
+        routing_headers = getattr(self.host.app, "routing_headers", None)
+        header_params = routing_headers(message) if routing_headers is not None else {}
+        return serve_stateless(self, request, identity, message, _peer(request), header_params)
 
     def _initialize(self, request: server.Request, identity: Any, message: Request) -> bytes | int:
         http_session = HTTPSession(self, identity, _peer(request))

@@ -595,6 +595,10 @@ class Session:
         return jsonrpc.response(message.id, result)
 
     def _request_done(self, result: Any, request: IncomingRequest) -> None:
+        if request.early_result is not None:
+            # The handler was cancelled to answer this instead; whatever it
+            # made of the cancellation (a tool error result, say) is not sent.
+            result = request.early_result
         if self._finish(request):
             if request.modern is not None and type(result) is dict and "resultType" not in result:
                 result = {**result, "resultType": "complete"}  # required on every 2026-07-28 result
@@ -608,7 +612,7 @@ class Session:
 
     def _request_failed(self, failure: Failure, request: IncomingRequest) -> None:
         if request.early_result is not None:  # the handler was cancelled to answer this instead
-            self._request_done(request.early_result, request)
+            self._request_done(None, request)
             return
         if self._finish(request):
             self._answer_failure(failure, request)

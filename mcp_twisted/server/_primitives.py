@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, FirstError, fail
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -143,7 +143,7 @@ class Tool:
         return result
 
     def _failed(self, failure: Failure) -> dict[str, Any] | Failure:
-        if failure.check(CancelledError):
+        if _cancelled(failure):
             return failure  # cancellation is not a tool error: the session sends nothing
         if failure.check(ToolError):
             return _error_result(str(failure.value))
@@ -157,6 +157,14 @@ class Tool:
                     error_id=error_id)
         return _error_result(f"Error in tool {self.name!r}: {_exception_text(failure.value)} "
                              f"(error id {error_id})")
+
+
+def _cancelled(failure: Failure) -> bool:
+    """A cancellation, also one that reached the handler through
+    ``gatherResults`` (several questions asked at once, then cancelled)."""
+    if failure.check(FirstError):
+        return bool(failure.value.subFailure.check(CancelledError))  # type: ignore[union-attr]
+    return bool(failure.check(CancelledError))
 
 
 @dataclass(slots=True, eq=False)

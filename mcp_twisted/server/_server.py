@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mcp_twisted.eras import META_SERVER_INFO, MODERN_VERSIONS
-from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, RPCError, brief, clip, is_request_id
+from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, Request, RPCError, brief, clip, is_request_id
 from mcp_twisted.protocol import (
     LIST_CHANGED_KIND,
     RESOURCE_NOT_FOUND,
@@ -380,6 +380,19 @@ class MCPServer:
         return method(request)
 
     # -- 2026-07-28 ------------------------------------------------------------
+
+    def routing_headers(self, message: Request) -> dict[str, str]:
+        """For a ``tools/call``: the arguments that also travel in
+        ``Mcp-Param-{Name}`` headers (their schema has ``x-mcp-header``),
+        argument name -> header name."""
+        params = message.params if isinstance(message.params, dict) else {}
+        name = params.get("name") if message.method == Method.TOOLS_CALL else None
+        tool = self._tools.get(name) if isinstance(name, str) else None
+        if tool is None:
+            return {}
+        properties = tool.signature.input_schema.get("properties") or {}
+        return {argument: spec["x-mcp-header"] for argument, spec in properties.items()
+                if isinstance(spec, dict) and isinstance(spec.get("x-mcp-header"), str)}
 
     def _discover(self, request: IncomingRequest) -> dict[str, Any]:
         description = self.describe(request.session, request.protocol_version)

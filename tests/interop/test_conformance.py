@@ -2,10 +2,11 @@
 
 ``@modelcontextprotocol/conformance`` is a client that runs scenarios against
 a server's Streamable HTTP endpoint and writes one ``checks.json`` per
-scenario. Two releases run, installed side by side under npm aliases
-(``tests/interop/package.json``): 0.1.16, the latest release, and the
-0.2.0 alpha line, whose scenarios are pinned to the 2025-11-25 revision (the
-handshake era) with ``--spec-version``.
+scenario. Two releases are installed side by side under npm aliases
+(``tests/interop/package.json``): 0.1.16, the latest release, and the 0.2.0
+alpha line. Three runs: 0.1.16, and the alpha pinned with ``--spec-version``
+twice, to 2025-11-25 (the handshake era) and to 2026-07-28 (the stateless
+revision: no ``initialize``, each request carries ``params._meta``).
 
 The app is served by ``twistd mcpws`` on a port the kernel picks; the port is
 read from twistd's log. A scenario passes when each of its checks is
@@ -28,13 +29,13 @@ from tests.test_tap import START_TIMEOUT, Twistd
 
 HERE = Path(__file__).parent
 
-# Release (the npm alias suffix) -> the arguments of ``conformance server``.
+# Run id -> the release (the npm alias suffix) and the arguments of ``conformance server``.
 SUITES = {
-    "0.1.16": ["--suite", "all"],
-    "0.2": ["--suite", "all", "--spec-version", "2025-11-25"],
+    "0.1.16": ("0.1.16", ["--suite", "all"]),
+    "0.2": ("0.2", ["--suite", "all", "--spec-version", "2025-11-25"]),
+    "0.2@2026-07-28": ("0.2", ["--suite", "all", "--spec-version", "2026-07-28"]),
 }
-# --always-stream: every answer on a resumable SSE stream, as the official SDK
-# does by default (with JSON answers one multiple-streams check is only INFO).
+RELEASES = sorted({release for release, _ in SUITES.values()})
 APP_ARGS = ["--app", "tests.conformance.app:server", "--endpoint", "tcp:0:interface=127.0.0.1",
             "--always-stream"]
 # Checks with which the suite records what went over the wire; INFO there is no verdict.
@@ -54,7 +55,7 @@ def cli_path(release: str) -> Path:
 def conformance(node: str) -> str:
     """Node, with both releases of the suite installed (``npm ci`` if an older
     ``node_modules`` lacks them)."""
-    if not all(cli_path(release).is_file() for release in SUITES):
+    if not all(cli_path(release).is_file() for release in RELEASES):
         npm = str(Path(node).with_name("npm"))
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True,
                        stdout=subprocess.DEVNULL)
@@ -92,13 +93,14 @@ def verdict(check: dict[str, Any]) -> bool:
     return check["status"] == "SUCCESS" or (check["status"] == "INFO" and check["id"] in TRAFFIC_LOGS)
 
 
-@pytest.mark.parametrize("release", SUITES)
-def test_conformance_suite(conformance: str, app_url: str, tmp_path: Path, release: str) -> None:
+@pytest.mark.parametrize("run_id", SUITES)
+def test_conformance_suite(conformance: str, app_url: str, tmp_path: Path, run_id: str) -> None:
+    release, arguments = SUITES[run_id]
     output = tmp_path / "results"
-    command = [conformance, str(cli_path(release)), "server", "--url", app_url, *SUITES[release]]
+    command = [conformance, str(cli_path(release)), "server", "--url", app_url, *arguments]
     run = subprocess.run([*command, "-o", str(output)], cwd=HERE, capture_output=True, text=True,
                          timeout=SUITE_TIMEOUT)
-    transcript = f"conformance {release} exited {run.returncode}:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
+    transcript = f"conformance {run_id} exited {run.returncode}:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     announced = re.search(r"\((\d+) scenarios\)", run.stdout)
     assert announced, transcript
     results = read_results(output)
