@@ -382,6 +382,10 @@ class SessionHost:
         """Refuse new callers and new requests; fires when every session's
         running requests have finished (the caller bounds the wait)."""
         self.draining = True
+        # Listen streams (2026-07-28) would run until the drain timeout: end them first.
+        end_listeners = getattr(self.app, "end_listeners", None)
+        if end_listeners is not None:
+            end_listeners()
         return DeferredList([session.drain() for session in list(self.sessions)], consumeErrors=True)
 
     @property
