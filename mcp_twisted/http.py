@@ -65,6 +65,7 @@ __all__ = [
     "HTTPSettings",
     "MCPHTTPResource",
     "MCPSite",
+    "ReplayBudget",
 ]
 
 log = Logger()
@@ -88,6 +89,7 @@ class HTTPSettings:
     retry_ms: int = 1000  # the SSE ``retry:`` a client waits before reconnecting
     max_events: int = 1000  # events kept per session for Last-Event-ID replay
     max_event_bytes: int = 8 * 1024 * 1024  # bytes kept per session for replay
+    max_replay_total: int = 64 * 1024 * 1024  # bytes kept for replay by all sessions together
     event_ttl: float = 300.0  # seconds an event is kept for replay
     max_output_buffer: int = 4 * 1024 * 1024  # unread bytes per stream before it counts as stalled
     output_stall_timeout: float = 30.0  # seconds a stream may stay stalled before it is dropped
@@ -95,6 +97,19 @@ class HTTPSettings:
     # so any answer can be resumed after a dropped connection (the official
     # SDK's default). Off: JSON, unless the handler sent something first.
     always_stream: bool = False
+
+
+class ReplayBudget:
+    """Bytes of replay events kept by every session of one resource together:
+    the per-session limit times the session cap would be far too much."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def over(self) -> bool:
+        return self.used > self.limit
 
 
 class EventStore:
@@ -106,11 +121,17 @@ class EventStore:
     hold them until it expires.
     """
 
-    def __init__(self, clock: IReactorTime, max_events: int, max_bytes: int, ttl: float) -> None:
+    def __init__(
+        self, clock: IReactorTime, max_events: int, max_bytes: int, ttl: float,
+        budget: ReplayBudget | None = None,
+    ) -> None:
+        """``budget``, shared by the stores of one resource, bounds them all
+        together: a store that finds it spent gives up its own oldest events."""
         self.clock = clock
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.ttl = ttl
+        self.budget = budget if budget is not None else ReplayBudget(max_bytes)
         self._events: deque[tuple[int, str, bytes, float]] = deque()
         self._bytes = 0
         self._sequence = 0
@@ -121,6 +142,7 @@ class EventStore:
         self._sequence += 1
         self._events.append((self._sequence, stream, data, self.clock.seconds()))
         self._bytes += len(data)
+        self.budget.used += len(data)
         self._trim()
         return f"{stream}.{self._sequence}"
 
@@ -134,8 +156,10 @@ class EventStore:
         events = self._events
         now = self.clock.seconds()
         while events and (len(events) > self.max_events or self._bytes > self.max_bytes
-                          or events[0][3] <= now - self.ttl):
-            self._bytes -= len(events.popleft()[2])
+                          or events[0][3] <= now - self.ttl or self.budget.over):
+            size = len(events.popleft()[2])
+            self._bytes -= size
+            self.budget.used -= size
         if events and self._aging is None and self.ttl:
             self._aging = self.clock.callLater(events[0][3] + self.ttl - now, self._aged)
 
@@ -149,6 +173,7 @@ class EventStore:
             self._aging.cancel()
         self._aging = None
         self._events.clear()
+        self.budget.used -= self._bytes
         self._bytes = 0
 
     def after(self, event_id: str) -> tuple[str, list[tuple[str, bytes]]] | None:
@@ -296,7 +321,8 @@ class HTTPSession:
         self.identity = identity
         settings = resource.settings
         clock = resource.host.clock
-        self.events = EventStore(clock, settings.max_events, settings.max_event_bytes, settings.event_ttl)
+        self.events = EventStore(clock, settings.max_events, settings.max_event_bytes, settings.event_ttl,
+                                 resource.replay_budget)
         self.exchanges: dict[RequestId, Exchange] = {}
         self.standalone: SSEStream | None = None
         self.streams: set[SSEStream] = set()
@@ -597,6 +623,7 @@ class MCPHTTPResource(Resource):
         self.host = host
         self.settings = settings if settings is not None else HTTPSettings()
         self.sessions: dict[str, HTTPSession] = {}
+        self.replay_budget = ReplayBudget(self.settings.max_replay_total)
 
     # -- entry --------------------------------------------------------------
 

@@ -228,3 +228,22 @@ def test_a_connection_keeps_the_era_of_its_first_request():
     legacy = Peer(app())
     legacy.initialize()
     assert legacy.call("tools/list", {"_meta": envelope()})["error"]["code"] == -32600
+
+
+def test_replay_stores_of_all_sessions_share_one_budget():
+    from twisted.internet.task import Clock
+
+    from mcp_twisted.http import EventStore, ReplayBudget
+
+    budget = ReplayBudget(1000)
+    clock = Clock()
+    stores = [EventStore(clock, max_events=100, max_bytes=800, ttl=60, budget=budget) for _ in range(5)]
+    for store in stores:
+        for _ in range(4):
+            store.add("1", b"x" * 100)
+    assert budget.used <= 1000  # not 5 x 400
+    newest = stores[-1].add("1", b"y" * 100)
+    assert stores[-1].after("1.0") is not None and newest.endswith(".5")
+    for store in stores:
+        store.close()
+    assert budget.used == 0
