@@ -247,3 +247,17 @@ def test_replay_stores_of_all_sessions_share_one_budget():
     for store in stores:
         store.close()
     assert budget.used == 0
+
+
+def test_a_resource_may_set_its_own_cache_policy():
+    server = app(cache=CachePolicy(ttl_ms=1000, scope="public"))
+
+    @server.resource("data://private", cache=CachePolicy(ttl_ms=10, scope="private"))
+    def private() -> str:
+        return "p"
+
+    peer = Peer(server)
+    own = call(peer, "resources/read", {"uri": "data://private"})["result"]
+    assert (own["ttlMs"], own["cacheScope"]) == (10, "private")
+    default = call(peer, "resources/read", {"uri": "data://one"})["result"]
+    assert (default["ttlMs"], default["cacheScope"]) == (1000, "public")

@@ -179,6 +179,7 @@ class _Readable:
     annotations: dict[str, Any] | None = None
     icons: list[dict[str, Any]] | None = None
     meta: dict[str, Any] | None = None
+    cache: Any = None  # a CachePolicy for this resource's 2026-07-28 reads (None: the server's)
 
     def _describe(self, entry: dict[str, Any], version: str) -> dict[str, Any]:
         _optional_fields(entry, description=self.description, mimeType=self.mime_type,

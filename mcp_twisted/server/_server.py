@@ -199,16 +199,19 @@ class MCPServer:
         icons: list[dict[str, Any]] | None = None,
         size: int | None = None,
         meta: dict[str, Any] | None = None,
+        cache: CachePolicy | None = None,
     ) -> Callable[[F], F]:
         """Register a resource, or a template when ``uri`` has ``{variables}``
         (RFC 6570); template variables are passed as keyword arguments.
         The function returns ``str`` (text), ``bytes`` (blob), a JSON-able
-        value (sent as JSON text) or a list of ``content.resource_contents``."""
+        value (sent as JSON text) or a list of ``content.resource_contents``.
+        ``cache`` sets ``ttlMs``/``cacheScope`` of its reads on 2026-07-28
+        (default: the server's ``cache``)."""
 
         def register(fn: F) -> F:
             self.add_resource(fn, uri, name=name, title=title, description=description,
                               mime_type=mime_type, annotations=annotations, icons=icons,
-                              size=size, meta=meta)
+                              size=size, meta=meta, cache=cache)
             return fn
 
         return register
@@ -467,22 +470,20 @@ class MCPServer:
         return self._page(request, "resourceTemplates", list(self._templates.values()))
 
     def _read_resource(self, request: IncomingRequest) -> Any:
-        result = self._read(request)
+        readable, result = self._read(request)
         if request.modern is None:
             return result
+        policy = readable.cache if readable.cache is not None else self.cache
         if isinstance(result, Deferred):
-            return result.addCallback(self._cached_read)
-        return self._cached_read(result)
+            return result.addCallback(_cached_read, policy)
+        return _cached_read(result, policy)
 
-    def _cached_read(self, result: dict[str, Any]) -> dict[str, Any]:
-        # Not on an input_required round: only complete results are cached.
-        return result if result.get("resultType") == "input_required" else self.cache.apply(result)
-
-    def _read(self, request: IncomingRequest) -> Any:
+    def _read(self, request: IncomingRequest) -> tuple[Resource | ResourceTemplate, Any]:
         uri = _required_string(request.params, "uri")
         resource = self._resources.get(uri)
         if resource is not None:
-            return resource.read(uri, {}, self._context(request, resource.signature.context_parameter))
+            context = self._context(request, resource.signature.context_parameter)
+            return resource, resource.read(uri, {}, context)
         if len(uri) > self.max_uri_length:
             # Matching templates costs time that grows with the URI's length.
             raise invalid_params(f"URI too long: {len(uri)} characters (limit {self.max_uri_length})",
@@ -492,7 +493,7 @@ class MCPServer:
             variables = template.template.match(uri)
             if variables is not None:
                 context = self._context(request, template.signature.context_parameter)
-                return template.read(uri, variables, context)
+                return template, template.read(uri, variables, context)
         if request.modern is not None:  # 2026-07-28 (SEP-2164): an unknown URI is a bad parameter
             raise invalid_params(f"Resource not found: {clip(uri)}", {"uri": uri})
         raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {clip(uri)}", {"uri": uri})
@@ -567,6 +568,11 @@ def _completion_result(values: Sequence[str]) -> dict[str, Any]:
         "total": len(values),
         "hasMore": len(values) > MAX_COMPLETION_VALUES,
     }}
+
+
+def _cached_read(result: dict[str, Any], policy: CachePolicy) -> dict[str, Any]:
+    # Not on an input_required round: only complete results are cached.
+    return result if result.get("resultType") == "input_required" else policy.apply(result)
 
 
 # Methods that exist only on the 2026-07-28 revision.
