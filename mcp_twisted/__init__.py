@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _LAZY = {
+    "CachePolicy": "mcp_twisted.server",
     "CapabilityError": "mcp_twisted.protocol",
     "Context": "mcp_twisted.server",
     "LocalProtocolError": "mcp_twisted.jsonrpc",
@@ -27,6 +28,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "CachePolicy",
     "CapabilityError",
     "Context",
     "LocalProtocolError",
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from mcp_twisted import content
     from mcp_twisted.jsonrpc import LocalProtocolError, MCPError, RemoteError, RPCError
     from mcp_twisted.protocol import CapabilityError
-    from mcp_twisted.server import Context, MCPServer, ToolError, ToolResult
+    from mcp_twisted.server import CachePolicy, Context, MCPServer, ToolError, ToolResult
 
 
 def __getattr__(name: str) -> Any:

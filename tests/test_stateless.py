@@ -16,8 +16,7 @@ from mcp_twisted.eras import (
     META_SERVER_INFO,
     META_SUBSCRIPTION_ID,
 )
-from mcp_twisted.server import Context, MCPServer
-from mcp_twisted.server._modern import CachePolicy
+from mcp_twisted.server import CachePolicy, Context, MCPServer
 from mcp_twisted.testing import Peer
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
