@@ -25,14 +25,13 @@ import secrets
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
@@ -274,7 +273,8 @@ class SSEStream:
         metrics = self.http_session.resource.host.metrics
         if metrics is not None:
             metrics.output_stalls.inc()
-        self.request.channel.transport.abortConnection()
+        transport = cast(ITCPTransport, self.request.channel.transport)  # TCP or TLS over TCP
+        transport.abortConnection()
 
     def _gone(self, _: object) -> None:
         self.open = False
@@ -432,7 +432,9 @@ class HTTPSession:
             if type(item) is not Notification or item.method != Notify.CANCELLED:
                 continue
             request_id = item.params.get("requestId") if isinstance(item.params, dict) else None
-            exchange = self.exchanges.get(request_id) if jsonrpc.is_request_id(request_id) else None
+            if not jsonrpc.is_request_id(request_id):
+                continue
+            exchange = self.exchanges.get(request_id)
             if exchange is None:
                 continue
             exchange.cancelled.add(request_id)
@@ -553,10 +555,15 @@ class BoundedRequest(server.Request):
 
     refused = False
 
+    @property
+    def _limit(self) -> int:
+        site: MCPSite = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
+        return site.max_body_size
+
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
         self._received = 0
-        limit = self.channel.site.max_body_size
+        limit = self._limit
         if length is not None and length > limit:
             # Twisted answers "Expect: 100-continue" after this call: drop the
             # header, or "100 Continue" would follow the 413 on the wire.
@@ -567,23 +574,26 @@ class BoundedRequest(server.Request):
         if self.refused:
             return
         self._received += len(data)
-        if self._received > self.channel.site.max_body_size:
-            self._refuse(self.channel.site.max_body_size)
+        if self._received > self._limit:
+            self._refuse(self._limit)
             return
+        assert self.content is not None  # gotLength made it
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if not self.refused:
-            super().requestReceived(command, path, version)
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # mypy#16653
 
     def _refuse(self, limit: int) -> None:
         self.refused = True
         self.content = io.BytesIO()
         body = f"Content Too Large: the limit is {limit} bytes\n".encode()
-        self.channel.transport.write(
+        transport = self.channel.transport
+        assert transport is not None  # a body is arriving on it
+        transport.write(
             b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
-        self.channel.transport.loseConnection()
+        transport.loseConnection()
         log.info("Refused a request body over {limit} bytes (HTTP 413)", limit=limit)
 
 
@@ -619,7 +629,7 @@ class MCPHTTPResource(Resource):
     isLeaf = True
 
     def __init__(self, host: SessionHost, settings: HTTPSettings | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # mypy#16653
         self.host = host
         self.settings = settings if settings is not None else HTTPSettings()
         self.sessions: dict[str, HTTPSession] = {}
@@ -691,7 +701,8 @@ class MCPHTTPResource(Resource):
             return _error_body(request, 406, INVALID_REQUEST,
                                "Not Acceptable: Accept must include application/json and text/event-stream")
         try:
-            message = jsonrpc.parse(request.content.getvalue())
+            body = request.content.getvalue()  # type: ignore[union-attr]  # BoundedRequest always makes it
+            message = jsonrpc.parse(body)
         except MessageError as e:
             return _error_body(request, 400, e.code, e.message)
         if not request.getHeader(SESSION_HEADER):
@@ -845,18 +856,18 @@ class MCPSite(server.Site):
         """
         if reactor is None and http is not None:
             reactor = http.host.clock
-        super().__init__(_Dispatcher(http, websocket), timeout=timeout, reactor=reactor)
+        super().__init__(_Dispatcher(http, websocket), timeout=timeout, reactor=reactor)  # type: ignore[no-untyped-call]  # mypy#16653
         self.max_body_size = max_body_size
         self.displayTracebacks = False
         self.noisy = False
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         """No access log line per request: sessions, refusals and failures
         are logged with their fields instead (see docs/operations.md)."""
 
     def getResourceFor(self, request: server.Request) -> Any:
         request.setHeader("Server", "mcp-twisted")  # not Twisted's name and version
-        return super().getResourceFor(request)
+        return super().getResourceFor(request)  # type: ignore[no-untyped-call]  # mypy#16653
 
 
 @implementer(IResource)
@@ -864,7 +875,7 @@ class _Dispatcher(Resource):
     isLeaf = True
 
     def __init__(self, http: MCPHTTPResource | None, websocket: WebSocketResource | None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # mypy#16653
         self.http = http
         self.websocket = websocket
 
@@ -878,7 +889,3 @@ class _Dispatcher(Resource):
         return _plain(request, 426 if self.websocket is not None else 404,
                       "Upgrade Required: this endpoint speaks WebSocket" if self.websocket is not None
                       else "Not Found", [("Upgrade", "websocket")] if self.websocket is not None else ())
-
-
-def _unused(_: Failure) -> None:  # pragma: no cover
-    pass
