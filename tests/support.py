@@ -388,3 +388,27 @@ def waiting_route() -> tuple[Route, list[Deferred[Any]]]:
         return deferreds[-1]
 
     return wait, deferreds
+
+
+class Flow:
+    """An OutputFlow the test controls: congested (``full``) or not; while
+    full, ``when_writable`` waits until ``drain()``."""
+
+    def __init__(self, full: bool = False) -> None:
+        self.full = full
+        self.waiters: list[Deferred[None]] = []
+
+    def congested(self) -> bool:
+        return self.full
+
+    def when_writable(self) -> Deferred[None]:
+        if not self.full:
+            return defer.succeed(None)
+        self.waiters.append(Deferred())
+        return self.waiters[-1]
+
+    def drain(self) -> None:
+        self.full = False
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter.callback(None)

@@ -42,8 +42,8 @@ from mcp_twisted.demo import server as demo_app
 from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.session import Session, State
 from mcp_twisted.testing import collect_into
-from mcp_twisted.websocket import MCPServerFactory, MCPServerProtocol
-from tests.support import stop
+from mcp_twisted.websocket import MCPServerFactory
+from tests.support import RecordingFactory, stop
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -58,42 +58,6 @@ def load_example(name: str) -> Any:
 # ---------------------------------------------------------------------------
 # Helpers: a server that records upgrades and closes, and a harness that
 # tears down every service and listener a test started.
-
-
-class RecordingProtocol(MCPServerProtocol):
-    factory: RecordingFactory
-
-    def onConnect(self, request: ConnectionRequest) -> str | None:
-        self.factory.upgrades.append(reactor.seconds())
-        return super().onConnect(request)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        super().onClose(wasClean, code, reason)
-        self.factory.closes.append(code)
-        waiters, self.factory.close_waiters = self.factory.close_waiters, []
-        for waiter in waiters:
-            waiter.callback(code)
-
-
-class RecordingFactory(MCPServerFactory):
-    protocol = RecordingProtocol
-
-    def __init__(self, app: MCPServer, **options: Any) -> None:
-        options.setdefault("ping_interval", 0)
-        options.setdefault("ping_timeout", 0)
-        super().__init__(app, **options)
-        self.upgrades: list[float] = []
-        self.closes: list[int | None] = []
-        self.close_waiters: list[Deferred[int | None]] = []
-
-    def next_close(self) -> Deferred[int | None]:
-        d: Deferred[int | None] = Deferred()
-        self.close_waiters.append(d)
-        return d.addTimeout(5, reactor)
-
-    def only_session(self) -> Any:
-        (connection,) = self.connections
-        return connection.session
 
 
 def fast_backoff() -> Any:

@@ -17,6 +17,7 @@ from mcp_twisted.jsonrpc import INTERNAL_ERROR
 from mcp_twisted.protocol import SERVER_BUSY
 from mcp_twisted.server import MCPServer
 from mcp_twisted.session import Role, Session
+from tests.support import Flow
 
 
 def session_for(app: MCPServer, **options: Any) -> tuple[Session, list[Any]]:
@@ -101,27 +102,6 @@ def test_a_burst_is_reported_in_full_when_its_interval_ends():
         globalLogPublisher.removeObserver(observe)
 
 
-class Flow:
-    """An OutputFlow the test holds congested, then lets drain."""
-
-    def __init__(self) -> None:
-        self.full = True
-        self.waiters: list[Deferred[None]] = []
-
-    def congested(self) -> bool:
-        return self.full
-
-    def when_writable(self) -> Deferred[None]:
-        self.waiters.append(Deferred())
-        return self.waiters[-1]
-
-    def drain(self) -> None:
-        self.full = False
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-
 def test_change_notifications_wait_and_merge_while_the_peer_is_behind():
     app = MCPServer("changes")
 
@@ -133,7 +113,7 @@ def test_change_notifications_wait_and_merge_while_the_peer_is_behind():
     def t() -> str:
         return "t"
 
-    flow = Flow()
+    flow = Flow(full=True)
     session, sent = session_for(app, flow=flow)
     flow.full = False
     initialize(session, "2025-11-25")

@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel
 
 from mcp_twisted.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RPCError
 from mcp_twisted.protocol import SERVER_BUSY, SERVER_SHUTTING_DOWN
 from mcp_twisted.server import Context, MCPServer
 from mcp_twisted.testing import Peer
-from tests.support import FakeHandler, error_code, find, result, waiting_route
+from tests.support import FakeHandler, Flow, error_code, find, result, waiting_route
 
 
 def batch_peer(handler: Any = None, **options: Any) -> Peer:
@@ -115,29 +115,6 @@ def test_a_notification_over_the_message_limit_is_dropped_not_sent() -> None:
 
 
 # -- output flow -------------------------------------------------------------------
-
-
-class Flow:
-    """An OutputFlow the test controls: congested or not, writable or not."""
-
-    def __init__(self) -> None:
-        self.full = False
-        self.waiters: list[Deferred[None]] = []
-
-    def congested(self) -> bool:
-        return self.full
-
-    def when_writable(self) -> Deferred[None]:
-        if not self.full:
-            return succeed(None)
-        self.waiters.append(Deferred())
-        return self.waiters[-1]
-
-    def drain(self) -> None:
-        self.full = False
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
 
 
 def progress_app() -> MCPServer:
