@@ -172,6 +172,29 @@ def test_questions_asked_together_come_in_one_round():
         "name": "elicitation/create", "roots": "roots/list"}
 
 
+def test_samples_are_asked_under_their_own_keys():
+    """ctx.sample's key= names its question, and two samples at once are two
+    questions (its optional fields once took the key's name: both were "metadata")."""
+    server = MCPServer("keys", "1.0")
+
+    @server.tool()
+    async def two_samples(ctx: Context) -> str:
+        named, numbered = await gatherResults([ctx.sample("A?", key="first"), ctx.sample("B?")],
+                                              consumeErrors=True)
+        return f"{named['content']['text']}+{numbered['content']['text']}"
+
+    peer = Peer(server)
+    sampling = {"sampling": {}}
+    first = round_trip(peer, "two_samples", sampling)["result"]
+    asked = {key: q["params"]["messages"][0]["content"]["text"] for key, q in first["inputRequests"].items()}
+    assert asked == {"first": "A?", "sampling-1": "B?"}
+    answers = {key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": text}}
+               for key, text in (("first", "a"), ("sampling-1", "b"))}
+    done = round_trip(peer, "two_samples", sampling, requestState=first["requestState"],
+                      inputResponses=answers)["result"]
+    assert done["content"][0]["text"] == "a+b"
+
+
 def test_missing_or_malformed_answers_are_asked_again():
     peer = Peer(app())
     first = round_trip(peer, "greet")["result"]

@@ -136,13 +136,13 @@ class Context:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": {"type": "text", "text": messages}}]
         params: dict[str, Any] = {"messages": messages, "maxTokens": max_tokens}
-        for key, value in (
+        for field, value in (
             ("systemPrompt", system_prompt), ("temperature", temperature),
             ("stopSequences", stop_sequences), ("modelPreferences", model_preferences),
             ("includeContext", include_context), ("metadata", metadata),
         ):
             if value is not None:
-                params[key] = value
+                params[field] = value
         return self._client_request("sampling", Method.SAMPLING_CREATE_MESSAGE, params, timeout, key)
 
     def list_roots(
