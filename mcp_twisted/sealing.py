@@ -53,7 +53,12 @@ def binding(method: str, params: dict[str, Any], identity: Any) -> str:
     """What a state is valid for: the method, the request's own parameters
     (not the per-round ones) and who asked."""
     own = {key: value for key, value in params.items() if key not in _ROUND_KEYS}
-    material = orjson.dumps([method, own, repr(identity)], option=orjson.OPT_SORT_KEYS)
+    # str(): identities are token names or certificate subjects, stable across
+    # processes (a repr could hold an address).
+    try:
+        material = orjson.dumps([method, own, str(identity)], option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # nested deeper than orjson writes
+        raise RPCError(INVALID_PARAMS, "params are nested too deeply for a multi-round request") from None
     return _b64(hashlib.sha256(material).digest())
 
 
@@ -65,6 +70,8 @@ class StateSealer:
     """
 
     def __init__(self, key: bytes | None = None, ttl: float = DEFAULT_STATE_TTL) -> None:
+        if key is not None and len(key) < 32:
+            raise ValueError(f"a state key needs at least 32 bytes, not {len(key)}")
         self.key = key if key is not None else secrets.token_bytes(32)
         self.ttl = ttl
 

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from mcp_twisted import jsonrpc
 from mcp_twisted._lograte import RepeatedEventLog
-from mcp_twisted.eras import REMOVED_IN_STATELESS, ConnectionEra, Modern
+from mcp_twisted.eras import REMOVED_IN_STATELESS, ConnectionEra, Era, Modern
 from mcp_twisted.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -386,7 +386,7 @@ class Session:
         # Server role: the era this connection speaks, fixed by its first request.
         self._era = ConnectionEra()
         # Keyed notifications held while the peer is behind (see notify).
-        self._coalesced: dict[object, tuple[str, dict[str, Any] | None]] = {}
+        self._coalesced: dict[object, tuple[str, dict[str, Any] | None, RequestId | None]] = {}
         self._log_busy = RepeatedEventLog(
             log, clock, "Refused {count} request(s): {limit} requests in flight")
         self._log_dropped = RepeatedEventLog(
@@ -406,6 +406,11 @@ class Session:
             raise LocalProtocolError(
                 f"Session {self.role.value}: {event.value!r} is not possible in state {self.state.value!r}"
             ) from None
+
+    @property
+    def era(self) -> Era | None:
+        """The era this connection speaks (server role), once its first request came."""
+        return self._era.era
 
     @property
     def draining(self) -> bool:
@@ -829,14 +834,14 @@ class Session:
                 return
             if not self._coalesced:
                 self.flow.when_writable().addCallback(self._send_coalesced)
-            self._coalesced[key] = (method, params)
+            self._coalesced[key] = (method, params, related)
             return
         self._write(jsonrpc.notification(method, params), related)
 
     def _send_coalesced(self, _: object) -> None:
         waiting, self._coalesced = self._coalesced, {}
-        for method, params in waiting.values():
-            self._write(jsonrpc.notification(method, params))
+        for method, params, related in waiting.values():
+            self._write(jsonrpc.notification(method, params), related)
 
     def when_writable(self) -> Deferred[None]:
         """Fires when the peer has room for more output (at once without a flow)."""

@@ -23,13 +23,19 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.web import server
+from zope.interface import implementer
 
 from mcp_twisted import jsonrpc
 from mcp_twisted.eras import HEADER_MISMATCH, http_status
+from mcp_twisted.hosting import WriteWaiters, unsent_bytes
 from mcp_twisted.jsonrpc import Request, RequestId, RPCError
 from mcp_twisted.protocol import Method
 
@@ -38,10 +44,13 @@ if TYPE_CHECKING:
 
 __all__ = ["check_routing_headers", "serve_stateless"]
 
+log = Logger()
+
 # Requests whose Mcp-Name header names their target, and where the body has it.
 _NAMED = {Method.TOOLS_CALL: "name", Method.PROMPTS_GET: "name", Method.RESOURCES_READ: "uri"}
 _BASE64_VALUE = re.compile(r"=\?base64\?(.*)\?=\Z", re.DOTALL)
-_ERROR_START = b',"error":{"code":'
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)\Z")
+_CODE = re.compile(rb"-?[0-9]+")
 
 
 def _mismatch(message: str) -> RPCError:
@@ -59,60 +68,80 @@ def _header_value(raw: str) -> str:
         raise _mismatch("A Mcp-Param header is not valid =?base64?...?= text") from None
 
 
+def _header(request: server.Request, name: str) -> str | None:
+    """A routing header as text: strict UTF-8 (else ``-32020``), and decoded
+    from its ``=?base64?...?=`` form, which may carry any value."""
+    raw = request.requestHeaders.getRawHeaders(name.encode())
+    if not raw:
+        return None
+    try:
+        text = raw[-1].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise _mismatch(f"{name} header is not UTF-8 text") from None
+    return _header_value(text)
+
+
 def check_routing_headers(request: server.Request, message: Request, header_params: dict[str, str]) -> None:
     """Raise ``-32020`` unless the routing headers say what the body says.
 
     ``header_params`` maps argument names to their header names (the tool's
     ``x-mcp-header`` properties).
     """
-    method = request.getHeader("mcp-method")
-    if method != message.method:
+    if _header(request, "Mcp-Method") != message.method:
         raise _mismatch("Mcp-Method header is missing or does not match the request's method")
     params = message.params if isinstance(message.params, dict) else {}
     field = _NAMED.get(message.method)
-    if field is not None and request.getHeader("mcp-name") != params.get(field):
+    if field is not None and _header(request, "Mcp-Name") != params.get(field):
         raise _mismatch(f"Mcp-Name header is missing or does not match params.{field}")
     arguments = params.get("arguments")
     arguments = arguments if isinstance(arguments, dict) else {}
     for argument, header in header_params.items():
-        raw = request.getHeader(f"mcp-param-{header}")
+        sent = _header(request, f"Mcp-Param-{header}")
         value = arguments.get(argument)
-        if raw is None and value is None:
+        if sent is None and value is None:
             continue
-        if raw is None or value is None or not _same(_header_value(raw), value):
+        if sent is None or value is None or not _same(sent, value):
             raise _mismatch(f"Mcp-Param-{header} header is missing or does not match {argument!r}")
 
 
 def _same(header: str, value: object) -> bool:
+    """Header and argument agree (the header types are string, integer, boolean)."""
     if isinstance(value, bool):
         return header == ("true" if value else "false")
     if isinstance(value, int):
-        try:
-            return int(header) == value
-        except ValueError:
-            return False
+        return _INTEGER.match(header) is not None and int(header) == value
     return header == value
 
 
+@implementer(IPushProducer)
 class _Exchange:
-    """One stateless POST: where the session's messages for it go."""
+    """One stateless POST: where the session's messages for it go, and the
+    session's output flow (the POST's connection is the only way out)."""
 
     def __init__(self, resource: MCPHTTPResource, request: server.Request, request_id: RequestId) -> None:
         self.resource = resource
         self.request = request
         self.request_id = request_id
+        # What an error answer to this request starts with (the session builds
+        # answers as jsonrpc, id, then result or error): nothing a result holds
+        # can look like it.
+        self._error_start = b'{"jsonrpc":"2.0","id":' + orjson.dumps(request_id) + b',"error":{"code":'
         self.streaming = False
         self.finished = False
+        self.paused = False
         self.sync_body: bytes | None = None
         self._keepalive: LoopingCall | None = None
+        self._stalled: IDelayedCall | None = None
+        self._writers = WriteWaiters()
 
     def route(self, data: bytes, related: RequestId | None, answer: bool) -> None:
         if self.finished or related != self.request_id:
             return  # nothing else can reach this client: no session, no stream of its own
+        error_code = self._error_code(data) if answer else None
         # An error answer is always JSON, so that it travels with its status.
-        if answer and not self.streaming and (
-                not self.resource.settings.always_stream or data.find(_ERROR_START, 0, 200) >= 0):
-            self._answer_json(data)
+        json_wanted = not self.resource.settings.always_stream or error_code is not None
+        if answer and not self.streaming and json_wanted:
+            self._answer_json(data, error_code)
             return
         if not self.streaming:
             self._start_stream()
@@ -120,13 +149,17 @@ class _Exchange:
         if answer:
             self._end()
 
-    def _answer_json(self, data: bytes) -> None:
+    def _error_code(self, data: bytes) -> int | None:
+        if not data.startswith(self._error_start):
+            return None
+        found = _CODE.match(data, len(self._error_start))
+        return int(found.group()) if found is not None else None
+
+    def _answer_json(self, data: bytes, error_code: int | None) -> None:
         self.finished = True
         request = self.request
-        start = data.find(_ERROR_START, 0, 200)
-        if start >= 0:
-            code = int(re.match(rb"-?\d+", data[start + len(_ERROR_START):]).group())  # type: ignore[union-attr]
-            request.setResponseCode(http_status(code))
+        if error_code is not None:
+            request.setResponseCode(http_status(error_code))
         request.setHeader("Content-Type", "application/json")
         if getattr(request, "_rendering", False):
             self.sync_body = data
@@ -141,6 +174,7 @@ class _Exchange:
         request.setHeader("Content-Type", "text/event-stream")
         request.setHeader("Cache-Control", "no-cache, no-transform")
         request.setHeader("X-Accel-Buffering", "no")
+        request.registerProducer(self, True)
         interval = self.resource.settings.keepalive_interval
         if interval:
             self._keepalive = LoopingCall(request.write, b": keep-alive\n\n")
@@ -148,11 +182,54 @@ class _Exchange:
             self._keepalive.start(interval, now=False)
 
     def _end(self) -> None:
+        self.stop()
+        if not self.request._disconnected:
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def stop(self) -> None:
+        """No more output: the answer went, or the client left."""
         self.finished = True
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
-        if not self.request._disconnected:
-            self.request.finish()
+        if self._stalled is not None and self._stalled.active():
+            self._stalled.cancel()
+        self._writers.release()
+
+    # OutputFlow, for the session: handlers that await progress or log
+    # messages wait while the client is behind; over the limit they are dropped.
+    def when_writable(self) -> Deferred[None]:
+        return self._writers.wait() if self.paused and not self.finished else succeed(None)
+
+    def congested(self) -> bool:
+        limit = self.resource.settings.max_output_buffer
+        return self.paused and unsent_bytes(self.request.channel.transport) > limit
+
+    # IPushProducer, driven by the channel's write buffer.
+    def pauseProducing(self) -> None:
+        self.paused = True
+        timeout = self.resource.settings.output_stall_timeout
+        if self._stalled is None and timeout:
+            self._stalled = self.resource.host.clock.callLater(timeout, self._stall_expired)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self._stalled is not None and self._stalled.active():
+            self._stalled.cancel()
+        self._stalled = None
+        self._writers.release()
+
+    def stopProducing(self) -> None:
+        self.stop()
+
+    def _stall_expired(self) -> None:
+        self._stalled = None
+        if self.paused and not self.finished:
+            log.info("Dropping a 2026-07-28 stream: its client stopped reading")
+            metrics = self.resource.host.metrics
+            if metrics is not None:
+                metrics.output_stalls.inc()
+            cast(ITCPTransport, self.request.channel.transport).abortConnection()
 
 
 def serve_stateless(
@@ -168,15 +245,12 @@ def serve_stateless(
         return jsonrpc.encode(jsonrpc.error_response(message.id, error))
     exchange = _Exchange(resource, request, message.id)
     host = resource.host
-    session = host.open_session(exchange.route, transport="http", identity=identity, peer=peer)
+    session = host.open_session(exchange.route, transport="http", identity=identity, peer=peer, flow=exchange)
 
     def client_gone(_: object) -> None:
-        if not exchange.finished:
-            exchange.finished = True  # on 2026-07-28 closing the stream cancels the request
+        exchange.stop()  # on 2026-07-28 closing the stream cancels the request
         session.close("HTTP client went away")
         host.session_closed(session)
-        if exchange._keepalive is not None and exchange._keepalive.running:
-            exchange._keepalive.stop()
 
     request.notifyFinish().addBoth(client_gone)
     session.dispatch(message)

@@ -39,6 +39,7 @@ from mcp_twisted._autobahn import (
 )
 from mcp_twisted._lograte import RepeatedEventLog
 from mcp_twisted.auth import TokenAuthenticator
+from mcp_twisted.eras import Era
 from mcp_twisted.hosting import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Admission,
@@ -316,6 +317,8 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         self._init_timer = None
         if self.session is None or self.session.state in (State.READY, State.DRAINING):
             return  # draining: the shutdown closes it anyway
+        if self.session.era is Era.STATELESS:
+            return  # 2026-07-28 has no initialize to wait for
         log.info("Closing {peer}: no MCP initialize within {timeout:g} s", peer=self.peer,
                  timeout=self.factory.init_timeout)
         if self.factory.metrics is not None:

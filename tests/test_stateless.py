@@ -283,3 +283,62 @@ def test_a_resource_may_set_its_own_cache_policy():
     assert (own["ttlMs"], own["cacheScope"]) == (10, "private")
     default = call(peer, "resources/read", {"uri": "data://one"})["result"]
     assert (default["ttlMs"], default["cacheScope"]) == (1000, "public")
+
+
+def test_a_result_that_looks_like_an_error_is_still_a_result_and_listens_are_capped():
+    from mcp_twisted.stateless_http import _Exchange
+
+    class Request:
+        _rendering = True
+        code = 200
+
+        def setResponseCode(self, code: int) -> None:
+            self.code = code
+
+        def setHeader(self, name: str, value: str) -> None:
+            pass
+
+    class Resource:
+        class settings:
+            always_stream = False
+
+    request = Request()
+    exchange = _Exchange(Resource(), request, 5)  # type: ignore[arg-type]
+    exchange.route(b'{"jsonrpc":"2.0","id":5,"result":{"error":{"code":-32601}}}', 5, True)
+    assert request.code == 200 and exchange.sync_body is not None
+    request = Request()
+    exchange = _Exchange(Resource(), request, 5)  # type: ignore[arg-type]
+    exchange.route(b'{"jsonrpc":"2.0","id":5,"error":{"code":-32601,"message":"no"}}', 5, True)
+    assert request.code == 404
+
+    peer = Peer(app())
+    for i in range(6):
+        wanted = {"toolsListChanged": True}
+        peer.request("subscriptions/listen", {"_meta": envelope(), "notifications": wanted}, id=f"listen{i}")
+    refused = [peer.answer(f"listen{i}") for i in range(6)]
+    assert [a is None for a in refused] == [True] * 4 + [False] * 2
+    assert refused[4]["error"]["code"] == -32602  # type: ignore[index]
+
+
+def test_routing_headers_are_utf8_base64_aware_and_integers_strict():
+    import pytest
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from mcp_twisted.jsonrpc import Request as Message
+    from mcp_twisted.jsonrpc import RPCError
+    from mcp_twisted.stateless_http import check_routing_headers
+
+    def request(headers: dict[bytes, bytes]) -> DummyRequest:
+        dummy = DummyRequest([b"mcp"])
+        for name, value in headers.items():
+            dummy.requestHeaders.setRawHeaders(name, [value])
+        return dummy
+
+    message = Message(1, "tools/call", {"name": "héllo", "arguments": {"n": 42}})
+    good = {b"mcp-method": b"tools/call", b"mcp-name": b"=?base64?aMOpbGxv?=", b"mcp-param-n": b"42"}
+    check_routing_headers(request(good), message, {"n": "N"})
+    for bad in ({**good, b"mcp-name": "héllo".encode("latin-1")}, {**good, b"mcp-param-n": b"4_2"},
+                {**good, b"mcp-param-n": b" +42"}):
+        with pytest.raises(RPCError) as refused:
+            check_routing_headers(request(bad), message, {"n": "N"})
+        assert refused.value.code == -32020

@@ -137,11 +137,17 @@ class _Subscription:
         self.kinds = kinds
         self.uris = uris
 
-    def send(self, method: str, params: dict[str, Any] | None = None) -> None:
+    def send(self, method: str, params: dict[str, Any] | None = None, *, merge: bool = True) -> None:
+        """Send on this stream; while the peer is behind, news of the same
+        kind (and URI) waits and merges instead of piling up."""
         params = dict(params or {})
         params["_meta"] = {META_SUBSCRIPTION_ID: self.request.id}
-        self.request.session.notify(method, params, related=self.request.id)
+        key = (self.request.id, method, params.get("uri")) if merge else None
+        self.request.session.notify(method, params, related=self.request.id, key=key)
 
+
+# Listen streams one session (connection) may hold at once.
+MAX_LISTENS_PER_SESSION = 4
 
 # subscriptions/listen's flags -> the list_changed notification they ask for
 _LISTEN_FLAGS = {
@@ -159,7 +165,15 @@ class Listeners:
 
     def listen(self, request: IncomingRequest, max_uris: int, max_uri_length: int) -> Deferred[Any]:
         """Acknowledge what will be sent, then hold the request open until the
-        client ends it (cancellation) or the server drains."""
+        client ends it (cancellation) or the server drains.
+
+        A session may hold ``MAX_LISTENS_PER_SESSION`` streams at once, each
+        with at most ``max_uris`` URIs of ``max_uri_length`` characters.
+        """
+        open_here = sum(1 for other in self._open if other.session is request.session)
+        if open_here >= MAX_LISTENS_PER_SESSION:
+            raise invalid_params(f"At most {MAX_LISTENS_PER_SESSION} listen streams on one connection",
+                                 {"limit": MAX_LISTENS_PER_SESSION})
         wanted = request.params.get("notifications")
         if not isinstance(wanted, dict):
             raise invalid_params("subscriptions/listen needs params.notifications (an object)")
@@ -174,7 +188,7 @@ class Listeners:
         honoured: dict[str, Any] = {flag: True for flag, method in _LISTEN_FLAGS.items() if method in kinds}
         if uris:
             honoured["resourceSubscriptions"] = list(dict.fromkeys(uris))
-        subscription.send(Notify.SUBSCRIPTIONS_ACKNOWLEDGED, {"notifications": honoured})
+        subscription.send(Notify.SUBSCRIPTIONS_ACKNOWLEDGED, {"notifications": honoured}, merge=False)
         self._open[request] = subscription
 
         def ended(result: object) -> object:
