@@ -9,6 +9,7 @@ MCP Python SDK, with every target as a ratio.
     python bench/run.py --http --servers floor,mcp_twisted --clients 50 --answer sse
     python bench/run.py --baseline HEAD~1   # also measure a revision of mcp_twisted/, alternated
     python bench/run.py --http --baseline /tmp/patched   # or a copy of it (a directory with mcp_twisted/)
+    python bench/run.py --http --tree HEAD    # mcp_twisted/ as committed, not the working tree
 
 Each measured point starts a fresh server pinned to one core (``--server-cpu``)
 and a load generator (``bench/loadgen.py``) pinned to another
@@ -594,9 +595,9 @@ def baseline_table(results: Results) -> list[str]:
                          fmt(median(cpu), 3) + spread(cpu, 3), fmt(median(p99), 2) + spread(p99, 2)])
     if not rows:
         return []
-    return ["", "## Working tree against the baseline", "",
-            "Ratios working tree / baseline within each round (median, range). calls/s above 1 and "
-            "CPU per call below 1 are improvements.", "",
+    return ["", "## mcp-twisted against the baselines", "",
+            "Ratios mcp_twisted (the working tree, or --tree) / baseline within each round (median, range). "
+            "calls/s above 1 and CPU per call below 1 mean mcp_twisted is the faster.", "",
             *table(["config", "baseline", "calls/s ratio", "server CPU µs/call ratio", "p99 ratio"], rows)]
 
 

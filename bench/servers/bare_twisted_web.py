@@ -75,10 +75,14 @@ class FloorSite(server.Site):
         """No access log line per request."""
 
 
+def make_site() -> FloorSite:
+    return FloorSite(FloorResource(), parsePOSTFormSubmission=False)
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], default_ping=None, http=True)
     raise_open_file_limit()
-    serve(FloorSite(FloorResource(), parsePOSTFormSubmission=False), args)
+    serve(make_site(), args)
 
 
 if __name__ == "__main__":
