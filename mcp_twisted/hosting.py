@@ -17,6 +17,7 @@ Browser safety: a foreign ``Origin`` gets 403; on a loopback listener a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import weakref
 from collections.abc import Iterable
@@ -66,6 +67,7 @@ def _split_host(host: str) -> tuple[str, int | None]:
     return (parsed.hostname or "").lower(), port
 
 
+@functools.lru_cache(maxsize=256)  # asked on every HTTP request; bounded, as Host is the client's
 def is_loopback_host(host: str) -> bool:
     """Whether a Host header names this machine (a name or a loopback address)."""
     name, _ = _split_host(host)
@@ -77,6 +79,7 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=256)
 def is_ip_literal(host: str) -> bool:
     """Whether a Host header names an address rather than a (rebindable) DNS name."""
     try:
@@ -107,11 +110,16 @@ def listener_is_loopback(address: IAddress) -> bool:
     page could reach it only through DNS rebinding). UNIX sockets and the
     like cannot be reached by a browser at all: False."""
     if isinstance(address, (IPv4Address, IPv6Address)):
-        try:
-            return ipaddress.ip_address(address.host.split("%")[0]).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback_ip(address.host)
     return False
+
+
+@functools.lru_cache(maxsize=64)  # a server listens on few addresses
+def _is_loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def unsent_bytes(transport: object) -> int:

@@ -20,6 +20,7 @@ does).
 
 from __future__ import annotations
 
+import inspect
 import io
 import secrets
 from collections import deque
@@ -207,19 +208,24 @@ class SSEStream:
         self.open = True
         self.paused = False
         self._stalled: IDelayedCall | None = None
-        settings = http_session.resource.settings
-        request.setHeader("Content-Type", "text/event-stream")
-        request.setHeader("Cache-Control", "no-cache, no-transform")
-        request.setHeader("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
-        request.setHeader(SESSION_HEADER, http_session.id)
+        request.setHeader(b"Content-Type", b"text/event-stream")
+        request.setHeader(b"Cache-Control", b"no-cache, no-transform")
+        request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: do not buffer the stream
+        request.setHeader(b"Mcp-Session-Id", http_session.id.encode())
         request.registerProducer(self, True)
         request.write(b"")  # the head now: a stream with nothing to say yet is still open
         self._keepalive: LoopingCall | None = None
-        if settings.keepalive_interval:
-            self._keepalive = LoopingCall(self._write, b": keep-alive\n\n")
-            self._keepalive.clock = http_session.resource.host.clock
-            self._keepalive.start(settings.keepalive_interval, now=False)
+        if not getattr(request, "_rendering", False):
+            self.keep_alive()  # else render() does, if the stream outlives it
         request.notifyFinish().addBoth(self._gone)
+
+    def keep_alive(self) -> None:
+        """Start the keep-alive comments (once)."""
+        interval = self.http_session.resource.settings.keepalive_interval
+        if self.open and interval and self._keepalive is None:
+            self._keepalive = LoopingCall(self._write, b": keep-alive\n\n")
+            self._keepalive.clock = self.http_session.resource.host.clock
+            self._keepalive.start(interval, now=False)
 
     def prime(self, event_id: str) -> None:
         self._write(_event(event_id, b"", self.http_session.resource.settings.retry_ms))
@@ -329,6 +335,7 @@ class HTTPSession:
         self._stream_numbers = 0
         self._writable_waiters = WriteWaiters()
         self._expiry: IDelayedCall | None = None
+        self._active_at = 0.0
         self.session: Session = resource.host.open_session(
             self.route, transport="http", identity=identity, peer=peer, flow=self)
         self.session.stream_closer = self.close_stream
@@ -358,8 +365,8 @@ class HTTPSession:
     def _answer_json(self, exchange: Exchange, data: bytes) -> None:
         request = exchange.request
         assert request is not None
-        request.setHeader("Content-Type", "application/json")
-        request.setHeader(SESSION_HEADER, self.id)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Mcp-Session-Id", self.id.encode())
         if exchange.sync_body is None and not request.startedWriting:
             if getattr(request, "_rendering", False):
                 exchange.sync_body = data  # render() returns it
@@ -407,8 +414,14 @@ class HTTPSession:
         for request_id in exchange.ids:
             self.exchanges[request_id] = exchange
         self._touch()  # a running request holds the session open
-        self._watch(exchange, request)
         return exchange
+
+    def watch_open(self, exchange: Exchange) -> None:
+        """After render(): notice its client leaving an exchange still open
+        (one answered within render() needs no Deferred)."""
+        request = exchange.request
+        if request is not None and any(i in self.exchanges for i in exchange.ids):
+            self._watch(exchange, request)
 
     def _watch(self, exchange: Exchange, request: server.Request) -> None:
         request.notifyFinish().addErrback(lambda _: self._client_left(exchange, request))
@@ -473,6 +486,7 @@ class HTTPSession:
             # connection die: the new one takes over.
             exchange.sse.finish()
         stream = SSEStream(request, self)
+        stream.keep_alive()
         self.streams.add(stream)
         for event_id, data in missed:
             stream.send(event_id, data)
@@ -509,13 +523,28 @@ class HTTPSession:
     # -- lifetime -----------------------------------------------------------
 
     def _touch(self) -> None:
-        """Restart the idle timer; it runs only while no stream is open."""
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
+        """Note activity. One timer per session, re-armed when it fires: the
+        session expires ``session_idle_timeout`` after its last activity, and
+        not while a stream or a request is open (no timer churn per request)."""
+        timeout = self.resource.settings.session_idle_timeout
+        if not timeout:
+            return
+        clock = self.resource.host.clock
+        self._active_at = clock.seconds()
+        if self._expiry is None:
+            self._expiry = clock.callLater(timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
         self._expiry = None
         timeout = self.resource.settings.session_idle_timeout
-        if timeout and not self.streams and not self.exchanges:
-            self._expiry = self.resource.host.clock.callLater(timeout, self._expired)
+        clock = self.resource.host.clock
+        left = self._active_at + timeout - clock.seconds()
+        if self.streams or self.exchanges:
+            self._expiry = clock.callLater(timeout, self._check_idle)
+        elif left > 0:
+            self._expiry = clock.callLater(left, self._check_idle)
+        else:
+            self._expired()
 
     def _expired(self) -> None:
         log.info("Session {session} expired after {timeout:g} s idle", session=self.id[:8],
@@ -737,7 +766,7 @@ class MCPHTTPResource(Resource):
         if exchange is None:
             request.setResponseCode(202)
             return b""
-        return self._reply(request, exchange)
+        return self._reply(request, exchange, http_session)
 
     def _stateless(
         self, request: server.Request, identity: Any, message: jsonrpc.Message | list[jsonrpc.BatchItem]
@@ -784,9 +813,12 @@ class MCPHTTPResource(Resource):
         request.responseHeaders.removeHeader(SESSION_HEADER)
         return body if body is not None else _error_body(request, 500, -32603, "Internal error")
 
-    def _reply(self, request: server.Request, exchange: Exchange) -> bytes | int:
+    def _reply(self, request: server.Request, exchange: Exchange, http_session: HTTPSession) -> bytes | int:
         if exchange.sync_body is not None:
             return exchange.sync_body
+        http_session.watch_open(exchange)
+        if exchange.sse is not None:
+            exchange.sse.keep_alive()
         return server.NOT_DONE_YET
 
     # -- GET and DELETE -------------------------------------------------------
@@ -806,6 +838,7 @@ class MCPHTTPResource(Resource):
             return _plain(request, 409, "Conflict: this session's stream is already open")
         if stream_id is None:
             http_session.standalone = http_session._open_stream(request, STANDALONE)
+            http_session.standalone.keep_alive()
         else:
             http_session.resume(request, last_event_id)
         return server.NOT_DONE_YET
@@ -833,6 +866,14 @@ def _peer(request: server.Request) -> str:
     return f"{type(address).__name__}:{host}:{getattr(address, 'port', '')}" if host else str(address)
 
 
+# Twisted releases since twisted#12413 (2025) can leave form parsing off; older
+# ones parse every POST's Content-Type as a possible form, which costs time only.
+_NO_FORM_PARSING: dict[str, Any] = (
+    {"parsePOSTFormSubmission": False}
+    if "parsePOSTFormSubmission" in inspect.signature(server.Site.__init__).parameters else {}
+)
+
+
 class MCPSite(server.Site):
     """One listener for both transports: a GET with ``Upgrade: websocket``
     goes to Autobahn, everything else to Streamable HTTP (either may be off)."""
@@ -856,7 +897,10 @@ class MCPSite(server.Site):
         """
         if reactor is None and http is not None:
             reactor = http.host.clock
-        super().__init__(_Dispatcher(http, websocket), timeout=timeout, reactor=reactor)  # type: ignore[no-untyped-call]  # mypy#16653
+        # No form parsing: by default twisted.web parses every POST's
+        # Content-Type with the email package, in case the body is a form.
+        super().__init__(_Dispatcher(http, websocket), timeout=timeout, reactor=reactor,
+                         **_NO_FORM_PARSING)  # type: ignore[no-untyped-call]  # mypy#16653
         self.max_body_size = max_body_size
         self.displayTracebacks = False
         self.noisy = False
@@ -866,7 +910,7 @@ class MCPSite(server.Site):
         are logged with their fields instead (see docs/operations.md)."""
 
     def getResourceFor(self, request: server.Request) -> Any:
-        request.setHeader("Server", "mcp-twisted")  # not Twisted's name and version
+        request.setHeader(b"Server", b"mcp-twisted")  # not Twisted's name and version
         return super().getResourceFor(request)  # type: ignore[no-untyped-call]  # mypy#16653
 
 
