@@ -94,6 +94,9 @@ SYSTEMD_LAUNCHER = textwrap.dedent("""\
 """)
 
 
+_LISTENING = re.compile(r"\bstarting on (\d+)\b")
+
+
 class Twistd:
     """A running ``twistd -n mcpws`` whose output goes to a log file."""
 
@@ -124,6 +127,18 @@ class Twistd:
                 if time.monotonic() > deadline:
                     pytest.fail(f"twistd did not accept connections in {START_TIMEOUT} s:\n{self.log}")
                 await task.deferLater(reactor, 0.05)
+
+    def listening_port(self) -> int:
+        """Block until twistd logs the port it listens on (``tcp:0`` endpoints); fail
+        at once if it exits."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (found := _LISTENING.search(self.log)):
+            if self.process.poll() is not None:
+                pytest.fail(f"twistd exited with {self.process.returncode}:\n{self.log}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"twistd did not listen in {START_TIMEOUT} s:\n{self.log}")
+            time.sleep(0.05)
+        return int(found.group(1))
 
     async def wait_exit(self, timeout: float) -> int:
         """Wait (letting the reactor run) until the process exits; its status."""

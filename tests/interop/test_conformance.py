@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.test_tap import START_TIMEOUT, Twistd
+from tests.test_tap import Twistd
 
 HERE = Path(__file__).parent
 
@@ -42,7 +41,6 @@ APP_ARGS = ["--app", "tests.conformance.app:server", "--endpoint", "tcp:0:interf
 TRAFFIC_LOGS = frozenset({"outgoing-request", "incoming-response", "incoming-sse-event", "stream-closed"})
 SUITE_TIMEOUT = 900.0
 # twistd logs "<factory> starting on <port>" for each listening port.
-LISTENING = re.compile(r"\bstarting on (\d+)\b")
 # What the suite names each result directory: server-<scenario>-<ISO time, ':' and '.' as '-'>.
 RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 
@@ -67,14 +65,7 @@ def app_url(tmp_path: Path) -> Iterator[str]:
     """The conformance app served by ``twistd mcpws``; its MCP endpoint's URL."""
     server = Twistd(APP_ARGS, tmp_path)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (found := LISTENING.search(server.log)):
-            if server.process.poll() is not None:
-                pytest.fail(f"twistd exited with {server.process.returncode}:\n{server.log}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"twistd did not listen in {START_TIMEOUT} s:\n{server.log}")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{found.group(1)}/mcp"
+        yield f"http://127.0.0.1:{server.listening_port()}/mcp"
     finally:
         server.stop()
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from typing import Any
 import pytest
 
 from tests.interop.modern_env import ensure_env
-from tests.test_tap import START_TIMEOUT, Twistd
+from tests.test_tap import Twistd
 
 HERE = Path(__file__).parent
 MODERN = "2026-07-28"
@@ -52,7 +50,6 @@ ASKING = {
 MODES = ["auto", MODERN, "legacy"]
 CLIENT_TIMEOUT = 60.0
 # twistd logs "<factory> starting on <port>" for each listening port.
-LISTENING = re.compile(r"\bstarting on (\d+)\b")
 
 Report = dict[str, Any]
 
@@ -65,14 +62,7 @@ def server_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         args.append("--always-stream")
     server = Twistd(args, tmp_path_factory.mktemp("twistd"))
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (found := LISTENING.search(server.log)):
-            if server.process.poll() is not None:
-                pytest.fail(f"twistd exited with {server.process.returncode}:\n{server.log}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"twistd did not listen in {START_TIMEOUT} s:\n{server.log}")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{found.group(1)}/mcp"
+        yield f"http://127.0.0.1:{server.listening_port()}/mcp"
     finally:
         server.stop()
 
