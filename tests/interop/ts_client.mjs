@@ -18,32 +18,11 @@ import {
   LoggingMessageNotificationSchema,
   ResourceUpdatedNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
+import { describe, finish, step, text } from './ts_common.mjs';
 
 const GLOBAL_TIMEOUT_MS = 30_000;
 const STEP = { timeout: 10_000 }; // per-request timeout (SDK default is 60 s)
 const transportErrors = []; // e.g. frames the transport could not parse (binary frames arrive as Blob)
-
-function describe(err) {
-  const out = { error: String(err?.message || err?.type || err) }; // connect errors are bare Events
-  if (typeof err?.code === 'number') out.code = err.code;
-  return out;
-}
-
-function finish(obj, code) {
-  process.stdout.write(JSON.stringify(obj) + '\n', () => process.exit(code));
-}
-
-async function step(steps, name, fn) {
-  try {
-    steps[name] = await fn();
-  } catch (err) {
-    steps[name] = describe(err);
-  }
-}
-
-function text(result) {
-  return result.content.filter((c) => c.type === 'text').map((c) => c.text).join('');
-}
 
 // What the client answers the server's requests with, and the notifications it saw.
 function playTheClient(client, seen) {

@@ -14,32 +14,11 @@
 // (`asked`: the requests the handlers were given, in order).
 // Exit 0 when the run completed (even with step errors), 1 on connection failure/global timeout.
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import { describe, finish, step, text } from './ts_common.mjs';
 
 const GLOBAL_TIMEOUT_MS = 30_000;
 const STEP = { timeout: 10_000 };
 const PROTOCOL_VERSION_KEY = 'io.modelcontextprotocol/protocolVersion';
-
-function describe(err) {
-  const out = { error: String(err?.message ?? err) };
-  if (typeof err?.code === 'number' || typeof err?.code === 'string') out.code = err.code;
-  return out;
-}
-
-function finish(obj, code) {
-  process.stdout.write(JSON.stringify(obj) + '\n', () => process.exit(code));
-}
-
-async function step(steps, name, fn) {
-  try {
-    steps[name] = await fn();
-  } catch (err) {
-    steps[name] = describe(err);
-  }
-}
-
-function text(result) {
-  return result.content.filter((c) => c.type === 'text').map((c) => c.text).join('');
-}
 
 // What each POST carried: the JSON-RPC method and the 2026-07-28 fields that matter here.
 function recordingFetch(posts) {
