@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import Agent
 from twisted.web.server import Site
 
-from mcp_twisted.hosting import Refusal
+from mcp_twisted.hosting import Admission, AdmissionRequest, Refusal, SessionHost
 from mcp_twisted.oauth import (
     IntrospectionCredentials,
     OAuthIdentity,
@@ -39,7 +39,7 @@ from mcp_twisted.oauth import (
 )
 from tests.http_support import Collect
 from tests.oauth.provider import OpenIDProvider
-from tests.support import listen
+from tests.support import listen, make_app
 
 RESOURCE = "http://127.0.0.1:8000/mcp"
 OTHER_RESOURCE = "http://127.0.0.1:8001/mcp"
@@ -132,6 +132,14 @@ async def test_a_token_from_the_provider_gives_its_identity(provider, server):
     # The keys came from the issuer's metadata: no jwks_uri was configured.
     assert server.server_metadata.document is not None
     assert server.server_metadata.document["jwks_uri"] == provider.jwks_uri
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_token_by_authorization_code_with_pkce_is_the_user(provider, server):
+    token = provider.token_by_code(RESOURCE, "files:read files:write", user="ada")
+    identity = await authenticate(server, token)
+    assert (identity.subject, identity.client_id) == ("ada", "mcp-public")
+    assert identity.scopes == {"files:read", "files:write"}
 
 
 @pytest_twisted.ensureDeferred
@@ -415,3 +423,22 @@ def test_an_identity_is_its_subject_at_its_issuer():
     assert first == refreshed and hash(first) == hash(refreshed)
     assert first != OAuthIdentity("alice", "https://other-idp")
     assert "alice@example.com" not in repr(first)
+
+
+# -- admission --------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_admission_takes_it_as_its_authenticator(provider, server):
+    """Today's ``Admission`` already calls ``authenticate`` and passes the
+    refusal on; with the keys cached the identity comes back at once."""
+    token = provider.token(RESOURCE, "mcp")
+    await authenticate(server, token)
+    admission = Admission(auth=server)
+    host = SessionHost(make_app()[0], admission=admission)
+    identity = host.admit(AdmissionRequest(path="/mcp", authorization=f"Bearer {token}"))
+    assert identity == OAuthIdentity("mcp-client", provider.issuer)
+    with pytest.raises(Refusal) as refused:
+        host.admit(AdmissionRequest(path="/mcp"))
+    assert refused.value.status == 401
+    assert challenge(refused.value) == f'Bearer resource_metadata="{METADATA_URL}"'

@@ -12,6 +12,10 @@
 //   mcp-client   client credentials; JWT access tokens for either resource
 //   mcp-opaque   client credentials; opaque access tokens (for introspection)
 //   mcp-server   the resource server itself, to call the introspection endpoint
+//   mcp-public   a public client (no secret): authorization code with PKCE,
+//                redirect http://127.0.0.1/callback; the dev login form
+//                accepts any name, which becomes the token's subject
+// Dynamic client registration (RFC 7591) is open, for SDK clients that register.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import { createInterface } from 'node:readline';
@@ -43,11 +47,24 @@ function client(id, extra = {}) {
 
 function configuration(keys) {
   return {
-    clients: [client('mcp-client'), client('mcp-opaque'), client('mcp-server', { grant_types: [] })],
+    clients: [
+      client('mcp-client'),
+      client('mcp-opaque'),
+      client('mcp-server', { grant_types: [] }),
+      {
+        client_id: 'mcp-public',
+        application_type: 'native',
+        token_endpoint_auth_method: 'none',
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        redirect_uris: ['http://127.0.0.1/callback'],
+      },
+    ],
     jwks: { keys },
     ttl: { ClientCredentials: 300 },
     features: {
-      devInteractions: { enabled: false },
+      devInteractions: { enabled: true },
+      registration: { enabled: true },
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
       resourceIndicators: {
