@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from io import BytesIO
 from typing import Any, cast
-from urllib.parse import quote, urlencode
+from urllib.parse import quote_plus, urlencode
 
 import orjson
 from twisted.internet.defer import Deferred, succeed
@@ -100,7 +100,7 @@ class JSONClient:
     ) -> Deferred[dict[str, Any]]:
         """POST a form with HTTP Basic client authentication (RFC 6749 2.3.1:
         both parts form-encoded first); the answer's JSON object."""
-        credentials = f"{quote(username, safe='')}:{quote(password, safe='')}".encode()
+        credentials = f"{quote_plus(username)}:{quote_plus(password)}".encode()
         headers = Headers({
             b"Accept": [b"application/json"],
             b"Content-Type": [b"application/x-www-form-urlencoded"],

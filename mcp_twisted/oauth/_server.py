@@ -128,7 +128,7 @@ class OAuthSettings:
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     leeway: float = DEFAULT_LEEWAY  # seconds of clock skew allowed on exp and nbf
     require_at_jwt: bool = False
-    jwks_min_refresh: float = 30.0
+    jwks_min_refresh: float = 30.0  # also the wait before asking again for metadata that failed
     jwks_max_age: float = 3600.0
     introspection_cache_ttl: float = 30.0
     introspection_cache_size: int = 1024
@@ -170,7 +170,8 @@ class OAuthResourceServer:
         self.settings = settings
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.client = JSONClient(reactor, agent=agent)
-        self.server_metadata = ServerMetadata(settings.issuer, self.client, self.clock)
+        self.server_metadata = ServerMetadata(settings.issuer, self.client, self.clock,
+                                              retry_after=settings.jwks_min_refresh)
         audiences = settings.audiences or (settings.resource,)
         self.metadata = ProtectedResourceMetadata(
             resource=settings.resource,
