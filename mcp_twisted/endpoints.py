@@ -25,11 +25,19 @@ here binds to loopback unless told otherwise), ``backlog``, ``extraCertChain``,
 Key and certificate files are checked when the endpoint is parsed, and a
 wrong one is named with the reason (a certificate given as the key, a key
 that does not belong to the certificate), not with OpenSSL's error stack.
+
+``reuseport:`` wraps any TCP-based endpoint string so that its listener sets
+``SO_REUSEPORT`` (``reuseport:tcp:8080:interface=0.0.0.0``,
+``reuseport:ssl:8443:...``, ``haproxy:reuseport:tcp:8080``): several
+processes then listen on one port and the kernel spreads connections among
+them. It needs Twisted's bindings (26.10 and later) and an OS with
+``SO_REUSEPORT``; elsewhere parsing fails with a one-line reason.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 
 from OpenSSL import SSL, crypto
@@ -37,6 +45,8 @@ from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint, IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
+from twisted.protocols.haproxy import proxyEndpoint
+from twisted.protocols.haproxy._parser import unparseEndpoint
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
@@ -46,8 +56,10 @@ __all__ = [
     "FORWARD_SECRET_CIPHERS",
     "ForwardSecretTLSServerParser",
     "MutualTLSServerParser",
+    "ReusePortServerParser",
     "load_key_and_certificate",
     "loopback_by_default",
+    "reuse_port_reactor",
     "server_from_string",
     "server_tls_options",
 ]
@@ -185,9 +197,62 @@ class MutualTLSServerParser:
         return SSL4ServerEndpoint(reactor, int(port), options, backlog=int(backlog), interface=interface)
 
 
+class _ReusePortReactor:
+    """A reactor whose TCP and TLS listeners set ``SO_REUSEPORT``.
+
+    Endpoints call ``listenTCP``/``listenSSL`` with a port number; this hands
+    the reactor a Twisted binding instead, so every TCP-based endpoint type
+    (``tcp``, ``ssl``, ``mtls``, ``haproxy:``) gets the option unchanged.
+    """
+
+    def __init__(self, reactor: Any, make_binding: Any) -> None:
+        self._reactor = reactor
+        self._make_binding = make_binding
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        binding = self._make_binding(interface, port, reuseAddress=True, reusePort=True)
+        return self._reactor.listenTCP(binding, factory, backlog, interface)
+
+    def listenSSL(self, port: int, factory: Any, contextFactory: Any, backlog: int = 50,
+                  interface: str = "") -> Any:
+        binding = self._make_binding(interface, port, reuseAddress=True, reusePort=True)
+        return self._reactor.listenSSL(binding, factory, contextFactory, backlog, interface)
+
+
+def reuse_port_reactor(reactor: Any) -> Any:
+    """``reactor``, with ``SO_REUSEPORT`` on the TCP listeners endpoints open
+    through it; ``ValueError`` where Twisted or the OS cannot do it."""
+    try:
+        from twisted.internet.tcp import makeBinding
+    except ImportError:
+        import twisted
+
+        raise ValueError(f"SO_REUSEPORT needs Twisted 26.10 or later (this is Twisted {twisted.__version__})"
+                         ) from None
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("SO_REUSEPORT is not available on this operating system")
+    return _ReusePortReactor(reactor, makeBinding)
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class ReusePortServerParser:
+    """``reuseport:<endpoint>``: the wrapped endpoint's listener sets ``SO_REUSEPORT``."""
+
+    prefix = "reuseport"
+
+    def parseStreamServer(self, reactor: Any, *args: object, **kwargs: object) -> IStreamServerEndpoint:
+        return server_from_string(reuse_port_reactor(reactor), unparseEndpoint(args, kwargs))
+
+
 def server_from_string(reactor: Any, description: str) -> IStreamServerEndpoint:
-    """``serverFromString``, except that ``ssl:`` offers only forward-secret ciphers."""
+    """``serverFromString``, except that ``ssl:`` offers only forward-secret
+    ciphers, also under the ``haproxy:`` and ``reuseport:`` wrappers."""
     kind, sep, rest = description.partition(":")
+    if sep and kind == "haproxy":
+        return proxyEndpoint(server_from_string(reactor, rest))
     if sep and kind == "ssl":
         description = f"{ForwardSecretTLSServerParser.prefix}:{rest}"
     endpoint: IStreamServerEndpoint = serverFromString(reactor, description)

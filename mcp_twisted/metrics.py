@@ -3,7 +3,9 @@
 ``Metrics`` holds the counters a factory updates as connections come and go
 and requests finish. ``metrics_site(factory)`` is a twisted.web ``Site`` with
 ``/metrics`` (prometheus-client's exposition) and ``/healthz`` (200 while
-serving, 503 while draining at shutdown). Gauges that describe the present
+serving, 503 from the first moment of a shutdown, so load balancers stop
+sending new clients before connections close); ``health_site`` serves only
+``/healthz``, and ``with_health`` adds it in front of another resource. Gauges that describe the present
 (open connections, buffered bytes) are read at scrape time, so they cost
 nothing between scrapes.
 """
@@ -25,8 +27,11 @@ if TYPE_CHECKING:
     from mcp_twisted.websocket import MCPServerFactory
 
 __all__ = [
+    "Health",
     "Metrics",
+    "health_site",
     "metrics_site",
+    "with_health",
 ]
 
 
@@ -105,6 +110,9 @@ class _LiveGauges:
         yield GaugeMetricFamily(
             "mcp_requests_in_flight", "Requests running",
             factory.host.in_flight if factory is not None else 0)
+        yield GaugeMetricFamily(
+            "mcp_draining", "1 while the server is shutting down (/healthz says 503)",
+            int(factory is not None and factory.draining))
 
 
 class _Exposition(Resource):
@@ -128,7 +136,9 @@ class _Exposition(Resource):
         return encoder(self.registry)
 
 
-class _Health(Resource):
+class Health(Resource):
+    """``/healthz``: 200 while serving, 503 while draining."""
+
     isLeaf = True
 
     def __init__(self, factory: MCPServerFactory) -> None:
@@ -149,7 +159,42 @@ def metrics_site(factory: MCPServerFactory) -> Site:
         raise ValueError("the factory was made without metrics")
     root = Resource()
     root.putChild(b"metrics", _Exposition(factory.metrics.registry))
-    root.putChild(b"healthz", _Health(factory))
+    root.putChild(b"healthz", Health(factory))
+    return _quiet_site(root)
+
+
+def health_site(factory: MCPServerFactory) -> Site:
+    """Only ``/healthz``: a listener for probes, e.g. when the main one
+    expects the PROXY protocol header first."""
+    root = Resource()
+    root.putChild(b"healthz", Health(factory))
+    return _quiet_site(root)
+
+
+def _quiet_site(root: Resource) -> Site:
     site = Site(root)
     site.noisy = False
+    return site
+
+
+class _HealthFirst(Resource):
+    """``/healthz`` answered here, every other path by the wrapped leaf."""
+
+    isLeaf = True
+
+    def __init__(self, health: Health, other: Resource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's Resource, unannotated
+        self.health = health
+        self.other = other
+
+    def render(self, request: Request) -> bytes | int:
+        if request.path == b"/healthz" and request.method in (b"GET", b"HEAD"):
+            return self.health.render(request)  # type: ignore[no-any-return,no-untyped-call]  # Twisted's, unannotated
+        return self.other.render(request)  # type: ignore[no-any-return]  # Twisted's, unannotated
+
+
+def with_health(site: Site, factory: MCPServerFactory) -> Site:
+    """``site`` with ``/healthz`` served before its own (leaf) resource looks
+    at the request: load balancers check the port they send clients to."""
+    site.resource = _HealthFirst(Health(factory), site.resource)
     return site

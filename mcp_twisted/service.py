@@ -10,6 +10,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from mcp_twisted.jsonrpc import RPCError
@@ -59,9 +60,15 @@ class MCPService(MultiService):
     Streamable HTTP on the same path: an upgrade request goes to Autobahn,
     everything else to twisted.web.
 
-    Stopping (twistd's SIGTERM path) goes in three steps:
+    Stopping (twistd's SIGTERM path) goes in these steps:
 
-    1. stop accepting connections; new sessions get 503;
+    0. at once ``/healthz`` and new sessions (WebSocket upgrades, HTTP
+       ``initialize``) get 503, while live sessions are served as before for
+       ``drain_delay`` seconds, so a load balancer marks this server down and
+       sends new clients elsewhere before anyone is disconnected.
+       ``SO_REUSEPORT`` listeners (``reuse_port``) close at once instead: the
+       kernel then gives new connections to the other processes on the port;
+    1. stop accepting connections;
     2. drain: new requests are refused (``-32003``) while requests already
        running may finish, for up to ``drain_timeout`` seconds; those still
        running then are cancelled and answered with ``-32003`` too;
@@ -78,9 +85,12 @@ class MCPService(MultiService):
         *,
         http: MCPHTTPResource | None = None,
         websocket: bool = True,
+        drain_delay: float = 0.0,
         drain_timeout: float = 10.0,
         close_timeout: float = 5.0,
         metrics_endpoint: IStreamServerEndpoint | None = None,
+        health_endpoint: IStreamServerEndpoint | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """
         :param endpoints: where to listen; a mapping from endpoint strings to
@@ -90,9 +100,15 @@ class MCPService(MultiService):
         :param metrics_endpoint: where to serve ``/metrics`` and ``/healthz``
             (the factory must have been given ``metrics``). It keeps serving
             while connections drain, so health checks see the 503.
+        :param health_endpoint: where to serve only ``/healthz`` (it is also
+            on every main listener that serves HTTP), kept serving likewise.
+        :param reuse_port: the listeners share their port with other
+            processes: close them as soon as the drain starts.
         """
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's MultiService, unannotated
         self.factory = factory
+        self.drain_delay = drain_delay
+        self.reuse_port = reuse_port
         self.drain_timeout = drain_timeout
         self.close_timeout = close_timeout
         self.listeners = MultiService()
@@ -103,9 +119,10 @@ class MCPService(MultiService):
             from autobahn.twisted.resource import WebSocketResource
 
             from mcp_twisted.http import MCPSite
+            from mcp_twisted.metrics import with_health
 
-            listening = MCPSite(http, WebSocketResource(factory) if websocket else None,
-                                max_body_size=factory.host.limits.max_message_size)
+            listening = with_health(MCPSite(http, WebSocketResource(factory) if websocket else None,
+                                            max_body_size=factory.host.limits.max_message_size), factory)
         named = endpoints.items() if isinstance(endpoints, Mapping) else ((repr(e), e) for e in endpoints)
         for description, endpoint in named:
             _Listener(endpoint, listening, description).setServiceParent(self.listeners)
@@ -113,12 +130,23 @@ class MCPService(MultiService):
             from mcp_twisted.metrics import metrics_site
 
             _Listener(metrics_endpoint, metrics_site(factory), "metrics endpoint").setServiceParent(self)
+        if health_endpoint is not None:
+            from mcp_twisted.metrics import health_site
+
+            _Listener(health_endpoint, health_site(factory), "health endpoint").setServiceParent(self)
 
     @inlineCallbacks
     def stopService(self) -> Generator[Deferred[Any], Any, None]:
         host = self.factory.host
         host.draining = True
-        yield self.listeners.stopService()
+        if self.reuse_port:
+            yield self.listeners.stopService()
+        if self.drain_delay:
+            log.info("Draining: /healthz and new sessions get 503; {count} sessions served {delay:g} s more",
+                     count=len(host.sessions), delay=self.drain_delay)
+            yield deferLater(self.factory.clock, self.drain_delay)
+        if self.listeners.running:
+            yield self.listeners.stopService()
         sessions = list(host.sessions)
         if host.in_flight:
             log.info("Draining: waiting up to {timeout}s for {count} running requests",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,8 @@ class Options(usage.Options):
         ["no-websocket", None, "Serve Streamable HTTP only (no WebSocket upgrade)."],
         ["always-stream", None, "Answer every HTTP request on an SSE stream with a priming event, so any "
          "answer can be resumed after a dropped connection (default: JSON unless the handler streams)."],
+        ["reuse-port", None, "Set SO_REUSEPORT on TCP listeners, so that several processes can listen on "
+         "one port and the kernel spreads connections among them (Twisted 26.10 or later)."],
     ]
 
     optParameters: list[Any] = [
@@ -133,6 +136,10 @@ class Options(usage.Options):
          _positive_float],
         ["close-handshake-timeout", None, 1.0, "Seconds to wait for the peer's close frame.",
          _positive_float],
+        ["drain-delay", None, 0.0,
+         "At shutdown, seconds to keep serving live sessions while /healthz and new sessions get 503, "
+         "so that load balancers see the drain first (at least their check interval times fall).",
+         _positive_float],
         ["drain-timeout", None, 10.0,
          "At shutdown, seconds running requests may take to finish before connections close.",
          _positive_float],
@@ -142,6 +149,15 @@ class Options(usage.Options):
          "Serve Prometheus /metrics and /healthz here, e.g. tcp:9100:interface=127.0.0.1."],
         ["close-timeout", None, 5.0, "At shutdown, seconds to wait for clients to close (after draining).",
          _positive_float],
+        ["health-endpoint", None, None,
+         "Also serve /healthz on its own listener (e.g. for probes when the main one speaks PROXY "
+         "protocol): tcp:8081:interface=127.0.0.1."],
+        ["workers", None, 0,
+         "Run this many server processes, each with --reuse-port, under a thin parent that restarts "
+         "one that dies and passes SIGTERM on (0: one process, no parent).", _count(0)],
+        ["bus", None, None,
+         "Share resource and list-change notifications with every instance serving this app: "
+         "redis://host:port[/db] (needs mcp-twisted[redis])."],
     ]
 
     def __init__(self) -> None:
@@ -149,6 +165,13 @@ class Options(usage.Options):
         self["endpoints"] = []
         self["allowed_origins"] = []
         self["allowed_hosts"] = []
+        self["trusted_proxies"] = []
+        self.arguments: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept for --workers, which starts children with the same arguments.
+        self.arguments = list(options if options is not None else sys.argv[1:])
+        super().parseOptions(options)  # type: ignore[no-untyped-call]  # Twisted's usage.Options, unannotated
 
     def opt_endpoint(self, description: str) -> None:
         """Where to listen, as a Twisted endpoint string (repeatable); default
@@ -168,6 +191,12 @@ class Options(usage.Options):
         e.g. the public name a reverse proxy forwards: mcp.example.com."""
         self["allowed_hosts"].append(host)
 
+    def opt_trusted_proxy(self, network: str) -> None:
+        """An address or network (CIDR) of a proxy whose X-Forwarded-For header is believed
+        (repeatable), e.g. 10.0.0.0/8; the client's address is then the last one it names
+        that is not a trusted proxy. Behind HAProxy prefer haproxy: endpoints (PROXY protocol)."""
+        self["trusted_proxies"].append(network)
+
     def postOptions(self) -> None:
         if not self["endpoints"]:
             self["endpoints"] = [DEFAULT_ENDPOINT]
@@ -180,7 +209,6 @@ def load_app(spec: str, app_dir: str | None = None) -> MCPServer:
     gunicorn's working directory do: the ``twistd`` script's path starts with
     its own directory, so an app next to the operator would not be found.
     """
-    import sys
     from pathlib import Path
 
     module_name, _, attribute = spec.partition(":")
@@ -236,15 +264,35 @@ class TwistdService(MCPWebSocketService):
             raise StartupError(str(e)) from None
 
 
+def make_workers(reactor: Any, options: Options) -> IService:
+    """The ``--workers`` parent. Endpoint strings are checked here, once, so a
+    mistake is one line instead of N children failing in a loop."""
+    from mcp_twisted.endpoints import reuse_port_reactor
+    from mcp_twisted.workers import WorkersService, child_arguments, twistd_command
+
+    try:
+        reusing = reuse_port_reactor(reactor)
+    except ValueError as e:
+        raise StartupError(f"--workers: {e}") from None
+    make_endpoints(reusing, options["endpoints"])
+    stop_timeout = options["drain-delay"] + options["drain-timeout"] + options["close-timeout"] + 5
+    return WorkersService(reactor, twistd_command(child_arguments(options.arguments)), options["workers"],
+                          stop_timeout)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    if options["workers"]:
+        return make_workers(reactor, options)
     # Everything the server itself imports, imported before --app-dir goes
     # first on sys.path: a stray file there (prometheus_client.py, ...) must
     # not replace the server's own modules.
     import mcp_twisted.auth
+    import mcp_twisted.bus
     import mcp_twisted.endpoints
-    import mcp_twisted.metrics  # noqa: F401
+    import mcp_twisted.metrics
+    import mcp_twisted.proxy
 
     app = load_app(options["app"], options["app-dir"])
     # Per-session limits the app keeps; the operator's word wins over the app's.
@@ -252,7 +300,21 @@ def makeService(options: Options) -> IService:
         app.max_subscriptions = options["max-subscriptions"]
     if options["max-uri-length"] is not None:
         app.max_uri_length = options["max-uri-length"]
-    endpoints = make_endpoints(reactor, options["endpoints"])
+    listening_reactor: Any = reactor
+    if options["reuse-port"]:
+        try:
+            listening_reactor = mcp_twisted.endpoints.reuse_port_reactor(reactor)
+        except ValueError as e:
+            raise StartupError(f"--reuse-port: {e}") from None
+    endpoints = make_endpoints(listening_reactor, options["endpoints"])
+    health_endpoint = None
+    if options["health-endpoint"]:
+        (health_endpoint,) = make_endpoints(
+            reactor, [options["health-endpoint"]], "--health-endpoint").values()
+    try:
+        trusted_proxies = mcp_twisted.proxy.TrustedProxies(options["trusted_proxies"])
+    except ValueError as e:
+        raise StartupError(f"--trusted-proxy: {e}") from None
     auth = None
     if options["auth-token-file"]:
         from mcp_twisted.auth import TokenAuthenticator
@@ -304,6 +366,7 @@ def makeService(options: Options) -> IService:
             close_handshake_timeout=options["close-handshake-timeout"],
             auth=auth,
             metrics=metrics,
+            trusted_proxies=trusted_proxies,
         )
     except ValueError as e:
         raise StartupError(str(e)) from None
@@ -325,8 +388,17 @@ def makeService(options: Options) -> IService:
             output_stall_timeout=options["output-stall-timeout"],
             always_stream=bool(options["always-stream"]),
         ))
-    return TwistdService(
+    service = TwistdService(
         factory, endpoints, http=http, websocket=not options["no-websocket"],
-        drain_timeout=options["drain-timeout"], close_timeout=options["close-timeout"],
-        metrics_endpoint=metrics_endpoint,
+        drain_delay=options["drain-delay"], drain_timeout=options["drain-timeout"],
+        close_timeout=options["close-timeout"], metrics_endpoint=metrics_endpoint,
+        health_endpoint=health_endpoint, reuse_port=bool(options["reuse-port"]),
     )
+    if options["bus"]:
+        try:
+            bus = mcp_twisted.bus.redis_bus(options["bus"])
+        except (ValueError, ImportError) as e:
+            raise StartupError(f"--bus {options['bus']!r}: {e}") from None
+        app.use_bus(bus)
+        bus.setServiceParent(service)  # type: ignore[no-untyped-call]  # Twisted's Service, unannotated
+    return service

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -55,6 +56,7 @@ from mcp_twisted.hosting import (
     normalize_origin,
     unsent_bytes,
 )
+from mcp_twisted.proxy import TrustedProxies
 from mcp_twisted.server import MCPServer
 from mcp_twisted.session import Session, State
 
@@ -117,6 +119,16 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         headers = request.headers
+        # The client's real address, for the logs: a PROXY protocol header has
+        # been read by now (Autobahn took the peer before it arrived), and a
+        # trusted proxy names the client in X-Forwarded-For.
+        self.peer = request.peer = peer2str(self.transport)
+        trusted = self.factory.trusted_proxies
+        if trusted:
+            client = trusted.client_address(getattr(self.transport.getPeer(), "host", ""),
+                                            headers.get("x-forwarded-for"))
+            if client is not None:
+                self.peer = request.peer = client
         try:
             # Only sessions hold slots (the capacity check); connections still
             # in the handshake have their own, smaller table (connectionMade).
@@ -465,6 +477,7 @@ class MCPWebSocketServerFactory(WebSocketServerFactory):
         auth: TokenAuthenticator | None = None,
         metrics: Metrics | None = None,
         clock: IReactorTime | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         """
         :param host: serve this host's app with its limits and admission; the
@@ -502,6 +515,8 @@ class MCPWebSocketServerFactory(WebSocketServerFactory):
             listeners; ``None`` keeps Twisted's 64 KiB).
         :param auth: require ``Authorization: Bearer`` tokens (HTTP 401 otherwise).
         :param metrics: count connections and requests (see ``metrics_site``).
+        :param trusted_proxies: proxies whose ``X-Forwarded-For`` names the
+            client in logs (see ``mcp_twisted.proxy``).
         """
         super().__init__(url, server=None)  # type: ignore[no-untyped-call]  # Autobahn's, unannotated
         check_timer_settings(
@@ -521,6 +536,7 @@ class MCPWebSocketServerFactory(WebSocketServerFactory):
                 metrics=metrics, clock=clock, client_request_timeout=app.client_request_timeout,
             )
         self.host = host
+        self.trusted_proxies = trusted_proxies if trusted_proxies is not None else TrustedProxies()
         self.write_buffer_size = write_buffer_size
         self.max_handshakes = max_handshakes
         self.max_header_bytes = max_header_bytes

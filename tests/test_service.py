@@ -1,10 +1,13 @@
-"""Graceful shutdown of the service over real sockets: drain, then 1001. The
-drain and close timeouts, and the handlers' work, run on a ``task.Clock``."""
+"""Graceful shutdown of the service over real sockets: 503 to newcomers for
+the drain delay, drain, then 1001. The delay, the drain and close timeouts,
+and the handlers' work, run on a ``task.Clock``."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionRefusedError
@@ -12,7 +15,16 @@ from twisted.internet.error import ConnectionRefusedError
 from mcp_twisted import MCPServer
 from mcp_twisted.service import MCPWebSocketService
 from mcp_twisted.websocket import MCPServerFactory
-from tests.support import ProbeClient, RecordingEndpoint, connect, run_timers_on, until
+from tests.http_support import init_message, raw_request
+from tests.support import (
+    ProbeClient,
+    RecordingEndpoint,
+    connect,
+    handshake,
+    raw_response,
+    run_timers_on,
+    until,
+)
 
 
 class Shutdown:
@@ -91,5 +103,66 @@ async def test_drain_timeout_bounds_the_wait_and_cancels_stragglers():
     assert shutdown.cancelled == 1
     answer = await client.next_message()
     assert answer["id"] == 1 and answer["error"]["code"] == -32003
+    assert (await client.closed)[1] == 1001
+    await stopping
+
+
+class Draining:
+    """A started service with WebSocket and HTTP on one listener and a drain delay on a Clock."""
+
+    def __init__(self, *, drain_delay: float, reuse_port: bool = False) -> None:
+        from mcp_twisted.http import MCPHTTPResource
+
+        self.clock = task.Clock()
+        app = MCPServer("drain-test")
+        app.add_tool(lambda: "pong", name="ping")
+        factory = MCPServerFactory(app, clock=self.clock)
+        run_timers_on(factory, self.clock)
+        self.endpoint = RecordingEndpoint()
+        self.service = MCPWebSocketService(
+            factory, [self.endpoint], http=MCPHTTPResource(factory.host), drain_delay=drain_delay,
+            reuse_port=reuse_port)
+        self.service.startService()
+
+    async def healthz(self) -> bytes:
+        return await raw_response(self.endpoint.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_delay_says_503_to_newcomers_and_serves_live_sessions_until_it_ends():
+    draining = Draining(drain_delay=5.0)
+    assert (await draining.healthz()).startswith(b"HTTP/1.1 200")
+    client = await connect(draining.endpoint.port)
+    await client.initialize()
+    stopping = defer.ensureDeferred(draining.service.stopService())
+    # At once: the health check and new sessions (upgrade or HTTP initialize) get 503.
+    assert (await draining.healthz()).startswith(b"HTTP/1.1 503")
+    assert (await handshake(draining.endpoint.port))[0] == 503
+    initialize = raw_request("POST", host="127.0.0.1", body=json.dumps(init_message()).encode(), headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    assert (await raw_response(draining.endpoint.port, initialize)).startswith(b"HTTP/1.1 503")
+    # The live session is served as before, for the whole delay.
+    draining.clock.advance(4.9)
+    reply = await client.request(2, "tools/call", {"name": "ping", "arguments": {}})
+    assert reply["result"]["content"][0]["text"] == "pong"
+    assert not client.closed.called
+    draining.clock.advance(0.1)
+    assert (await client.closed)[:2] == (True, 1001)
+    await stopping
+
+
+@pytest_twisted.ensureDeferred
+async def test_reuse_port_listeners_close_when_the_drain_starts():
+    """The kernel then gives new connections to the other processes on the port."""
+    draining = Draining(drain_delay=5.0, reuse_port=True)
+    client = await connect(draining.endpoint.port)
+    await client.initialize()
+    stopping = defer.ensureDeferred(draining.service.stopService())
+    await until(lambda: not draining.service.listeners.running)
+    with pytest.raises(ConnectionRefusedError):
+        await connect(draining.endpoint.port)
+    reply = await client.request(2, "tools/call", {"name": "ping", "arguments": {}})
+    assert reply["result"]["content"][0]["text"] == "pong"
+    draining.clock.advance(5)
     assert (await client.closed)[1] == 1001
     await stopping

@@ -918,3 +918,46 @@ def test_hardening_limits_have_safe_defaults():
 
 
 LIMITS_APP = MCPServer("limits")
+
+
+# -- scale-out options ------------------------------------------------------------
+
+
+SCALE_APP = MCPServer("scale-options")
+
+
+def test_scale_out_options_reach_the_service_factory_and_app():
+    from mcp_twisted.bus import RedisBus
+
+    options = parse(
+        "--app", "tests.test_tap:SCALE_APP", "--endpoint", "tcp:0:interface=127.0.0.1", "--reuse-port",
+        "--drain-delay", "3", "--health-endpoint", "tcp:0:interface=127.0.0.1",
+        "--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "127.0.0.1", "--bus", "redis://127.0.0.1:6390/2",
+    )
+    service = tap.makeService(options)
+    assert (service.drain_delay, service.reuse_port) == (3.0, True)
+    assert service.factory.trusted_proxies.client_address("10.0.0.1", "203.0.113.7") == "203.0.113.7"
+    (bus,) = (child for child in service if isinstance(child, RedisBus))
+    assert (bus.host, bus.port, bus.dbid) == ("127.0.0.1", 6390, 2)
+    assert SCALE_APP._channel is not None and SCALE_APP._channel.channel == "mcp:scale-options"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--trusted-proxy", "10.0.0.0/40"], "mcpws: error: --trusted-proxy: '10.0.0.0/40' is not an IP address"),
+    (["--bus", "amqp://broker"], "mcpws: error: --bus 'amqp://broker': expected redis://host[:port][/db]"),
+    (["--bus", "redis://host/db"], "mcpws: error: --bus 'redis://host/db': database 'db' is not a number"),
+    (["--workers", "2", "--endpoint", "tcp:nonsense"], "mcpws: error: --endpoint 'tcp:nonsense'"),
+])
+def test_scale_out_mistakes_are_one_line(args: list[str], message: str):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        tap.makeService(parse("--app", "tests.test_tap:SCALE_APP", *args))
+
+
+def test_workers_make_a_parent_that_runs_reuse_port_children():
+    from mcp_twisted.workers import WorkersService
+
+    options = parse("--workers", "3", "--endpoint", "tcp:8080:interface=127.0.0.1", "--drain-delay", "2")
+    service = tap.makeService(options)
+    assert isinstance(service, WorkersService) and service.count == 3
+    assert "--workers" not in service.command and service.command[-1] == "--reuse-port"
+    assert service.stop_timeout == 2 + 10 + 5 + 5

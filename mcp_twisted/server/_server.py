@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mcp_twisted.bus import AppChannel, IEventBus
 from mcp_twisted.eras import META_SERVER_INFO, MODERN_VERSIONS
 from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, Request, RPCError, brief, clip, is_request_id
 from mcp_twisted.protocol import (
@@ -106,6 +107,7 @@ class MCPServer:
         self.cache = cache if cache is not None else CachePolicy()
         self.state_sealer = StateSealer(state_key)
         self._listeners = Listeners()
+        self._channel: AppChannel | None = None
         self._tools: dict[str, Tool] = {}
         self._resources: dict[str, Resource] = {}
         self._templates: dict[str, ResourceTemplate] = {}
@@ -316,13 +318,45 @@ class MCPServer:
 
     def notify_resource_updated(self, uri: str) -> None:
         """Tell every session subscribed to ``uri`` (and every listen stream
-        that asked for it) that it changed."""
+        that asked for it) that it changed, here and, with a bus
+        (``use_bus``), on every other instance of this app."""
+        self._resource_updated(uri)
+        if self._channel is not None:
+            self._channel.publish({"method": Notify.RESOURCES_UPDATED, "uri": uri})
+
+    def use_bus(self, bus: IEventBus) -> None:
+        """Share ``notify_resource_updated`` and list changes with every
+        instance that uses the same bus and server name (its channel)."""
+        self._channel = AppChannel(bus, self.name, self._from_bus, self.resync)
+
+    def resync(self) -> None:
+        """Events may have been missed (the bus reconnected): every session
+        and listen stream hears that each list changed, and every
+        subscribed resource that it was updated; clients fetch again."""
+        for method in LIST_CHANGED_KIND:
+            self._local_list_changed(method)
+        for uri in sorted({uri for state in self._sessions.values() for uri in state.subscriptions}):
+            self._resource_updated(uri)
+
+    def _from_bus(self, event: dict[str, Any]) -> None:
+        method = event.get("method")
+        if method == Notify.RESOURCES_UPDATED and isinstance(event.get("uri"), str):
+            self._resource_updated(event["uri"])
+        elif method in LIST_CHANGED_KIND:
+            self._local_list_changed(method)
+
+    def _resource_updated(self, uri: str) -> None:
         self._listeners.resource_updated(uri)
         for session, state in self._sessions.items():
             if uri in state.subscriptions:
                 session.notify(Notify.RESOURCES_UPDATED, {"uri": uri}, key=(Notify.RESOURCES_UPDATED, uri))
 
     def _list_changed(self, method: str) -> None:
+        self._local_list_changed(method)
+        if self._channel is not None:
+            self._channel.publish({"method": method})
+
+    def _local_list_changed(self, method: str) -> None:
         self._listeners.list_changed(method)
         # Only sessions told about the capability at initialize may hear of it.
         capability = LIST_CHANGED_KIND[method]

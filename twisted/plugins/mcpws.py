@@ -1,4 +1,4 @@
-"""twistd plugin ``mcpws`` and the ``mtls:`` and forward-secret ``ssl:`` endpoint strings.
+"""twistd plugin ``mcpws`` and the ``mtls:``, ``reuseport:`` and forward-secret ``ssl:`` endpoint strings.
 
 Kept to declarations: importing the reactor here would break
 ``twistd --reactor=...`` for every plugin in this directory.
@@ -6,7 +6,7 @@ Kept to declarations: importing the reactor here would break
 
 from twisted.application.service import ServiceMaker
 
-from mcp_twisted.endpoints import ForwardSecretTLSServerParser, MutualTLSServerParser
+from mcp_twisted.endpoints import ForwardSecretTLSServerParser, MutualTLSServerParser, ReusePortServerParser
 
 mcpws = ServiceMaker(
     "mcp-twisted WebSocket server",
@@ -16,6 +16,8 @@ mcpws = ServiceMaker(
 )
 
 mtls = MutualTLSServerParser()
+
+reuseport = ReusePortServerParser()
 
 # Serves ssl: strings given to twistd mcpws (see mcp_twisted.endpoints.server_from_string).
 forward_secret_ssl = ForwardSecretTLSServerParser()

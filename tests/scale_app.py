@@ -1,0 +1,28 @@
+"""The app the scale-out tests serve from ``twistd`` processes: it says which
+process answered and lets a client change what other instances announce."""
+
+from __future__ import annotations
+
+import os
+
+from mcp_twisted import MCPServer
+
+server = MCPServer("scale-test", "1.0.0")
+
+
+@server.tool()
+def pid() -> str:
+    """The id of the process that answered."""
+    return str(os.getpid())
+
+
+@server.tool()
+def touch(uri: str) -> str:
+    """Announce that a resource changed, here and on every instance on the bus."""
+    server.notify_resource_updated(uri)
+    return "ok"
+
+
+@server.resource("scale://counter")
+def counter() -> str:
+    return "0"
