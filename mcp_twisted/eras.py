@@ -12,7 +12,9 @@ Plain data and pure functions, like ``protocol.py``; nothing here does I/O.
 
 from __future__ import annotations
 
+import base64
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,9 +37,13 @@ __all__ = [
     "UNSUPPORTED_PROTOCOL_VERSION",
     "ConnectionEra",
     "Era",
+    "InvalidToolHeaders",
     "Modern",
     "classify",
+    "encode_header_value",
     "http_status",
+    "request_headers",
+    "tool_param_headers",
 ]
 
 # Revisions of the stateless era this server speaks, oldest first.
@@ -167,3 +173,93 @@ def _requested(message: Request) -> object:
     params = message.params if isinstance(message.params, dict) else {}
     return params.get("protocolVersion")
 
+
+
+# -- the HTTP headers a 2026-07-28 client sends (SEP-2243) ------------------
+
+# An HTTP field name (RFC 9110 token): what an ``x-mcp-header`` may be.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# The types whose values can be mirrored into a header.
+_HEADER_TYPES = frozenset({"string", "integer", "boolean"})
+_ENCODED = re.compile(r"=\?base64\?.*\?=", re.DOTALL)
+# Which parameter names the request: Mcp-Name carries it.
+NAME_PARAM: Mapping[str, str] = {
+    Method.TOOLS_CALL: "name", Method.PROMPTS_GET: "name", Method.RESOURCES_READ: "uri",
+}
+
+
+class InvalidToolHeaders(ValueError):
+    """A tool's ``x-mcp-header`` annotations break SEP-2243's rules: clients
+    must leave such a tool out."""
+
+
+def tool_param_headers(input_schema: object) -> dict[str, str]:
+    """Argument name -> header name (without ``Mcp-Param-``) for the
+    top-level properties of a tool's input schema marked ``x-mcp-header``.
+
+    Raises ``InvalidToolHeaders`` for an empty name, one that is not an HTTP
+    token, a non-primitive property, or a name used twice (case-insensitively).
+    """
+    properties = input_schema.get("properties") if isinstance(input_schema, dict) else None
+    headers: dict[str, str] = {}
+    if not isinstance(properties, dict):
+        return headers
+    seen: set[str] = set()
+    for argument, schema in properties.items():
+        if not isinstance(schema, dict) or "x-mcp-header" not in schema:
+            continue
+        name = schema["x-mcp-header"]
+        if not isinstance(name, str) or not name:
+            raise InvalidToolHeaders(f"{argument!r}: x-mcp-header must be a non-empty string")
+        if not _TOKEN.fullmatch(name):
+            raise InvalidToolHeaders(f"{argument!r}: x-mcp-header {brief(name)} is not an HTTP header name")
+        if schema.get("type") not in _HEADER_TYPES:
+            raise InvalidToolHeaders(f"{argument!r}: x-mcp-header needs a string, integer or boolean type")
+        if name.lower() in seen:
+            raise InvalidToolHeaders(f"x-mcp-header {name!r} is used twice")
+        seen.add(name.lower())
+        headers[argument] = name
+    return headers
+
+
+def encode_header_value(value: object) -> str | None:
+    """A value as an HTTP header carries it; None for a value that is not sent
+    (null or absent, an object or array).
+
+    Strings that a header cannot carry as they are (non-ASCII, control
+    characters, leading or trailing whitespace, or text that looks encoded)
+    travel as ``=?base64?...?=``.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if not isinstance(value, str):
+        return None
+    plain = all(" " <= ch <= "~" for ch in value) and value == value.strip() and not _ENCODED.fullmatch(value)
+    if plain:
+        return value
+    return "=?base64?" + base64.b64encode(value.encode("utf-8")).decode("ascii") + "?="
+
+
+def request_headers(
+    method: str, params: object, param_headers: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """``Mcp-Method``, ``Mcp-Name`` and ``Mcp-Param-*`` for one message.
+
+    ``param_headers`` is ``tool_param_headers`` of the tool being called.
+    """
+    headers = {"Mcp-Method": method}
+    params = params if isinstance(params, dict) else {}
+    name_param = NAME_PARAM.get(method)
+    if name_param is not None:
+        name = encode_header_value(params.get(name_param))
+        if name is not None:
+            headers["Mcp-Name"] = name
+    arguments = params.get("arguments")
+    if param_headers and isinstance(arguments, dict):
+        for argument, header in param_headers.items():
+            value = encode_header_value(arguments.get(argument))
+            if value is not None:
+                headers[f"Mcp-Param-{header}"] = value
+    return headers

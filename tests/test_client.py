@@ -86,6 +86,7 @@ class Harness:
         options.setdefault("ping_timeout", 0)
         options.setdefault("backoff", fast_backoff())
         options.setdefault("request_timeout", 10.0)
+        options.setdefault("era", "legacy")  # these tests are about the handshake era
         service = MCPClientService(reactor, url, **options)
         self.services.append(service)
         service.startService()
@@ -237,7 +238,7 @@ def clocked_service(clock: task.Clock, endpoint: ScriptedEndpoint, **options: An
     options.setdefault("backoff", backoff_policy(initial_delay=1.0, max_delay=8.0, factor=2.0, jitter=False))
     return MCPClientService(
         MemoryReactorClock(), "ws://127.0.0.1:9/mcp", clock=clock, endpoint=endpoint,
-        ping_interval=0, ping_timeout=0, **options,
+        ping_interval=0, ping_timeout=0, era="legacy", **options,
     )
 
 

@@ -77,7 +77,7 @@ async def test_json_output_is_the_raw_result(demo_url):
     tools, echo = json.loads(tools_out), json.loads(echo_out)
     echo_tool = next(tool for tool in tools["tools"] if tool["name"] == "echo")
     assert echo_tool["inputSchema"]["required"] == ["text"]
-    assert echo == {"content": [{"type": "text", "text": "hi"}]}
+    assert echo["content"] == [{"type": "text", "text": "hi"}]
 
 
 @pytest_twisted.ensureDeferred

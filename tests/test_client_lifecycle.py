@@ -92,7 +92,8 @@ def server_factory(server: MCPServer | None = None, **options: Any) -> Any:
 def connect(server: Any) -> tuple[RecordingClientProtocol, Any, iosim.IOPump]:
     """A client connection to ``server``, in memory; nothing has moved yet."""
     clock = task.Clock()
-    factory = MCPClientFactory(MCPClient(clock), "ws://10.0.0.1/mcp", ping_interval=0, ping_timeout=0)
+    factory = MCPClientFactory(MCPClient(clock, era="legacy"), "ws://10.0.0.1/mcp", ping_interval=0,
+                               ping_timeout=0)
     factory.protocol = RecordingClientProtocol
     server_address = IPv4Address("TCP", "10.0.0.1", 80)
     client_address = IPv4Address("TCP", "10.0.0.2", 40000)

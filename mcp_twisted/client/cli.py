@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 
 from mcp_twisted.auth import load_certificates
 from mcp_twisted.client._api import ConnectionFailed, MCPClient
-from mcp_twisted.client._websocket import MCPClientService
+from mcp_twisted.client._service import MCPClientService
 from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.session import ConnectionLost, RequestTimedOut
 

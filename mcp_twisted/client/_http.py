@@ -1,0 +1,481 @@
+"""The client's Streamable HTTP transport, on twisted.web's ``Agent``.
+
+Every message the session sends is one POST (a persistent
+``HTTPConnectionPool`` keeps the TCP and TLS connections). What comes back
+(a JSON body or an SSE stream of messages) is fed to the session, so the
+session and ``MCPClient`` are the same as over WebSocket and stdio.
+
+Handshake era: the ``Mcp-Session-Id`` from the ``initialize`` answer is sent
+with every later request; a POST's SSE stream that ends before its answer is
+resumed with GET + ``Last-Event-ID`` after the stream's ``retry`` delay; a
+standalone GET stream carries what the server sends unprompted (a 405 means
+the server has none); answers to the server's requests are POSTed; 404 on
+the session means the server forgot it: the connection is lost, and the
+service re-initializes and restores subscriptions; closing sends DELETE.
+
+2026-07-28: each POST carries ``Mcp-Method``, ``Mcp-Name`` and
+``Mcp-Param-*`` beside ``MCP-Protocol-Version``; a request is cancelled by
+closing its stream (``notifications/cancelled`` is not posted).
+"""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from mcp_twisted import jsonrpc
+from mcp_twisted.client._api import MCPClient
+from mcp_twisted.client._connection import (
+    Connector,
+    SessionConnection,
+    describe_tls_failure,
+    origin_of,
+    tls_options,
+)
+from mcp_twisted.client._lifecycle import ConnectionState
+from mcp_twisted.client._sse import SSEEvent, SSEParser, StreamTooLarge
+from mcp_twisted.eras import META_PROTOCOL_VERSION, MODERN_VERSIONS, request_headers
+from mcp_twisted.jsonrpc import INTERNAL_ERROR, RemoteError, RequestId
+from mcp_twisted.protocol import Method, Notify
+
+__all__ = ["HTTPConnection", "HTTPConnector", "HTTPError"]
+
+log = Logger()
+
+# Milliseconds before a dropped stream is resumed when the server named no ``retry``.
+DEFAULT_RETRY_MS = 1000
+# Resumptions of one stream in a row that bring no new event before giving up.
+MAX_RESUMES = 5
+# Standalone GET streams reopened in a row without an event before giving up.
+MAX_GET_REOPENS = 5
+ACCEPT_BOTH = "application/json, text/event-stream"
+
+
+class HTTPError(RemoteError):
+    """The server answered a request over HTTP with a failure and no
+    JSON-RPC error (or the stream carrying the answer ended without it)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(INTERNAL_ERROR, message, {"status": status} if status is not None else None)
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@implementer(IPolicyForHTTPS)
+class _TLSPolicy:
+    """The WebSocket client's TLS options for ``Agent``: the same CA and
+    client-certificate settings."""
+
+    def __init__(self, tls_ca: str | None, tls_client_cert: str | None, tls_client_key: str | None) -> None:
+        self.settings = (tls_ca, tls_client_cert, tls_client_key)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return tls_options(hostname.decode("idna"), *self.settings)
+
+
+class _StreamReader(Protocol):
+    """Reads one SSE response (a POST's, a resumption's or the standalone GET's)."""
+
+    def __init__(self, connection: HTTPConnection, request_id: RequestId | None, parser: SSEParser,
+                 resumable: bool) -> None:
+        self.connection = connection
+        self.request_id = request_id  # whose answer it carries; None: the standalone GET stream
+        self.parser = parser
+        self.resumable = resumable
+        self.answered = False
+        self.events = 0
+        self.aborted = False
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            events = self.parser.feed(data)
+        except StreamTooLarge as e:
+            log.warn("Dropped an SSE stream from {url}: {error}", url=self.connection.target, error=str(e))
+            self.abort()
+            return
+        for event in events:
+            self.events += 1
+            self.connection._event_received(self, event)
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]  # a response body's transport is a producer
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008  # Twisted's signature
+        self.connection._stream_ended(self)
+
+
+class HTTPConnection(SessionConnection):
+    """One MCP conversation over Streamable HTTP: a session id (handshake
+    era) or none (2026-07-28), the streams open for it, and its session."""
+
+    def __init__(self, connector: HTTPConnector) -> None:
+        self._init_connection()
+        self.connector = connector
+        self.client = connector.client
+        self.target = connector.url
+        self.era_key = connector.origin
+        self.session_id: str | None = None
+        self._url = connector.url.encode("ascii")
+        self._readers: set[_StreamReader] = set()
+        self._posts: dict[RequestId, Deferred[IResponse]] = {}  # requests waiting for response headers
+        self._get_reopens = 0
+
+    def start(self) -> None:
+        # Nothing to set up before the first POST: open at once.
+        self._open_session(self._send)
+
+    @property
+    def open(self) -> bool:
+        return self.connection_state in (ConnectionState.INITIALIZING, ConnectionState.READY)
+
+    @property
+    def modern(self) -> bool:
+        return self.session is not None and self.session.protocol_version in MODERN_VERSIONS
+
+    # -- sending ----------------------------------------------------------
+
+    def _send(self, data: bytes, related: object = None, answer: bool = False) -> None:
+        message = json.loads(data)
+        method = message.get("method")
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        if method == Notify.CANCELLED and self.modern:
+            self._abort_request(params.get("requestId"))  # closing its stream is how 2026-07-28 cancels
+            return
+        request_id = message.get("id") if method is not None else None
+        headers = self._headers()
+        if self.session_id is not None:
+            headers["Mcp-Session-Id"] = self.session_id
+        meta = params.get("_meta")
+        version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
+        if version is None and self.session is not None and self.session.initialize_result is not None:
+            version = self.session.protocol_version
+        if version is not None:
+            headers["MCP-Protocol-Version"] = version
+        if method is not None:
+            tool = self.client.tool_headers.get(str(params.get("name")), {})
+            headers.update(request_headers(method, params, tool if method == Method.TOOLS_CALL else {}))
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = ACCEPT_BOTH
+        posted = self.connector.agent.request(b"POST", self._url, _headers(headers),
+                                              FileBodyProducer(BytesIO(data)))
+        if request_id is not None:
+            self._posts[request_id] = posted
+            posted.addBoth(self._posted_or_failed, request_id)
+        posted.addCallbacks(self._answered, self._failed, callbackArgs=(method, request_id))
+
+    def _headers(self) -> dict[str, str]:
+        return dict(self.connector.headers)
+
+    def _posted_or_failed(self, result: Any, request_id: RequestId) -> Any:
+        self._posts.pop(request_id, None)
+        return result
+
+    def _answered(self, response: IResponse, method: str | None, request_id: RequestId | None) -> None:
+        session_ids = response.headers.getRawHeaders(b"mcp-session-id")
+        if method == Method.INITIALIZE and session_ids and response.code < 300:
+            self.session_id = session_ids[0].decode("ascii", "replace")
+        if response.code == 404 and self.session_id is not None and method != Method.INITIALIZE:
+            self._lose("the server ended the session (HTTP 404)", expired=True)
+            response.deliverBody(_Discard())
+            return
+        if response.code < 300 and _content_type(response) == "text/event-stream":
+            self._read_stream(response, request_id, SSEParser(), resumable=not self.modern)
+            return
+        body = _Collect(self.connector.max_body_size)
+        response.deliverBody(body)
+        body.done.addCallbacks(self._body_received, self._failed,
+                               callbackArgs=(response.code, response.phrase, method, request_id))
+
+    def _body_received(self, body: bytes, status: int, phrase: bytes, method: str | None,
+                       request_id: RequestId | None) -> None:
+        if self.session is None or (not self.open and request_id is None):
+            return
+        if body.strip():
+            try:
+                message = jsonrpc.parse(body)
+            except jsonrpc.MessageError:
+                message = None
+            if isinstance(message, jsonrpc.ErrorResponse) and message.id is None and request_id is not None:
+                message = jsonrpc.ErrorResponse(request_id, message.error)  # an error about this POST
+            if message is not None and (request_id is None or _answers(message, request_id)):
+                self.session.dispatch(message)
+                return
+        if status >= 300 or request_id is not None:
+            text = body[:200].decode("utf-8", "replace").strip()
+            error = f"HTTP {status} {phrase.decode('latin-1')}" + (f": {text}" if text else "")
+            if request_id is not None:
+                self._fail(request_id, error, status)
+            else:
+                log.warn("{url} refused {what}: {error}", url=self.target, what=method or "an answer",
+                         error=error)
+
+    def _fail(self, request_id: RequestId, error: str, status: int | None = None) -> None:
+        if self.session is not None:
+            self.session.dispatch(jsonrpc.ErrorResponse(request_id, HTTPError(error, status)))
+
+    def _failed(self, failure: Failure) -> None:
+        """A request that never got (all of) its response: the server is gone."""
+        error: Any = failure.value
+        if isinstance(error, ResponseNeverReceived | ResponseFailed) and error.reasons:
+            error = error.reasons[0].value
+        host = urlsplit(self.target).hostname or ""
+        self._lose(describe_tls_failure(error, host) or str(error) or type(error).__name__)
+
+    # -- streams ----------------------------------------------------------
+
+    def _read_stream(self, response: IResponse, request_id: RequestId | None, parser: SSEParser,
+                     resumable: bool) -> None:
+        reader = _StreamReader(self, request_id, parser, resumable)
+        self._readers.add(reader)
+        response.deliverBody(reader)
+
+    def _event_received(self, reader: _StreamReader, event: SSEEvent) -> None:
+        if self.session is None or not event.data.strip():
+            return  # a priming event: only its id and retry matter
+        try:
+            message = jsonrpc.parse(event.data)
+        except jsonrpc.MessageError as e:
+            log.warn("Dropped an SSE event from {url}: {error}", url=self.target, error=e.message)
+            return
+        if reader.request_id is None:
+            self._get_reopens = 0
+        elif _answers(message, reader.request_id):
+            reader.answered = True
+        self.session.dispatch(message)
+        if reader.answered and isinstance(reader.parser, _Resumed):
+            reader.abort()  # a resumption has served its purpose
+
+    def _stream_ended(self, reader: _StreamReader) -> None:
+        self._readers.discard(reader)
+        if reader.aborted or not self.open:
+            return
+        delay = (reader.parser.retry if reader.parser.retry is not None else DEFAULT_RETRY_MS) / 1000
+        if reader.request_id is None:
+            self._get_reopens += 1
+            if self._get_reopens <= MAX_GET_REOPENS:
+                self.client.clock.callLater(delay, self._open_get_stream, reader.parser)
+            return
+        if reader.answered:
+            return
+        resumes = reader.parser.resumes if isinstance(reader.parser, _Resumed) else 0
+        if reader.events == 0:
+            resumes += 1  # no progress on this try
+        if reader.resumable and reader.parser.last_event_id is not None and resumes <= MAX_RESUMES:
+            resumed = _Resumed(reader.parser, resumes)
+            self.client.clock.callLater(delay, self._resume, reader.request_id, resumed)
+        else:
+            self._fail(reader.request_id, "the stream ended before the answer")
+
+    def _stream_request(self, parser: SSEParser) -> Deferred[IResponse]:
+        headers = self._headers()
+        headers["Accept"] = "text/event-stream"
+        if self.session_id is not None:
+            headers["Mcp-Session-Id"] = self.session_id
+        if self.session is not None:
+            headers["MCP-Protocol-Version"] = self.session.protocol_version
+        if parser.last_event_id is not None:
+            headers["Last-Event-ID"] = parser.last_event_id
+        return self.connector.agent.request(b"GET", self._url, _headers(headers))
+
+    def _resume(self, request_id: RequestId, parser: _Resumed) -> None:
+        if not self.open:
+            return
+
+        def resumed(response: IResponse) -> None:
+            if response.code < 300 and _content_type(response) == "text/event-stream":
+                self._read_stream(response, request_id, parser, resumable=True)
+            else:
+                response.deliverBody(_Discard())
+                self._fail(request_id, f"resuming the stream failed: HTTP {response.code}", response.code)
+
+        self._stream_request(parser).addCallbacks(resumed, self._failed)
+
+    def _open_get_stream(self, previous: SSEParser | None = None) -> None:
+        """The standalone GET stream, for what the server sends unprompted."""
+        if not self.open or self.session_id is None:
+            return
+        parser = SSEParser()
+        if previous is not None:
+            parser.last_event_id, parser.retry = previous.last_event_id, previous.retry
+
+        def opened(response: IResponse) -> None:
+            if response.code < 300 and _content_type(response) == "text/event-stream":
+                self._read_stream(response, None, parser, resumable=True)
+                return
+            response.deliverBody(_Discard())
+            if response.code == 404:
+                self._lose("the server ended the session (HTTP 404)", expired=True)
+            elif response.code != 405:  # 405: the server offers no such stream
+                log.info("{url} refused the GET stream: HTTP {status}", url=self.target, status=response.code)
+
+        self._stream_request(parser).addCallbacks(opened, self._failed)
+
+    def _abort_request(self, request_id: object) -> None:
+        posted = self._posts.pop(request_id, None) if jsonrpc.is_request_id(request_id) else None
+        if posted is not None:
+            posted.cancel()
+        for reader in list(self._readers):
+            if reader.request_id == request_id:
+                reader.abort()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def _initialized(self, result: dict[str, Any]) -> None:
+        if not self.modern:
+            self._open_get_stream()  # asked for before anything the application sends
+        super()._initialized(result)
+
+    def _stop_streams(self) -> None:
+        for posted in list(self._posts.values()):
+            posted.cancel()
+        for reader in list(self._readers):
+            reader.abort()
+
+    def _lose(self, reason: str, expired: bool = False) -> None:
+        """The conversation is over from the server's side (gone, or the session expired)."""
+        if self.connection_state is ConnectionState.CLOSED:
+            return
+        if expired:
+            self.session_id = None
+        self.failure_reason = reason
+        self._stop_streams()
+        self._connection_gone(Failure(ConnectionDone(reason)))
+
+    def _end_transport(self) -> None:
+        self._stop_streams()
+        session_id, self.session_id = self.session_id, None
+        if session_id is None:
+            self._ended(None)
+            return
+        headers = self._headers()
+        headers["Mcp-Session-Id"] = session_id
+        if self.session is not None:
+            headers["MCP-Protocol-Version"] = self.session.protocol_version
+        deleted = self.connector.agent.request(b"DELETE", self._url, _headers(headers))
+        deleted.addCallback(lambda response: response.deliverBody(_Discard()))
+        deleted.addTimeout(self.connector.close_timeout, self.client.clock)
+        deleted.addBoth(self._ended)
+
+    def _ended(self, _: object) -> None:
+        self.connector.pool.closeCachedConnections()
+        if self.connection_state is not ConnectionState.CLOSED:
+            self._connection_gone(Failure(ConnectionDone("closed by the client")))
+
+    def _drop(self) -> None:
+        self._lose("abandoned")
+
+
+class _Resumed(SSEParser):
+    """The parser of a resumed stream: it goes on from the dropped one's last
+    event id and retry, and counts resumptions that brought nothing."""
+
+    def __init__(self, previous: SSEParser, resumes: int) -> None:
+        super().__init__(previous.max_event_size)
+        self.last_event_id, self.retry = previous.last_event_id, previous.retry
+        self.resumes = resumes
+
+
+class _Discard(Protocol):
+    """Reads a response body nobody needs, so the connection can be reused."""
+
+
+class _Collect(Protocol):
+    """Reads a whole response body (``readBody`` without its deprecation
+    warning for transports that cannot abort); ``done`` fires with it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.done: Deferred[bytes] = Deferred()
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self.limit:
+            self.transport.stopProducing()  # type: ignore[union-attr]  # a response body's transport is a producer
+            return
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008  # Twisted's signature
+        if self._size > self.limit:
+            self.done.errback(ValueError(f"response body over {self.limit} bytes"))
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._parts))
+        else:
+            self.done.errback(reason)
+
+
+class HTTPConnector(Connector):
+    """Makes ``HTTPConnection``s to ``url`` for ``MCPClientService``, sharing
+    one ``Agent`` and its persistent connection pool."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        client: MCPClient,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        tls_ca: str | None = None,
+        tls_client_cert: str | None = None,
+        tls_client_key: str | None = None,
+        close_timeout: float = 2.0,
+        max_body_size: int = 4 * 1024 * 1024,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Not an http:// or https:// URL: {url!r}")
+        self.client = client
+        self.url = url
+        self.target = url
+        self.origin = origin_of(url)
+        self.headers = dict(headers or {})
+        self.close_timeout = close_timeout
+        self.max_body_size = max_body_size
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.agent = Agent(reactor, contextFactory=_TLSPolicy(tls_ca, tls_client_cert, tls_client_key),
+                           pool=self.pool)
+
+    def connect(self) -> Deferred[Any]:
+        connection = HTTPConnection(self)
+        started = self._track(connection)
+        connection.start()
+        return started
+
+
+def _headers(values: dict[str, str]) -> Headers:
+    return Headers({name: [value] for name, value in values.items()})
+
+
+def _content_type(response: IResponse) -> str:
+    values: list[bytes] = response.headers.getRawHeaders(b"content-type") or [b""]
+    return values[0].split(b";")[0].strip().lower().decode("latin-1")
+
+
+def _answers(message: object, request_id: RequestId) -> bool:
+    return isinstance(message, jsonrpc.Response | jsonrpc.ErrorResponse) and message.id == request_id
+

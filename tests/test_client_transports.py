@@ -1,0 +1,119 @@
+"""The same client calls over the three transports and both eras, against
+this project's server on real sockets (HTTP, WebSocket) and a real child
+process (stdio)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from mcp_twisted.client import MCPClient, MCPClientService, backoff_policy
+from mcp_twisted.demo import server as demo_app
+from mcp_twisted.http import HTTPSettings
+from tests.http_support import serve
+
+ERAS = ["legacy", "2026-07-28"]
+
+
+def fast_backoff() -> Any:
+    return backoff_policy(initial_delay=0.05, max_delay=0.2, jitter=False)
+
+
+@pytest_twisted.async_yield_fixture(params=["json", "always-stream"])
+async def http_url(request):
+    settings = HTTPSettings(always_stream=request.param == "always-stream")
+    _, resource, port = await serve(demo_app, settings)
+    yield f"http://127.0.0.1:{port.getHost().port}/mcp"
+    resource.close_all()
+    await port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def ws_url():
+    _, _, port = await serve(demo_app)
+    yield f"ws://127.0.0.1:{port.getHost().port}/mcp"
+    await port.stopListening()
+
+
+STDIO_COMMAND = [sys.executable, "-m", "mcp_twisted", "stdio", "--app", "mcp_twisted.demo:server"]
+
+
+class Services:
+    def __init__(self) -> None:
+        self.started: list[MCPClientService] = []
+
+    async def client(self, url: str | None = None, **options: Any) -> MCPClient:
+        options.setdefault("backoff", fast_backoff())
+        options.setdefault("request_timeout", 10.0)
+        options.setdefault("era_cache", {})
+        service = MCPClientService(reactor, url, **options)
+        self.started.append(service)
+        service.startService()
+        return await service.when_ready().addTimeout(20, reactor)
+
+    async def stop(self) -> None:
+        for service in self.started:
+            await service.stopService()
+
+
+@pytest_twisted.async_yield_fixture
+async def services():
+    started = Services()
+    yield started
+    await started.stop()
+
+
+async def exercise(client: MCPClient, era: str) -> None:
+    """The calls every transport must carry the same way."""
+    assert client.modern is (era != "legacy")
+    assert client.server_info["name"] == demo_app.name
+    tools = [tool["name"] async for tool in client.iter_tools()]
+    assert "echo" in tools and "slow_count" in tools
+    result = await client.call_tool("echo", {"text": "hi"})
+    assert result["content"] == [{"type": "text", "text": "hi"}]
+    progress: list[Any] = []
+    counted = await client.call_tool("slow_count", {"count": 3, "delay": 0.01},
+                                     on_progress=lambda done, total, message: progress.append(done))
+    assert not counted.get("isError") and progress == [1, 2, 3]
+    read = await client.read_resource("demo://readme")
+    assert "demo" in read["contents"][0]["text"].lower()
+    prompt = await client.get_prompt("greet", {"name": "Ada"})
+    assert "Ada" in prompt["messages"][0]["content"]["text"]
+    completion = await client.complete({"type": "ref/prompt", "name": "greet"}, "name", "A")
+    assert isinstance(completion["values"], list)
+    await client.ping()
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest_twisted.ensureDeferred
+async def test_streamable_http_in_both_eras(services, http_url, era):
+    await exercise(await services.client(http_url, era=era), era)
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest_twisted.ensureDeferred
+async def test_websocket_in_both_eras(services, ws_url, era):
+    await exercise(await services.client(ws_url, era=era, ping_interval=0, ping_timeout=0), era)
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest_twisted.ensureDeferred
+async def test_stdio_in_both_eras(services, era):
+    client = await services.client(command=STDIO_COMMAND, era=era, stderr=lambda line: None)
+    await exercise(client, era)
+
+
+@pytest.mark.parametrize("transport", ["http", "ws", "stdio"])
+@pytest_twisted.ensureDeferred
+async def test_auto_picks_2026_07_28_from_this_server_and_caches_it(services, http_url, ws_url, transport):
+    cache: dict[str, str] = {}
+    target = {"http": {"url": http_url}, "ws": {"url": ws_url, "ping_interval": 0, "ping_timeout": 0},
+              "stdio": {"command": STDIO_COMMAND}}[transport]
+    client = await services.client(era_cache=cache, **target)
+    assert client.modern and list(cache.values()) == ["2026-07-28"]
+    await exercise(client, "2026-07-28")
+
