@@ -808,7 +808,7 @@ HARDENING = {
 }
 
 
-@pytest.mark.parametrize("name", ["mcp-twisted.service", "mcp-twisted-tls.service"])
+@pytest.mark.parametrize("name", ["mcp-twisted.service", "mcp-twisted-tls.service", "mcpws@.service"])
 def test_units_run_twistd_mcpws_with_valid_options(name):
     unit = read_unit(ETC / name)
     _, options = exec_start_options(unit)
@@ -818,7 +818,7 @@ def test_units_run_twistd_mcpws_with_valid_options(name):
     assert service["KillSignal"] == "SIGTERM"
     assert service.get("DynamicUser") == "yes" or service.get("User")
     # Stopping may take the drain time plus the close time; systemd must wait longer before SIGKILL.
-    stop_time = options.get("drain-timeout", 0) + options["close-timeout"]
+    stop_time = options["drain-delay"] + options["drain-timeout"] + options["close-timeout"]
     assert seconds(service["TimeoutStopSec"]) > stop_time + 1
     for key, value in HARDENING.items():
         assert service.get(key) == value, key
@@ -841,6 +841,22 @@ def test_socket_activated_unit_matches_its_socket(monkeypatch):
     assert endpoint.fileno == 3
     # No W+X memory is fine for plain TCP; the TLS unit must not set it (pyOpenSSL callbacks).
     assert dict(unit["Service"]).get("MemoryDenyWriteExecute") == "yes"
+
+
+def test_template_units_give_each_instance_its_own_reuse_port_socket(monkeypatch):
+    unit = read_unit(ETC / "mcpws@.service")
+    _, options = exec_start_options(unit)
+    assert options["endpoints"] == ["systemd:domain=INET:name=mcp"]
+    assert options["bus"].startswith("redis://")
+    socket_unit = read_unit(ETC / "mcpws@.socket")
+    assert values(socket_unit, "Socket", "ReusePort") == ["yes"]
+    assert values(socket_unit, "Socket", "FileDescriptorName") == ["mcp"]
+    assert values(socket_unit, "Socket", "Service") == ["mcpws@%i.service"]
+    assert "mcpws@%i.socket" in " ".join(values(unit, "Unit", "Requires"))
+    environ = {"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "mcp"}
+    monkeypatch.setattr(_SystemdParser, "_sddaemon", ListenFDs.fromEnvironment(environ))
+    (endpoint,) = tap.make_endpoints(reactor, options["endpoints"]).values()
+    assert endpoint.fileno == 3
 
 
 def test_tls_unit_endpoint_loads_its_credentials(tmp_path, pems):
@@ -882,7 +898,8 @@ def test_nginx_config_upgrades_and_outlives_the_ping_interval():
 def test_units_pass_systemd_analyze_verify(tmp_path):
     """Unknown keys or bad values make systemd ignore a line; verify reports them."""
     twistd_script = Path(sys.executable).with_name("twistd")
-    names = ["mcp-twisted.socket", "mcp-twisted.service", "mcp-twisted-tls.service"]
+    names = ["mcp-twisted.socket", "mcp-twisted.service", "mcp-twisted-tls.service", "mcpws@.socket",
+             "mcpws@.service"]
     for name in names:
         text = (ETC / name).read_text().replace("/opt/mcp-twisted/bin/twistd", str(twistd_script))
         (tmp_path / name).write_text(text)
