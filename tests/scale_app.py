@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from mcp_twisted import MCPServer
+from mcp_twisted import Context, MCPServer
 
 server = MCPServer("scale-test", "1.0.0")
 
@@ -14,6 +14,12 @@ server = MCPServer("scale-test", "1.0.0")
 def pid() -> str:
     """The id of the process that answered."""
     return str(os.getpid())
+
+
+@server.tool()
+def peer(ctx: Context) -> str:
+    """The client's address as this server sees it (behind a proxy: the real one)."""
+    return str(ctx.session.attributes["peer"])
 
 
 @server.tool()
