@@ -889,9 +889,11 @@ def test_nginx_config_upgrades_and_outlives_the_ping_interval():
     assert re.search(r"proxy_buffering\s+off;", active)
     (body,) = re.findall(r"client_max_body_size\s+(\d+)m;", active)
     assert int(body) << 20 >= parse()["max-message-size"]
-    # Host is left as nginx's default (the loopback upstream), which the server accepts.
-    assert not re.search(r"proxy_set_header\s+Host\b", active)
-    assert re.search(r"proxy_pass\s+http://127\.0\.0\.1:8080;", active)
+    # The public name goes through (with --allowed-host on a loopback listener);
+    # a draining instance's 503 is retried on the next one.
+    assert re.search(r"proxy_set_header\s+Host\s+\$host;", active)
+    assert re.search(r"proxy_pass\s+http://mcp_backends;", active)
+    assert re.search(r"proxy_next_upstream\s+[^;]*\bhttp_503\b", active)
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
