@@ -1,9 +1,10 @@
-"""``mcpws-call`` (``python -m mcp_twisted.client``) run as a subprocess against servers
+"""``mcp-call`` (``python -m mcp_twisted.client``) run as a subprocess against servers
 served in this process; its runs are started together so the module stays quick."""
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -12,10 +13,12 @@ from typing import Any
 
 import pytest_twisted
 import trustme
-from twisted.internet import defer, protocol, utils
+from twisted.internet import defer, protocol, reactor, utils
 
+from mcp_twisted.client.cli import Progress
 from mcp_twisted.demo import server as demo_app
 from mcp_twisted.websocket import MCPServerFactory
+from tests.http_support import serve
 from tests.support import listen, stop
 
 REPO = Path(__file__).parent.parent
@@ -91,10 +94,10 @@ async def test_server_errors_exit_1(demo_url):
     assert fail_code == 1
     assert fail_out.splitlines() == ["Tool error:", "This tool always fails"]
     assert unknown_code == 1 and unknown_out == ""
-    assert unknown_err.startswith("mcpws-call: server error -32602: ") and "no_such_tool" in unknown_err
+    assert unknown_err.startswith("mcp-call: server error -32602: ") and "no_such_tool" in unknown_err
     assert missing_code == 1
     assert missing_err.strip() == (
-        'mcpws-call: server error -32002: Resource not found: demo://items/9 {"uri": "demo://items/9"}'
+        'mcp-call: server error -32002: Resource not found: demo://items/9 {"uri": "demo://items/9"}'
     )
 
 
@@ -113,24 +116,26 @@ async def test_connection_failures_exit_3():
     finally:
         await stop(silent)
     assert refused_code == 3
-    assert refused_err.startswith("mcpws-call: connection failed: Gave up on ws://127.0.0.1:")
+    assert refused_err.startswith("mcp-call: connection failed: Gave up on ws://127.0.0.1:")
     assert "Connection refused" in refused_err, refused_err
     assert silent_code == 3
     assert silent_err == (
-        f"mcpws-call: connection failed: no MCP session with ws://127.0.0.1:{silent_port}/mcp within 1 s\n"
+        f"mcp-call: connection failed: no MCP session with ws://127.0.0.1:{silent_port}/mcp within 1 s\n"
     )
 
 
 @pytest_twisted.ensureDeferred
 async def test_usage_errors_exit_2(demo_url):
     runs = await run_all(
-        ("http://127.0.0.1:1/mcp", "ping"),
+        ("ftp://127.0.0.1:1/mcp", "ping"),
         (demo_url, "call", "echo", "{bad json"),
+        ("tools", "--"),
     )
-    assert [code for code, _, _ in runs] == [2, 2]
-    (_, _, url_err), (_, _, json_err) = runs
-    assert "not a ws:// or wss:// URL: 'http://127.0.0.1:1/mcp'" in url_err
+    assert [code for code, _, _ in runs] == [2, 2, 2]
+    (_, _, url_err), (_, _, json_err), (_, _, command_err) = runs
+    assert "not an http(s):// or ws(s):// URL: 'ftp://127.0.0.1:1/mcp'" in url_err
     assert "argument arguments: not JSON" in json_err
+    assert command_err == "mcp-call: error: nothing after --: expected the server command\n"
 
 
 @pytest_twisted.ensureDeferred
@@ -148,7 +153,7 @@ async def test_unusable_cafile_is_a_one_line_usage_error(tmp_path):
     runs = await run_all(*(("--cafile", str(path), "wss://127.0.0.1:1/mcp", "ping") for path in cases))
     for (path, reason), (code, out, err) in zip(cases.items(), runs, strict=True):
         assert (code, out) == (2, ""), err
-        assert err == f"mcpws-call: error: --cafile {path}: {reason}\n"
+        assert err == f"mcp-call: error: --cafile {path}: {reason}\n"
 
 
 def load_token_example() -> Any:
@@ -173,5 +178,88 @@ async def test_header_carries_a_bearer_token():
         await stop(port, factory)
     assert (ok_code, ok_out, ok_err) == (0, "alice\n", "")
     assert none_code == 3
-    assert none_err.startswith("mcpws-call: connection failed: Gave up on ws://127.0.0.1:")
+    assert none_err.startswith("mcp-call: connection failed: Gave up on ws://127.0.0.1:")
     assert "[401]: Unauthorized" in none_err, none_err
+
+
+@pytest_twisted.async_yield_fixture
+async def demo_http_url():
+    _, resource, port = await serve(demo_app)
+    yield f"http://127.0.0.1:{port.getHost().port}/mcp"
+    resource.close_all()
+    await port.stopListening()
+
+
+STDIO_SERVER = ("--", sys.executable, "-m", "mcp_twisted", "stdio", "--app", "mcp_twisted.demo:server")
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_transport_and_era_is_reached(demo_url, demo_http_url):
+    targets = [(demo_url,), (demo_http_url,)]
+    runs = await run_all(
+        *((*era, *target, "call", "echo", '{"text":"hi"}') for target in targets
+          for era in ((), ("--era", "legacy"), ("--era", "2026-07-28"))),
+        ("call", "echo", '{"text":"hi"}', *STDIO_SERVER),
+        ("--era", "legacy", "get", "greet", '{"name":"Ada"}', *STDIO_SERVER),
+    )
+    for code, out, err in runs[:-1]:
+        assert (code, out, err) == (0, "hi\n", "")
+    assert runs[-1][0] == 0 and "Ada" in runs[-1][1], runs[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress_and_server_logs_go_to_stderr(demo_http_url):
+    (count_code, count_out, count_err), (log_code, _, log_err) = await run_all(
+        (demo_http_url, "call", "slow_count", '{"count": 2, "delay": 0.01}'),
+        (demo_http_url, "call", "log_demo", '{"message": "hello", "level": "warning"}'),
+    )
+    assert count_code == 0 and count_out.strip()
+    assert count_err.splitlines() == ["progress 1/2 step 1 of 2", "progress 2/2 step 2 of 2"]  # not a tty
+    assert log_code == 0 and "[warning]" in log_err and "hello" in log_err
+
+
+class _Watched(protocol.ProcessProtocol):
+    """The CLI as a child whose stderr is watched."""
+
+    def __init__(self) -> None:
+        self.stderr = b""
+        self.progressed: defer.Deferred[None] = defer.Deferred()
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+        if b"progress" in self.stderr and not self.progressed.called:
+            self.progressed.callback(None)
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ctrl_c_cancels_the_request_then_exits_130(demo_http_url):
+    child = _Watched()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "mcp_twisted.client", demo_http_url, "call", "slow_count",
+            '{"count": 1000, "delay": 0.05}']
+    process = reactor.spawnProcess(child, sys.executable, args, env=env, path=str(REPO))
+    await child.progressed.addTimeout(20, reactor)
+    process.signalProcess("INT")
+    code = await child.ended.addTimeout(20, reactor)
+    assert code == 130
+    assert child.stderr.decode().endswith("mcp-call: interrupted: the request was cancelled\n")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_redrawn_in_place_on_a_terminal():
+    terminal = _Terminal()
+    progress = Progress(terminal)
+    progress(1, 4, "loading")
+    progress(4, 4, None)
+    progress.finish()
+    frames = terminal.getvalue().split("\r")[1:]
+    assert frames[0].startswith("[" + "#" * 7 + "." * 23 + "] 1/4 loading")
+    assert frames[1] == "[" + "#" * 30 + "] 4/4\x1b[K\n"

@@ -1,4 +1,4 @@
-"""``python -m mcp_twisted.client``: the same as ``mcpws-call``."""
+"""``python -m mcp_twisted.client``: the same as ``mcp-call``."""
 
 from mcp_twisted.client.cli import main
 
