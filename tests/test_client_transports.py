@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.error import ProcessDone
 
-from mcp_twisted.client import MCPClient, MCPClientService, backoff_policy
+from mcp_twisted.client import ConnectionFailed, MCPClient, MCPClientService, backoff_policy
 from mcp_twisted.demo import server as demo_app
 from mcp_twisted.http import HTTPSettings
 from tests.http_support import serve
@@ -117,3 +118,33 @@ async def test_auto_picks_2026_07_28_from_this_server_and_caches_it(services, ht
     assert client.modern and list(cache.values()) == ["2026-07-28"]
     await exercise(client, "2026-07-28")
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_closes_the_childs_stdin_and_it_exits_cleanly(services):
+    await services.client(command=STDIO_COMMAND, stderr=lambda line: None)
+    service = services.started[-1]
+    connection = service.connector.current
+    await service.stopService()
+    assert connection.lost_reason.check(ProcessDone)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_child_is_started_again(services):
+    client = await services.client(command=STDIO_COMMAND, stderr=lambda line: None)
+    service = services.started[-1]
+    first = service.connector.current
+    first.transport.signalProcess("KILL")
+    await first.when_closed()
+    await service.when_ready().addTimeout(20, reactor)
+    assert service.connector.current is not first
+    assert (await client.call_tool("echo", {"text": "again"}))["content"][0]["text"] == "again"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_child_that_exits_at_once_is_retried_then_given_up(services):
+    lines: list[str] = []
+    command = [sys.executable, "-c", "import sys; sys.stderr.write('cannot start\\n')"]
+    with pytest.raises(ConnectionFailed, match="after 2 failed attempts: the server process exited"):
+        await services.client(command=command, stderr=lines.append, max_attempts=2)
+    assert lines == ["cannot start", "cannot start"]
