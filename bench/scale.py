@@ -196,7 +196,7 @@ def main() -> None:
         print(row("direct", direct, direct))
         print(row("through HAProxy", behind, direct))
         print(f"\nHAProxy adds {behind['p50_us'] - direct['p50_us']:,.0f} us at p50 and "
-              f"{behind['p99_us'] - direct['p99_us']:,.0f} us at p99 (its own CPU is not in the server column).")
+              f"{behind['p99_us'] - direct['p99_us']:,.0f} us at p99 (HAProxy's own CPU is not counted).")
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
