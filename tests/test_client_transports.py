@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.error import ProcessDone
 
 from mcp_twisted.client import ConnectionFailed, MCPClient, MCPClientService, backoff_policy
@@ -148,3 +148,39 @@ async def test_a_child_that_exits_at_once_is_retried_then_given_up(services):
     with pytest.raises(ConnectionFailed, match="after 2 failed attempts: the server process exited"):
         await services.client(command=command, stderr=lines.append, max_attempts=2)
     assert lines == ["cannot start", "cannot start"]
+
+
+def answering_callbacks() -> dict[str, Any]:
+    """Callbacks that answer the server: on 2026-07-28 they answer
+    ``input_required`` results instead of requests."""
+    return {
+        "sampling": lambda params: {"role": "assistant", "model": "test",
+                                    "content": {"type": "text", "text": "sampled"}},
+        "elicitation": lambda params: {"action": "accept", "content": {"name": "Ada"}},
+        "roots": lambda: [{"uri": "file:///work", "name": "work"}],
+    }
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("transport", ["http", "ws", "stdio"])
+@pytest_twisted.ensureDeferred
+async def test_the_same_callbacks_answer_the_server_and_subscriptions_work(
+        services, http_url, ws_url, transport, era):
+    target = {"http": {"url": http_url}, "ws": {"url": ws_url, "ping_interval": 0, "ping_timeout": 0},
+              "stdio": {"command": STDIO_COMMAND, "stderr": lambda line: None}}[transport]
+    client = await services.client(era=era, **target, **answering_callbacks())
+    assert (await client.call_tool("sample_llm", {"prompt": "hi"}))["content"][0]["text"] == "sampled"
+    assert (await client.call_tool("ask_user", {"question": "name?"}))["content"][0]["text"] == "Ada"
+    roots = await client.call_tool("list_client_roots")
+    assert "file:///work" in roots["content"][0]["text"]
+    if transport == "stdio":
+        return  # the child is another process: nothing here can make it announce a change
+    updates: list[str] = []
+    await client.subscribe("demo://readme", updates.append)
+    for _ in range(200):  # bounded: the notification comes within a few turns
+        if updates:
+            break
+        demo_app.notify_resource_updated("demo://readme")
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert updates and set(updates) == {"demo://readme"}
+    await client.unsubscribe("demo://readme")
