@@ -94,3 +94,20 @@ def test_redis_bus_urls():
     assert redis_bus("redis://127.0.0.1").port == 6379
     with pytest.raises(ValueError, match="expected redis://"):
         redis_bus("rediss://127.0.0.1")
+
+
+def test_listen_streams_of_every_instance_hear_events_from_the_bus():
+    """2026-07-28: subscriptions/listen on one instance, the change on another."""
+    from mcp_twisted.eras import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
+
+    bus = LocalBus()
+    a, b = instance(bus), instance(bus)
+    peer = Peer(b)
+    peer.request("subscriptions/listen", {
+        "_meta": {META_PROTOCOL_VERSION: "2026-07-28", META_CLIENT_CAPABILITIES: {}},
+        "notifications": {"toolsListChanged": True, "resourceSubscriptions": [URI]}})
+    peer.take()  # the acknowledgement
+    a.add_tool(lambda: "x", name="new")
+    a.notify_resource_updated(URI)
+    assert [method for method, _ in methods(peer)] == [
+        "notifications/tools/list_changed", "notifications/resources/updated"]
