@@ -184,3 +184,11 @@ async def test_the_same_callbacks_answer_the_server_and_subscriptions_work(
         await task.deferLater(reactor, 0.01, lambda: None)
     assert updates and set(updates) == {"demo://readme"}
     await client.unsubscribe("demo://readme")
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_2026_07_28_a_tool_not_listed_yet_is_listed_before_it_is_called(services, http_url):
+    client = await services.client(http_url, era="2026-07-28")
+    assert client.tool_headers == {}
+    assert (await client.call_tool("echo", {"text": "hi"}))["content"][0]["text"] == "hi"
+    assert client.tool_headers["echo"] == {}  # listed on the way: echo mirrors no argument

@@ -461,9 +461,24 @@ class MCPClient:
         on_progress: ProgressCallback | None = None,
         timeout: float | None = None,
     ) -> Deferred[dict[str, Any]]:
-        """Call a tool. A failing tool is not an exception: check ``isError``."""
+        """Call a tool. A failing tool is not an exception: check ``isError``.
+
+        On 2026-07-28 a tool not listed yet is listed first: its schema says
+        which arguments travel as ``Mcp-Param-*`` headers too.
+        """
         params = {"name": name, "arguments": arguments or {}}
+        if self.modern and name not in self.tool_headers:
+            return Deferred.fromCoroutine(self._list_then_call(params, timeout, on_progress))
         return self.request(Method.TOOLS_CALL, params, timeout=timeout, on_progress=on_progress)
+
+    async def _list_then_call(
+        self, params: dict[str, Any], timeout: float | None, on_progress: ProgressCallback | None,
+    ) -> dict[str, Any]:
+        async for _ in self.iter_tools():
+            pass  # each page records its tools' headers
+        result: dict[str, Any] = await self.request(
+            Method.TOOLS_CALL, params, timeout=timeout, on_progress=on_progress)
+        return result
 
     def list_resources(self, cursor: str | None = None) -> Deferred[dict[str, Any]]:
         return self.request(Method.RESOURCES_LIST, _cursor(cursor))
