@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import endpoints, reactor, ssl, task
 from twisted.web import resource, server
 
 from mcp_twisted.client import ConnectionFailed, MCPClient, MCPClientService, backoff_policy
@@ -252,3 +252,47 @@ async def _until(predicate: Any, limit: int = 200) -> None:
             return
         await task.deferLater(reactor, 0.01, lambda: None)
     raise AssertionError("condition not met")
+
+
+def server_tls(pki: dict[str, Any], client_ca: Any = None) -> Any:
+    private = ssl.PrivateCertificate.loadPEM(pki["server"].private_key_and_cert_chain_pem.bytes())
+    if client_ca is None:
+        return private.options()
+    return private.options(ssl.Certificate.loadPEM(client_ca.cert_pem.bytes()))  # a client cert required
+
+
+@pytest_twisted.async_yield_fixture
+async def https_server():
+    listening: list[Any] = []
+
+    async def start(options: Any) -> str:
+        endpoint = endpoints.SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1")
+        _, http_resource, port = await serve(demo_app, endpoint=endpoint)
+        listening.append((http_resource, port))
+        return f"https://localhost:{port.getHost().port}/mcp"
+
+    yield start
+    for http_resource, port in listening:
+        http_resource.close_all()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_verifies_the_server_against_the_given_ca(services, pki, https_server):
+    url = await https_server(server_tls(pki))
+    client = await ready(services(url, tls_ca=pki["ca.pem"]))
+    assert (await client.call_tool("echo", {"text": "secure"}))["content"][0]["text"] == "secure"
+    stranger = services(url, tls_ca=pki["other_ca.pem"], max_attempts=1)
+    with pytest.raises(ConnectionFailed, match=r"TLS verification failed: .*certificate verify failed"):
+        await ready(stranger)
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_presents_a_client_certificate(services, pki, https_server):
+    url = await https_server(server_tls(pki, client_ca=pki["ca"]))
+    client = await ready(services(url, tls_ca=pki["ca.pem"], tls_client_cert=pki["client.pem"],
+                                  tls_client_key=pki["client.key"]))
+    assert (await client.call_tool("echo", {"text": "mutual"}))["content"][0]["text"] == "mutual"
+    anonymous = services(url, tls_ca=pki["ca.pem"], max_attempts=1)
+    with pytest.raises(ConnectionFailed, match="TLS handshake failed"):
+        await ready(anonymous)

@@ -35,8 +35,6 @@ from twisted.web.client import (
     FileBodyProducer,
     HTTPConnectionPool,
     ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -240,8 +238,9 @@ class HTTPConnection(SessionConnection):
     def _failed(self, failure: Failure) -> None:
         """A request that never got (all of) its response: the server is gone."""
         error: Any = failure.value
-        if isinstance(error, ResponseNeverReceived | ResponseFailed) and error.reasons:
-            error = error.reasons[0].value
+        reasons = getattr(error, "reasons", None)  # Agent wraps the cause (ResponseNeverReceived and kin)
+        if reasons:
+            error = reasons[0].value
         host = urlsplit(self.target).hostname or ""
         self._lose(describe_tls_failure(error, host) or str(error) or type(error).__name__)
 
