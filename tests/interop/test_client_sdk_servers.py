@@ -13,17 +13,17 @@ The SDK servers run ``sdk_any_server.py``; 2.x lives in the environment
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import reactor
 
 from mcp_twisted.client import MCPClient, MCPClientService, backoff_policy
 from tests.interop.modern_env import ensure_env
+from tests.interop.test_python_sdk_server import SDKServerProcess
 from tests.test_tap import Twistd
 
 HERE = Path(__file__).parent
@@ -36,32 +36,8 @@ def modern_python() -> str:
     return str(ensure_env())
 
 
-class ServerProcess(protocol.ProcessProtocol):
-    """Fires ``port`` when the server prints ``PORT n``, ``ended`` when it exits."""
-
-    def __init__(self) -> None:
-        self.port: defer.Deferred[int] = defer.Deferred()
-        self.ended: defer.Deferred[None] = defer.Deferred()
-        self.out = b""
-        self.err = b""
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-        found = re.search(rb"^PORT (\d+)$", self.out, re.MULTILINE)
-        if found and not self.port.called:
-            self.port.callback(int(found.group(1)))
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        if not self.port.called:
-            self.port.errback(RuntimeError(f"the server exited early: {self.err.decode()[-2000:]}"))
-        self.ended.callback(None)
-
-
-async def sdk_http_server(python: str) -> tuple[str, Any, ServerProcess]:
-    process = ServerProcess()
+async def sdk_http_server(python: str) -> tuple[str, Any, SDKServerProcess]:
+    process = SDKServerProcess()  # waits for the same "PORT n" line
     transport = reactor.spawnProcess(process, python, [python, SDK_SERVER, "http"], env=dict(os.environ),
                                      path=str(HERE))
     port = await process.port.addTimeout(60, reactor)
