@@ -229,7 +229,7 @@ class Refusal(Exception):
         self.headers = tuple(headers)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made for every HTTP request: not frozen, which costs a setattr call a field
 class AdmissionRequest:
     """The facts admission decides on, whatever the transport."""
 
@@ -240,6 +240,7 @@ class AdmissionRequest:
     on_loopback: bool = False  # the listener's own address is a loopback one
     tls_transport: object = None  # for the client certificate, when there is one
     opens_session: bool = True  # counts against the session cap; refused while draining
+    credentials: bool = True  # False for a CORS preflight, which never carries a token
 
 
 class Admission:
@@ -283,7 +284,7 @@ class Admission:
             raise Refusal(421, "host", "Misdirected Request: Host not allowed")
         if not self.origin_policy.allows(request.origin, request.host, host_trusted):
             raise Refusal(403, "origin", "Forbidden: Origin not allowed")
-        if self.auth is not None:
+        if self.auth is not None and request.credentials:
             identity = self.auth.authenticate(request.authorization)
             if identity is None:
                 # RFC 6750: a 401 names the scheme it wants.

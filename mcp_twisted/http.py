@@ -20,8 +20,10 @@ does).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
+import re
 import secrets
 from collections import deque
 from collections.abc import Iterable
@@ -72,6 +74,7 @@ log = Logger()
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
+_SESSION, _VERSION = SESSION_HEADER.lower().encode(), VERSION_HEADER.lower().encode()  # _Head keys
 # Priming events (an id and empty data, so the client has something to
 # resume from at once) came with 2025-11-25; older clients may choke on them.
 PRIMING_SINCE = "2025-11-25"
@@ -187,6 +190,13 @@ class EventStore:
         return stream, [(f"{s}.{n}", data) for n, s, data, _ in self._events if s == stream and n > sequence]
 
 
+def _sse_head(request: server.Request, session_id: str) -> None:
+    request.setHeader(b"Content-Type", b"text/event-stream")
+    request.setHeader(b"Cache-Control", b"no-cache, no-transform")
+    request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: do not buffer the stream
+    request.setHeader(b"Mcp-Session-Id", session_id.encode())
+
+
 def _event(event_id: str | None, data: bytes, retry_ms: int | None = None) -> bytes:
     lines = []
     if event_id is not None:
@@ -208,10 +218,7 @@ class SSEStream:
         self.open = True
         self.paused = False
         self._stalled: IDelayedCall | None = None
-        request.setHeader(b"Content-Type", b"text/event-stream")
-        request.setHeader(b"Cache-Control", b"no-cache, no-transform")
-        request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: do not buffer the stream
-        request.setHeader(b"Mcp-Session-Id", http_session.id.encode())
+        _sse_head(request, http_session.id)
         request.registerProducer(self, True)
         request.write(b"")  # the head now: a stream with nothing to say yet is still open
         self._keepalive: LoopingCall | None = None
@@ -223,17 +230,15 @@ class SSEStream:
         """Start the keep-alive comments (once)."""
         interval = self.http_session.resource.settings.keepalive_interval
         if self.open and interval and self._keepalive is None:
-            self._keepalive = LoopingCall(self._write, b": keep-alive\n\n")
+            self._keepalive = LoopingCall(self.write, b": keep-alive\n\n")
             self._keepalive.clock = self.http_session.resource.host.clock
             self._keepalive.start(interval, now=False)
 
-    def prime(self, event_id: str) -> None:
-        self._write(_event(event_id, b"", self.http_session.resource.settings.retry_ms))
-
     def send(self, event_id: str, data: bytes) -> None:
-        self._write(_event(event_id, data))
+        self.write(_event(event_id, data))
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
+        """Write an encoded event (or comment), watching the client keep up."""
         if self.open:
             self.request.write(data)
             # As over WebSocket: the stall clock runs from the first write
@@ -295,6 +300,10 @@ class SSEStream:
         self._stalled = None
 
 
+# What an exchange buffers inside render() before its stream opens for real.
+_MOST_PENDING_EVENTS, _MOST_PENDING_BYTES = 16, 16 * 1024
+
+
 class Exchange:
     """A POST request and the messages that belong to it, until its answer.
 
@@ -302,7 +311,9 @@ class Exchange:
     None once its client left (messages then only go to the event store).
     """
 
-    __slots__ = ("batch", "cancelled", "ids", "json_only", "request", "sse", "stream_id", "sync_body")
+    __slots__ = (
+        "batch", "cancelled", "ids", "json_only", "pending", "request", "sse", "stream_id", "sync_body",
+    )
 
     def __init__(
         self, request: server.Request, ids: Iterable[RequestId], stream_id: str, batch: bool
@@ -314,6 +325,9 @@ class Exchange:
         self.stream_id = stream_id
         self.sse: SSEStream | None = None
         self.sync_body: bytes | None = None  # an answer ready before render() returned
+        # Events of a stream begun inside render(): written as one body if the
+        # answer comes before render() returns, else they open the stream.
+        self.pending: list[bytes] | None = None
         self.json_only = False  # initialize: its answer carries the new session's id
 
 
@@ -352,7 +366,7 @@ class HTTPSession:
         if answer:
             for request_id in exchange.ids:
                 self.exchanges.pop(request_id, None)
-            if exchange.sse is None and exchange.request is not None and (
+            if exchange.sse is None and exchange.pending is None and exchange.request is not None and (
                     exchange.json_only or not self.resource.settings.always_stream):
                 self._answer_json(exchange, data)
                 return
@@ -360,6 +374,10 @@ class HTTPSession:
         if answer:
             if exchange.sse is not None:
                 exchange.sse.finish()
+            elif exchange.pending is not None and exchange.request is not None:
+                # The whole stream within render(): one body, no chunking.
+                _sse_head(exchange.request, self.id)
+                exchange.sync_body = b"".join(exchange.pending)
             self._touch()  # its client may have left: nothing else restarts the timer
 
     def _answer_json(self, exchange: Exchange, data: bytes) -> None:
@@ -377,20 +395,47 @@ class HTTPSession:
         self._touch()
 
     def _stream(self, exchange: Exchange, data: bytes) -> None:
-        if exchange.sse is None and exchange.request is not None:
-            exchange.sse = self._open_stream(exchange.request, exchange.stream_id)
+        request = exchange.request
+        if exchange.sse is None and request is not None:
+            if getattr(request, "_rendering", False):
+                if exchange.pending is None:
+                    exchange.pending = self._priming(exchange.stream_id)
+            else:
+                exchange.sse = self._open_stream(request, exchange.stream_id)
         # Numbered after the priming event, so that resuming from it replays this.
         event_id = self.events.add(exchange.stream_id, data)
         if exchange.sse is not None:
             exchange.sse.send(event_id, data)
+        elif exchange.pending is not None:
+            pending = exchange.pending
+            pending.append(_event(event_id, data))
+            if len(pending) > _MOST_PENDING_EVENTS or sum(map(len, pending)) > _MOST_PENDING_BYTES:
+                self.open_pending(exchange)  # a chatty handler: under flow control now
 
-    def _open_stream(self, request: server.Request, stream_id: str) -> SSEStream:
+    def _priming(self, stream_id: str) -> list[bytes]:
+        """A new stream's first event: an id to resume from and ``retry``
+        (since 2025-11-25; older clients do not resume a request's stream)."""
+        if not version_at_least(self.session.protocol_version, PRIMING_SINCE):
+            return []
+        return [_event(self.events.reserve(stream_id), b"", self.resource.settings.retry_ms)]
+
+    def _open_stream(
+        self, request: server.Request, stream_id: str, events: list[bytes] | None = None
+    ) -> SSEStream:
+        """Start an SSE response with ``events`` (by default, the priming one)."""
         stream = SSEStream(request, self)
         self.streams.add(stream)
         self._touch()
-        if version_at_least(self.session.protocol_version, PRIMING_SINCE):
-            stream.prime(self.events.reserve(stream_id))
+        for event in self._priming(stream_id) if events is None else events:
+            stream.write(event)
         return stream
+
+    def open_pending(self, exchange: Exchange) -> None:
+        """render() returns with the answer still to come: what it buffered
+        starts the stream."""
+        if exchange.pending is not None and exchange.sse is None and exchange.request is not None:
+            exchange.sse = self._open_stream(exchange.request, exchange.stream_id, exchange.pending)
+        exchange.pending = None
 
     def close_stream(self, request_id: RequestId) -> None:
         """End a request's stream now (SEP-1699): the client reconnects with
@@ -400,6 +445,7 @@ class HTTPSession:
             return
         if not version_at_least(self.session.protocol_version, PRIMING_SINCE):
             return  # before 2025-11-25 a client does not resume a request's stream
+        self.open_pending(exchange)
         if exchange.sse is None:
             exchange.sse = self._open_stream(exchange.request, exchange.stream_id)
         exchange.sse.finish()
@@ -626,10 +672,53 @@ class BoundedRequest(server.Request):
         log.info("Refused a request body over {limit} bytes (HTTP 413)", limit=limit)
 
 
-def _accepts(request: server.Request, *types: str) -> bool:
-    header = ",".join(request.requestHeaders.getRawHeaders("accept") or ())
+class _Head:
+    """A request's headers, read once: each lookup through twisted.web's
+    ``Headers`` encodes the name again, and a POST needs about ten."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, request: server.Request) -> None:
+        self._values = {name.lower(): values for name, values in request.requestHeaders.getAllRawHeaders()}
+
+    def __call__(self, name: bytes) -> str | None:
+        """The last value of a header (as ``Request.getHeader``), or None."""
+        values = self._values.get(name)
+        return values[-1].decode("utf-8", "replace") if values else None
+
+    def joined(self, name: bytes) -> str:
+        """Every value of a header, comma-joined (RFC 9110 list headers)."""
+        return b",".join(self._values.get(name, ())).decode("utf-8", "replace")
+
+
+@functools.lru_cache(maxsize=64)  # clients send one Accept each; bounded, as the header is theirs
+def _accepts(header: str, types: tuple[str, ...]) -> bool:
     offered = {part.split(";")[0].strip().lower() for part in header.split(",")}
     return "*/*" in offered or all(t in offered or t.split("/")[0] + "/*" in offered for t in types)
+
+
+def _allow_origin(request: server.Request, origin: str) -> None:
+    """CORS: an admitted browser origin may read the answer and its session id."""
+    request.setHeader(b"Access-Control-Allow-Origin", origin.encode("utf-8", "replace"))
+    request.setHeader(b"Access-Control-Expose-Headers", b"Mcp-Session-Id, WWW-Authenticate")
+    request.setHeader(b"Vary", b"Origin")
+
+
+_ALLOW = b"GET, POST, DELETE, OPTIONS"
+_CORS_METHODS = b"GET, POST, DELETE"
+# What MCP clients send; a preflight asks for them by name (Authorization is
+# never covered by a wildcard).
+_CORS_HEADERS = frozenset({"accept", "authorization", "content-type", "last-event-id", "mcp-method",
+                           "mcp-name", "mcp-protocol-version", "mcp-session-id"})
+_PARAM_HEADER = re.compile(r"mcp-param-[a-z0-9!#$%&'*+.^_`|~-]+")  # a token (RFC 9110)
+_POST_TYPES = ("application/json", "text/event-stream")
+_GET_TYPES = ("text/event-stream",)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type == "application/json":  # what clients send
+        return True
+    return (content_type or "").split(";")[0].strip().lower() == "application/json"
 
 
 def _error_body(request: server.Request, status: int, code: int, message: str) -> bytes:
@@ -675,38 +764,60 @@ class MCPHTTPResource(Resource):
             return self._admitted(request, self._get)
         if method == b"DELETE":
             return self._admitted(request, self._delete)
-        request.setHeader("Allow", "GET, POST, DELETE")
+        if method == b"OPTIONS":
+            return self._admitted(request, self._preflight, credentials=False)
+        request.setHeader(b"Allow", _ALLOW)
         return _plain(request, 405, "Method Not Allowed")
 
-    def _admitted(self, request: server.Request, handler: Any) -> bytes | int:
+    def _admitted(self, request: server.Request, handler: Any, credentials: bool = True) -> bytes | int:
+        head = _Head(request)
+        origin = head(b"origin")
         try:
-            identity = self.host.admit(self._admission_request(request))
+            identity = self.host.admit(self._admission_request(request, head, credentials))
         except Refusal as refusal:
             log.info("Refused {peer} ({reason}): HTTP {code}", peer=_peer(request), reason=refusal.reason,
-                     code=refusal.status, host=request.getHeader("host"), origin=request.getHeader("origin"),
+                     code=refusal.status, host=head(b"host"), origin=origin,
                      path=request.path.decode("latin-1"))
+            if origin is not None and refusal.reason == "auth":  # the Origin passed: let the page read why
+                _allow_origin(request, origin)
             return _plain(request, refusal.status, refusal.text, refusal.headers)
+        if origin is not None:
+            _allow_origin(request, origin)
         request._rendering = True  # type: ignore[attr-defined]
         try:
-            return handler(request, identity)  # type: ignore[no-any-return]
+            return handler(request, identity, head)  # type: ignore[no-any-return]
         finally:
             request._rendering = False  # type: ignore[attr-defined]
 
-    def _admission_request(self, request: server.Request) -> AdmissionRequest:
-        opens = request.method == b"POST" and not request.getHeader(SESSION_HEADER)
+    def _admission_request(self, request: server.Request, head: _Head, credentials: bool) -> AdmissionRequest:
         return AdmissionRequest(
             path=request.path.decode("latin-1"),
-            host=request.getHeader("host") or "",
-            origin=request.getHeader("origin"),
-            authorization=request.getHeader("authorization"),
+            host=head(b"host") or "",
+            origin=head(b"origin"),
+            authorization=head(b"authorization"),
             on_loopback=listener_is_loopback(request.getHost()),
             tls_transport=request.channel.transport,
-            opens_session=opens,
+            opens_session=request.method == b"POST" and not head(_SESSION),
+            credentials=credentials,
         )
 
-    def _session(self, request: server.Request, identity: Any) -> HTTPSession | bytes:
+    def _preflight(self, request: server.Request, identity: Any, head: _Head) -> bytes:
+        """OPTIONS: the CORS preflight of a browser page on an admitted origin
+        (a web-based MCP client), or a plain list of the methods."""
+        request.setHeader(b"Allow", _ALLOW)
+        if head(b"origin") is not None:
+            asked = head.joined(b"access-control-request-headers").lower().split(",")
+            # Mcp-Param-* names depend on the tools (2026-07-28 routing headers).
+            params = {name.strip() for name in asked if _PARAM_HEADER.fullmatch(name.strip())}
+            request.setHeader(b"Access-Control-Allow-Methods", _CORS_METHODS)
+            request.setHeader(b"Access-Control-Allow-Headers", ", ".join(sorted(_CORS_HEADERS | params)))
+            request.setHeader(b"Access-Control-Max-Age", b"600")
+        request.setResponseCode(204)
+        return b""
+
+    def _session(self, request: server.Request, identity: Any, head: _Head) -> HTTPSession | bytes:
         """The request's session, or the error body to answer with."""
-        session_id = request.getHeader(SESSION_HEADER)
+        session_id = head(_SESSION)
         if not session_id:
             return _error_body(request, 400, INVALID_REQUEST,
                                "Bad Request: Mcp-Session-Id header is required")
@@ -714,7 +825,7 @@ class MCPHTTPResource(Resource):
         # Another identity's session is as good as unknown: 404, not 403.
         if http_session is None or http_session.identity != identity:
             return _error_body(request, 404, INVALID_REQUEST, "Session not found")
-        version = request.getHeader(VERSION_HEADER)
+        version = head(_VERSION)
         if version is not None and version not in SUPPORTED_PROTOCOL_VERSIONS:
             return _error_body(request, 400, INVALID_REQUEST,
                                f"Unsupported MCP-Protocol-Version: {jsonrpc.clip(version)}")
@@ -722,11 +833,10 @@ class MCPHTTPResource(Resource):
 
     # -- POST ---------------------------------------------------------------
 
-    def _post(self, request: server.Request, identity: Any) -> bytes | int:
-        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
+    def _post(self, request: server.Request, identity: Any, head: _Head) -> bytes | int:
+        if not _is_json(head(b"content-type")):
             return _plain(request, 415, "Unsupported Media Type: send application/json")
-        if not _accepts(request, "application/json", "text/event-stream"):
+        if not _accepts(head.joined(b"accept"), _POST_TYPES):
             return _error_body(request, 406, INVALID_REQUEST,
                                "Not Acceptable: Accept must include application/json and text/event-stream")
         try:
@@ -734,21 +844,21 @@ class MCPHTTPResource(Resource):
             message = jsonrpc.parse(body)
         except MessageError as e:
             return _error_body(request, 400, e.code, e.message)
-        if not request.getHeader(SESSION_HEADER):
-            stateless = self._stateless(request, identity, message)
+        has_session = head(_SESSION) is not None
+        if not has_session:
+            stateless = self._stateless(request, identity, message, head(_VERSION))
             if stateless is not None:
                 return stateless
         items = message if isinstance(message, list) else [message]
         initialize = [m for m in items if type(m) is Request and m.method == Method.INITIALIZE]
-        if initialize and not request.getHeader(SESSION_HEADER):
+        if initialize and not has_session:
             if isinstance(message, list):
                 return _error_body(request, 400, INVALID_REQUEST, "initialize must be sent alone")
             return self._initialize(request, identity, initialize[0])
-        found = self._session(request, identity)
+        found = self._session(request, identity, head)
         if isinstance(found, bytes):
             return found
         http_session = found
-        http_session._touch()
         if isinstance(message, list) and http_session.session.protocol_version not in BATCHING_VERSIONS:
             # Refused here: the session's answer would belong to no request
             # (a batch of notifications) and go to the GET stream.
@@ -764,17 +874,19 @@ class MCPHTTPResource(Resource):
         http_session.session.dispatch(message)
         http_session.end_cancelled(items)
         if exchange is None:
+            http_session._touch()
             request.setResponseCode(202)
             return b""
         return self._reply(request, exchange, http_session)
 
     def _stateless(
-        self, request: server.Request, identity: Any, message: jsonrpc.Message | list[jsonrpc.BatchItem]
+        self, request: server.Request, identity: Any, message: jsonrpc.Message | list[jsonrpc.BatchItem],
+        header: str | None,
     ) -> bytes | int | None:
         """Serve a 2026-07-28 POST (see ``stateless_http``); None for
         handshake-era traffic. That revision has no batches and no responses
-        from clients; its notifications are accepted and dropped."""
-        header = request.getHeader(VERSION_HEADER)
+        from clients; its notifications are accepted and dropped. ``header``:
+        the request's ``MCP-Protocol-Version``."""
         modern_header = header is not None and header not in SUPPORTED_PROTOCOL_VERSIONS
         if type(message) is not Request:
             if not modern_header:
@@ -816,6 +928,7 @@ class MCPHTTPResource(Resource):
     def _reply(self, request: server.Request, exchange: Exchange, http_session: HTTPSession) -> bytes | int:
         if exchange.sync_body is not None:
             return exchange.sync_body
+        http_session.open_pending(exchange)
         http_session.watch_open(exchange)
         if exchange.sse is not None:
             exchange.sse.keep_alive()
@@ -823,15 +936,15 @@ class MCPHTTPResource(Resource):
 
     # -- GET and DELETE -------------------------------------------------------
 
-    def _get(self, request: server.Request, identity: Any) -> bytes | int:
-        if not _accepts(request, "text/event-stream"):
+    def _get(self, request: server.Request, identity: Any, head: _Head) -> bytes | int:
+        if not _accepts(head.joined(b"accept"), _GET_TYPES):
             return _error_body(request, 406, INVALID_REQUEST,
                                "Not Acceptable: Accept must include text/event-stream")
-        found = self._session(request, identity)
+        found = self._session(request, identity, head)
         if isinstance(found, bytes):
             return found
         http_session = found
-        last_event_id = request.getHeader("last-event-id") or ""
+        last_event_id = head(b"last-event-id") or ""
         # An id this session cannot resume opens its stream afresh.
         stream_id = http_session.resumable(last_event_id) if last_event_id else None
         if stream_id in (None, STANDALONE) and http_session.standalone is not None:
@@ -843,8 +956,8 @@ class MCPHTTPResource(Resource):
             http_session.resume(request, last_event_id)
         return server.NOT_DONE_YET
 
-    def _delete(self, request: server.Request, identity: Any) -> bytes | int:
-        found = self._session(request, identity)
+    def _delete(self, request: server.Request, identity: Any, head: _Head) -> bytes | int:
+        found = self._session(request, identity, head)
         if isinstance(found, bytes):
             return found
         log.info("Session {session} ended by its client", session=found.id[:8])
@@ -911,7 +1024,11 @@ class MCPSite(server.Site):
 
     def getResourceFor(self, request: server.Request) -> Any:
         request.setHeader(b"Server", b"mcp-twisted")  # not Twisted's name and version
-        return super().getResourceFor(request)  # type: ignore[no-untyped-call]  # mypy#16653
+        # The dispatcher is a leaf that answers every path (admission refuses
+        # the wrong ones): no resource traversal.
+        request.site = self
+        request.sitepath = []  # type: ignore[attr-defined]  # Site.getResourceFor sets it too
+        return self.resource
 
 
 @implementer(IResource)
@@ -924,8 +1041,8 @@ class _Dispatcher(Resource):
         self.websocket = websocket
 
     def render(self, request: server.Request) -> bytes | int:
-        upgrade = (request.getHeader("upgrade") or "").lower() == "websocket"
-        if upgrade and request.method == b"GET" and self.websocket is not None:
+        if (request.method == b"GET" and self.websocket is not None
+                and (request.getHeader("upgrade") or "").lower() == "websocket"):
             return self.websocket.render(request)  # type: ignore[no-any-return]
         if self.http is not None:
             return self.http.render(request)

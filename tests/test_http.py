@@ -584,7 +584,7 @@ def test_status_table(served, method, headers, body, status, code):
     if code is not None:
         assert reply.json["error"]["code"] == code
     if status == 405:
-        assert reply.header("allow") == "GET, POST, DELETE"
+        assert reply.header("allow") == "GET, POST, DELETE, OPTIONS"
     assert server.post(call(9, "echo", {"text": "fine"}), session).status == 200
 
 
@@ -595,6 +595,54 @@ def test_a_token_is_required_when_auth_is_on_with_www_authenticate():
         reply = server.post(init_message(), headers=headers)
         assert reply.status == 401 and reply.header("www-authenticate") == 'Bearer realm="mcp"'
     assert server.post(init_message(), headers={"Authorization": "Bearer " + "a" * 32}).status == 200
+
+
+# -- CORS: browser pages on admitted origins --------------------------------------
+
+PAGE = "https://inspector.example"
+
+
+def test_a_preflight_from_an_allowed_origin_names_the_methods_and_mcp_headers_without_a_token():
+    app, _ = http_app()
+    server = Served(app, allowed_origins=[PAGE], auth=TokenAuthenticator({"alice": "a" * 32}))
+    asked = "content-type, authorization, mcp-session-id, mcp-param-region, x-custom"
+    reply = server.request("OPTIONS", headers={
+        "Origin": PAGE, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked,
+        "Content-Type": None, "Accept": None}).reply
+    assert reply.status == 204 and reply.complete
+    assert reply.header("access-control-allow-origin") == PAGE
+    assert reply.header("access-control-allow-methods") == "GET, POST, DELETE"
+    allowed = {h.strip() for h in reply.header("access-control-allow-headers").split(",")}
+    assert {"authorization", "content-type", "mcp-session-id", "mcp-protocol-version", "last-event-id",
+            "mcp-param-region"} <= allowed
+    assert "x-custom" not in allowed  # only what MCP clients send
+    assert reply.header("vary") == "Origin"
+
+
+def test_cors_answers_carry_the_origin_and_expose_the_session_id():
+    app, _ = http_app()
+    server = Served(app, allowed_origins=[PAGE], auth=TokenAuthenticator({"alice": "a" * 32}))
+    reply = server.post(init_message(), headers={"Origin": PAGE, "Authorization": "Bearer " + "a" * 32})
+    assert reply.status == 200
+    assert reply.header("access-control-allow-origin") == PAGE
+    assert "Mcp-Session-Id" in reply.header("access-control-expose-headers")
+    # Without its token the page may still read the 401 and WWW-Authenticate.
+    refused = server.post(init_message(), headers={"Origin": PAGE})
+    assert refused.status == 401 and refused.header("access-control-allow-origin") == PAGE
+    assert "WWW-Authenticate" in refused.header("access-control-expose-headers")
+    # Requests without an Origin (non-browser clients) get no CORS headers.
+    assert server.post(init_message(), headers={"Authorization": "Bearer " + "a" * 32}).header(
+        "access-control-allow-origin") is None
+
+
+def test_a_preflight_from_a_foreign_origin_is_refused_and_allows_nothing(served):
+    server, _ = served
+    reply = server.request("OPTIONS", headers={"Origin": "https://evil.example",
+                                                "Access-Control-Request-Method": "POST"}).reply
+    assert reply.status == 403 and reply.header("access-control-allow-origin") is None
+    plain = server.request("OPTIONS").reply  # no Origin: just the methods
+    assert plain.status == 204 and plain.header("allow") == "GET, POST, DELETE, OPTIONS"
+    assert plain.header("access-control-allow-methods") is None
 
 
 @pytest.mark.parametrize("framing", ["declared", "chunked", "expect-100-continue"])
