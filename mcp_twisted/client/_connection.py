@@ -19,10 +19,8 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import address, ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mcp_twisted.auth import load_certificates
 from mcp_twisted.client._api import ConnectionFailed, MCPClient
@@ -136,10 +134,9 @@ class SessionConnection:
             waiter.callback(None)
 
 
-@implementer(ITransport)
 class ConnectionHandle:
     """A connection seen as a transport, for ``ClientService``'s stand-in
-    protocol: losing it closes the connection."""
+    protocol (which only ever loses it): losing it closes the connection."""
 
     def __init__(self, close: Callable[[], object], peer: str) -> None:
         self._close = close
@@ -153,12 +150,6 @@ class ConnectionHandle:
 
     def getHost(self) -> address.UNIXAddress:
         return self._address
-
-    def write(self, data: bytes) -> None:
-        raise TypeError("an MCP connection is written to through its session")
-
-    def writeSequence(self, data: Any) -> None:
-        raise TypeError("an MCP connection is written to through its session")
 
 
 class Connector:

@@ -1,8 +1,10 @@
 """The lifecycle of one client connection, as one table: (state, event) -> state.
 
-Every change of ``MCPClientProtocol.state`` goes through ``advance``, so an
-event in the wrong state (a second ``initialize`` result, a close before the
-upgrade, anything after the end) fails in this one place, with both names.
+Every client connection (a WebSocket, a Streamable HTTP conversation, a
+child process on stdio: see ``_connection.SessionConnection``) keeps its
+``connection_state`` with ``advance``, so an event in the wrong state (a
+second ``initialize`` result, a close before the upgrade, anything after the
+end) fails in this one place, with both names.
 
 ::
 
@@ -13,7 +15,9 @@ upgrade, anything after the end) fails in this one place, with both names.
     any state but CLOSED --lost--> CLOSED
 
 The MCP session inside has its own table (``mcp_twisted.session.TRANSITIONS``);
-this one is about the WebSocket connection around it.
+this one is about the connection around it. "Opened" is the WebSocket
+upgrade, the child process started, or at once for HTTP; "initialized" is
+the session opened in its era (``initialize`` or ``server/discover``).
 """
 
 from __future__ import annotations
@@ -26,15 +30,15 @@ __all__ = ["TRANSITIONS", "ConnectionEvent", "ConnectionState", "advance"]
 
 
 class ConnectionState(enum.Enum):
-    CONNECTING = "connecting"  # TCP (and TLS) up; the WebSocket upgrade is asked for
-    INITIALIZING = "initializing"  # upgraded; MCP initialize sent
+    CONNECTING = "connecting"  # TCP (and TLS) up, the WebSocket upgrade asked for; or the child starting
+    INITIALIZING = "initializing"  # open; the era is being found, initialize or server/discover sent
     READY = "ready"  # initialized: the session is in use
     CLOSING = "closing"  # this side sent a close frame
     CLOSED = "closed"  # the connection is gone
 
 
 class ConnectionEvent(enum.Enum):
-    OPENED = "opened"  # the server accepted the upgrade
+    OPENED = "opened"  # the server accepted the upgrade (the child started; HTTP: at once)
     INITIALIZED = "initialized"  # initialize answered and accepted; notifications/initialized sent
     REJECTED = "rejected"  # initialize failed: an error answer, no answer in time, an unknown revision
     CLOSE = "close"  # this side closes (the service stops)
