@@ -22,14 +22,15 @@ import ipaddress
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.python.failure import Failure
 
-from mcp_twisted.auth import TokenAuthenticator, certificate_subject
+from mcp_twisted.auth import certificate_subject
 from mcp_twisted.session import OutputFlow, Role, Send, Session, SessionHandler
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "Admission",
     "AdmissionRequest",
+    "Authenticator",
     "Limits",
     "OriginPolicy",
     "Refusal",
@@ -229,6 +231,16 @@ class Refusal(Exception):
         self.headers = tuple(headers)
 
 
+class Authenticator(Protocol):
+    """What checks a request's ``Authorization`` header: static tokens
+    (``auth.TokenAuthenticator``) or OAuth access tokens (``oauth``)."""
+
+    def authenticate(self, authorization: str | None) -> Any:
+        """The caller's identity, None to refuse with a plain 401, or a
+        Deferred of the identity when the check must ask elsewhere first; may
+        raise (or fail with) a ``Refusal`` of its own (a challenge, a 403)."""
+
+
 @dataclass(slots=True)  # made for every HTTP request: not frozen, which costs a setattr call a field
 class AdmissionRequest:
     """The facts admission decides on, whatever the transport."""
@@ -256,7 +268,7 @@ class Admission:
         path: str | None = "/mcp",
         allowed_origins: Iterable[str] = (),
         allowed_hosts: Iterable[str] = (),
-        auth: TokenAuthenticator | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.path = path
         self.origin_policy = OriginPolicy(allowed_origins)
@@ -344,13 +356,25 @@ class SessionHost:
         return bool(maximum) and len(self.sessions) >= maximum
 
     def admit(self, request: AdmissionRequest) -> Any:
-        """``Admission.admit`` against this host; refusals are counted."""
+        """``Admission.admit`` against this host (the identity, or a Deferred
+        of it); refusals are counted, those that come later too."""
         try:
-            return self.admission.admit(request, self)
+            identity = self.admission.admit(request, self)
         except Refusal as refusal:
-            if self.metrics is not None:
-                self.metrics.handshake_refusals.labels(refusal.reason).inc()
+            self._count_refusal(refusal)
             raise
+        if isinstance(identity, Deferred):
+            identity.addErrback(self._count_late_refusal)
+        return identity
+
+    def _count_refusal(self, refusal: Refusal) -> None:
+        if self.metrics is not None:
+            self.metrics.handshake_refusals.labels(refusal.reason).inc()
+
+    def _count_late_refusal(self, failure: Failure) -> Failure:
+        if failure.check(Refusal):
+            self._count_refusal(cast(Refusal, failure.value))
+        return failure
 
     def open_session(
         self,

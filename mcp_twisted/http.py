@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
@@ -697,6 +698,19 @@ def _accepts(header: str, types: tuple[str, ...]) -> bool:
     return "*/*" in offered or all(t in offered or t.split("/")[0] + "/*" in offered for t in types)
 
 
+def _finish_with(request: server.Request, body: bytes | int) -> None:
+    """End a request that render() left open, as render() would have."""
+    if body is not server.NOT_DONE_YET:
+        assert isinstance(body, bytes)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
+# Refusals that come after the Origin check: a browser page may read them.
+_AFTER_ORIGIN = frozenset({"auth", "scope", "auth-server"})
+
+
 def _allow_origin(request: server.Request, origin: str) -> None:
     """CORS: an admitted browser origin may read the answer and its session id."""
     request.setHeader(b"Access-Control-Allow-Origin", origin.encode("utf-8", "replace"))
@@ -771,16 +785,23 @@ class MCPHTTPResource(Resource):
 
     def _admitted(self, request: server.Request, handler: Any, credentials: bool = True) -> bytes | int:
         head = _Head(request)
-        origin = head(b"origin")
         try:
             identity = self.host.admit(self._admission_request(request, head, credentials))
         except Refusal as refusal:
-            log.info("Refused {peer} ({reason}): HTTP {code}", peer=_peer(request), reason=refusal.reason,
-                     code=refusal.status, host=head(b"host"), origin=origin,
-                     path=request.path.decode("latin-1"))
-            if origin is not None and refusal.reason == "auth":  # the Origin passed: let the page read why
-                _allow_origin(request, origin)
-            return _plain(request, refusal.status, refusal.text, refusal.headers)
+            return self._refused(request, head, refusal)
+        if isinstance(identity, Deferred):
+            # The token is checked elsewhere first (keys to fetch, an
+            # introspection endpoint). Not cancelled if the client leaves:
+            # other requests may be waiting for the same fetch.
+            identity.addCallbacks(self._admitted_later, self._refused_later,
+                                  callbackArgs=(request, handler, head), errbackArgs=(request, head))
+            return server.NOT_DONE_YET
+        return self._render_admitted(request, handler, head, identity)
+
+    def _render_admitted(
+        self, request: server.Request, handler: Any, head: _Head, identity: Any
+    ) -> bytes | int:
+        origin = head(b"origin")
         if origin is not None:
             _allow_origin(request, origin)
         request._rendering = True  # type: ignore[attr-defined]
@@ -788,6 +809,29 @@ class MCPHTTPResource(Resource):
             return handler(request, identity, head)  # type: ignore[no-any-return]
         finally:
             request._rendering = False  # type: ignore[attr-defined]
+
+    def _refused(self, request: server.Request, head: _Head, refusal: Refusal) -> bytes:
+        origin = head(b"origin")
+        log.info("Refused {peer} ({reason}): HTTP {code}", peer=_peer(request), reason=refusal.reason,
+                 code=refusal.status, host=head(b"host"), origin=origin, path=request.path.decode("latin-1"))
+        if origin is not None and refusal.reason in _AFTER_ORIGIN:  # the Origin passed: the page may read why
+            _allow_origin(request, origin)
+        return _plain(request, refusal.status, refusal.text, refusal.headers)
+
+    def _admitted_later(self, identity: Any, request: server.Request, handler: Any, head: _Head) -> None:
+        if request.finished or request._disconnected:
+            return  # the client left while its token was checked
+        _finish_with(request, self._render_admitted(request, handler, head, identity))
+
+    def _refused_later(self, failure: Failure, request: server.Request, head: _Head) -> None:
+        if request.finished or request._disconnected:
+            return  # the client left while its token was checked
+        if failure.check(Refusal):
+            refusal = cast(Refusal, failure.value)
+        else:
+            log.failure("Checking a token failed", failure)
+            refusal = Refusal(500, "auth", "Internal Server Error")
+        _finish_with(request, self._refused(request, head, refusal))
 
     def _admission_request(self, request: server.Request, head: _Head, credentials: bool) -> AdmissionRequest:
         return AdmissionRequest(

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from mcp_twisted import Context, MCPServer
 from mcp_twisted.auth import TokenAuthenticator
+from mcp_twisted.hosting import Refusal
 from mcp_twisted.http import EventStore, HTTPSettings, MCPHTTPResource
 from mcp_twisted.jsonrpc import INVALID_REQUEST, PARSE_ERROR
 from mcp_twisted.metrics import Metrics
@@ -595,6 +596,56 @@ def test_a_token_is_required_when_auth_is_on_with_www_authenticate():
         reply = server.post(init_message(), headers=headers)
         assert reply.status == 401 and reply.header("www-authenticate") == 'Bearer realm="mcp"'
     assert server.post(init_message(), headers={"Authorization": "Bearer " + "a" * 32}).status == 200
+
+
+# -- tokens checked elsewhere first (OAuth: keys to fetch, introspection) --------
+
+
+class SlowAuthenticator:
+    """Answers each token check later, when the test says (as an OAuth
+    validator does while it fetches the provider's keys)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[defer.Deferred[Any]] = []
+
+    def authenticate(self, authorization: str | None) -> defer.Deferred[Any]:
+        self.waiting.append(defer.Deferred())
+        return self.waiting[-1]
+
+
+def test_a_request_waits_for_a_token_check_that_answers_later():
+    app, _ = http_app()
+    auth = SlowAuthenticator()
+    server = Served(app, auth=auth)
+    wire = server.request("POST", init_message(), headers={"Authorization": "Bearer later"})
+    assert wire.replies() == [] and len(auth.waiting) == 1  # nothing yet
+    auth.waiting[0].callback("alice")
+    assert wire.reply.status == 200 and wire.reply.complete
+    session = wire.reply.header("mcp-session-id")
+    assert server.http_session(session).identity == "alice"
+    # The session's next request is checked again, and answered when that check is.
+    wire = server.request("POST", call(1, "echo", {"text": "hi"}), session=session)
+    auth.waiting[1].callback("alice")
+    assert wire.reply.json["result"]["content"][0]["text"] == "hi"
+
+
+def test_a_token_check_that_fails_later_answers_with_its_refusal_or_500():
+    app, _ = http_app()
+    auth = SlowAuthenticator()
+    metrics = Metrics()
+    server = Served(app, auth=auth, metrics=metrics)
+    refused = server.request("POST", init_message())
+    auth.waiting[0].errback(Refusal(401, "auth", "Unauthorized", [("WWW-Authenticate", 'Bearer error="x"')]))
+    assert refused.reply.status == 401 and refused.reply.header("www-authenticate") == 'Bearer error="x"'
+    assert metrics.registry.get_sample_value("mcp_handshake_refusals_total", {"reason": "auth"}) == 1
+    broken = server.request("POST", init_message())
+    auth.waiting[1].errback(ValueError("a bug in the check"))
+    assert broken.reply.status == 500
+    # A client that left while its token was checked is not written to.
+    gone = server.request("POST", init_message())
+    gone.drop()
+    auth.waiting[2].callback("alice")
+    assert server.resource.sessions == {}
 
 
 # -- CORS: browser pages on admitted origins --------------------------------------
