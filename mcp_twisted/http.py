@@ -26,7 +26,7 @@ import io
 import re
 import secrets
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -1045,8 +1045,12 @@ class MCPSite(server.Site):
         max_body_size: int,
         timeout: float = 60.0,
         reactor: IReactorTime | None = None,
+        extra: Mapping[str, IResource] | None = None,
     ) -> None:
         """
+        :param extra: other resources by exact path, served beside MCP (the
+            OAuth protected-resource metadata, whose paths admission would
+            refuse with 404).
         :param timeout: seconds a connection may sit idle between requests
             (or in an unfinished request head) before it is closed.
         :param reactor: the clock of that timeout; by default the HTTP
@@ -1056,7 +1060,7 @@ class MCPSite(server.Site):
             reactor = http.host.clock
         # No form parsing: by default twisted.web parses every POST's
         # Content-Type with the email package, in case the body is a form.
-        super().__init__(_Dispatcher(http, websocket), timeout=timeout, reactor=reactor,
+        super().__init__(_Dispatcher(http, websocket, extra or {}), timeout=timeout, reactor=reactor,
                          **_NO_FORM_PARSING)  # type: ignore[no-untyped-call]  # mypy#16653
         self.max_body_size = max_body_size
         self.displayTracebacks = False
@@ -1079,12 +1083,20 @@ class MCPSite(server.Site):
 class _Dispatcher(Resource):
     isLeaf = True
 
-    def __init__(self, http: MCPHTTPResource | None, websocket: WebSocketResource | None) -> None:
+    def __init__(
+        self,
+        http: MCPHTTPResource | None,
+        websocket: WebSocketResource | None,
+        extra: Mapping[str, IResource],
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # mypy#16653
         self.http = http
         self.websocket = websocket
+        self.extra = {path.encode(): resource for path, resource in extra.items()}
 
     def render(self, request: server.Request) -> bytes | int:
+        if self.extra and request.path in self.extra:
+            return self.extra[request.path].render(request)  # type: ignore[no-any-return]
         if (request.method == b"GET" and self.websocket is not None
                 and (request.getHeader("upgrade") or "").lower() == "websocket"):
             return self.websocket.render(request)  # type: ignore[no-any-return]
