@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from run import Runner  # this directory is on sys.path when a script in it runs
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -65,7 +66,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+def wait_listening(port: int, process: subprocess.Popen[str], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if process.poll() is not None:
@@ -80,16 +81,6 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> No
             time.sleep(0.05)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
 @contextmanager
 def server(workers: int, endpoint: str, port: int, directory: Path) -> Iterator[list[int]]:
     """A running ``twistd mcpws`` (with ``--workers`` above 1); yields the pids that serve."""
@@ -99,7 +90,7 @@ def server(workers: int, endpoint: str, port: int, directory: Path) -> Iterator[
         command += ["--workers", str(workers)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, text=True)
     try:
         wait_listening(port, process, log)
         if workers > 1:
@@ -113,7 +104,7 @@ def server(workers: int, endpoint: str, port: int, directory: Path) -> Iterator[
             pids = [process.pid]
         yield pids
     finally:
-        stop(process)
+        Runner.stop_server(process)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -184,12 +175,12 @@ def main() -> None:
         config.write_text(HAPROXY_CONFIG.format(proxy_port=proxy_port, server_port=port))
         with server(1, f"haproxy:tcp:{port}:interface=127.0.0.1", port, directory) as pids:
             haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.STDOUT)
+                                       stderr=subprocess.STDOUT, text=True)
             try:
                 wait_listening(proxy_port, haproxy, config)
                 behind = load(proxy_port, pids, args, 1)
             finally:
-                stop(haproxy)
+                Runner.stop_server(haproxy)
         port = free_port()
         with server(1, f"tcp:{port}:interface=127.0.0.1", port, directory) as pids:
             direct = load(port, pids, args, 1)

@@ -19,7 +19,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, endpoints, reactor, task
 
 from tests.support import ProbeClient
-from tests.test_tap import Twistd, free_port
+from tests.test_tap import Twistd, free_port, stop_process
 
 SCALE_APP = "tests.scale_app:server"
 START_TIMEOUT = 20.0
@@ -57,13 +57,7 @@ class Daemon:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
 
 
 class Processes:
