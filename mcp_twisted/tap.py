@@ -154,7 +154,8 @@ class Options(usage.Options):
          "protocol): tcp:8081:interface=127.0.0.1."],
         ["workers", None, 0,
          "Run this many server processes, each with --reuse-port, under a thin parent that restarts "
-         "one that dies and passes SIGTERM on (0: one process, no parent).", _count(0)],
+         "one that dies and passes SIGTERM on (0: one process, no parent). {worker} in an option "
+         "becomes each one's number: --metrics-endpoint tcp:910{worker}.", _count(0)],
         ["bus", None, None,
          "Share resource and list-change notifications with every instance serving this app: "
          "redis://host:port[/db] (needs mcp-twisted[redis])."],
@@ -268,13 +269,18 @@ def make_workers(reactor: Any, options: Options) -> IService:
     """The ``--workers`` parent. Endpoint strings are checked here, once, so a
     mistake is one line instead of N children failing in a loop."""
     from mcp_twisted.endpoints import reuse_port_reactor
-    from mcp_twisted.workers import WorkersService, child_arguments, twistd_command
+    from mcp_twisted.workers import WORKER_NUMBER, WorkersService, child_arguments, twistd_command
 
     try:
         reusing = reuse_port_reactor(reactor)
     except ValueError as e:
         raise StartupError(f"--workers: {e}") from None
     make_endpoints(reusing, options["endpoints"])
+    for option in ("metrics-endpoint", "health-endpoint"):
+        description = options[option]
+        if description and WORKER_NUMBER not in description:
+            raise StartupError(f"--{option} {description!r}: with --workers each worker needs its own; put "
+                               f"{WORKER_NUMBER} (the worker's number) in it, e.g. tcp:910{WORKER_NUMBER}")
     stop_timeout = options["drain-delay"] + options["drain-timeout"] + options["close-timeout"] + 5
     return WorkersService(reactor, twistd_command(child_arguments(options.arguments)), options["workers"],
                           stop_timeout)

@@ -2,7 +2,9 @@
 
 Each child is an ordinary server started with ``--reuse-port``: it binds the
 same port itself and the kernel spreads new connections among the children
-(``SO_REUSEPORT``). The parent holds no socket and passes none; it only
+(``SO_REUSEPORT``). ``{worker}`` in an argument becomes the child's number
+(1 to N), for what each child must have of its own: a metrics or health
+listener (``--metrics-endpoint tcp:910{worker}``). The parent holds no socket and passes none; it only
 starts the children, starts again one that dies (after a pause that grows
 while children keep dying young), forwards its own stop (SIGTERM) to them as
 SIGTERM and waits for them to finish draining. Under systemd, the template
@@ -26,13 +28,14 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["WorkersService", "child_arguments"]
+__all__ = ["WORKER_NUMBER", "WorkersService", "child_arguments", "twistd_command"]
 
 log = Logger()
 
 # A child that ran this long is healthy: the next restart comes at once again.
 HEALTHY_RUN = 10.0
 MAX_RESTART_DELAY = 30.0
+WORKER_NUMBER = "{worker}"
 
 
 def child_arguments(arguments: Sequence[str]) -> list[str]:
@@ -96,9 +99,10 @@ class WorkersService(Service):
     def _spawn(self, index: int) -> None:
         self.pending.pop(index, None)
         child = _Child(self, index)
+        command = [argument.replace(WORKER_NUMBER, str(index)) for argument in self.command]
         # Children write their logs where the parent writes its own.
         transport = self.process_reactor.spawnProcess(
-            child, self.command[0], self.command, env=os.environ.copy(), childFDs={0: "w", 1: 1, 2: 2})
+            child, command[0], command, env=os.environ.copy(), childFDs={0: "w", 1: 1, 2: 2})
         transport.closeStdin()
         self.children[index] = child
         self.started_at[index] = self.clock.seconds()

@@ -971,6 +971,8 @@ def test_scale_out_options_reach_the_service_factory_and_app():
     (["--bus", "amqp://broker"], "mcpws: error: --bus 'amqp://broker': expected redis://host[:port][/db]"),
     (["--bus", "redis://host/db"], "mcpws: error: --bus 'redis://host/db': database 'db' is not a number"),
     (["--workers", "2", "--endpoint", "tcp:nonsense"], "mcpws: error: --endpoint 'tcp:nonsense'"),
+    (["--workers", "2", "--metrics-endpoint", "tcp:9100"],
+     "mcpws: error: --metrics-endpoint 'tcp:9100': with --workers each worker needs its own; put {worker}"),
 ])
 def test_scale_out_mistakes_are_one_line(args: list[str], message: str):
     with pytest.raises(SystemExit, match=re.escape(message)):

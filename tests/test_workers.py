@@ -14,9 +14,10 @@ from mcp_twisted.workers import WorkersService, child_arguments, twistd_command
 
 
 class FakeProcess:
-    def __init__(self, protocol: Any, pid: int) -> None:
+    def __init__(self, protocol: Any, pid: int, args: list[str]) -> None:
         self.protocol = protocol
         self.pid = pid
+        self.args = args
         self.signals: list[int] = []
         protocol.makeConnection(self)
 
@@ -39,7 +40,7 @@ class ProcessClock(task.Clock):
 
     def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: Any = None,
                      childFDs: Any = None) -> FakeProcess:
-        process = FakeProcess(protocol, 1000 + len(self.spawned))
+        process = FakeProcess(protocol, 1000 + len(self.spawned), args)
         self.spawned.append(process)
         return process
 
@@ -53,14 +54,15 @@ def test_children_get_the_parents_arguments_with_reuse_port_and_without_workers(
 
 def test_a_child_that_dies_is_started_again_after_a_pause_that_grows_while_it_dies_young():
     clock = ProcessClock()
-    service = WorkersService(clock, ["twistd"], 2, stop_timeout=30)
+    service = WorkersService(clock, ["twistd", "--metrics-endpoint", "tcp:910{worker}"], 2, stop_timeout=30)
     service.startService()
-    assert len(clock.spawned) == 2
+    assert [process.args[-1] for process in clock.spawned] == ["tcp:9101", "tcp:9102"]
     clock.spawned[0].end(ProcessTerminated(signal=signal.SIGKILL))
     clock.advance(0.9)
     assert len(clock.spawned) == 2
     clock.advance(0.1)
     assert len(clock.spawned) == 3 and set(service.children) == {1, 2}
+    assert clock.spawned[2].args[-1] == "tcp:9101"  # the same number, so the same port
     clock.spawned[2].end(ProcessTerminated(exitCode=1))  # dies young again: 2 s
     clock.advance(1.9)
     assert len(clock.spawned) == 3
