@@ -102,7 +102,6 @@ class _StreamReader(Protocol):
         self.request_id = request_id  # whose answer it carries; None: the standalone GET stream
         self.parser = parser
         self.resumable = resumable
-        self.answered = False
         self.events = 0
         self.aborted = False
 
@@ -140,6 +139,7 @@ class HTTPConnection(SessionConnection):
         self._url = connector.url.encode("ascii")
         self._readers: set[_StreamReader] = set()
         self._posts: dict[RequestId, Deferred[IResponse]] = {}  # requests waiting for response headers
+        self._unanswered: set[RequestId] = set()  # our requests whose answer has not come on any stream
         self._get_reopens = 0
 
     def start(self) -> None:
@@ -160,10 +160,14 @@ class HTTPConnection(SessionConnection):
         message = json.loads(data)
         method = message.get("method")
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        if method == Notify.CANCELLED and self.modern:
-            self._abort_request(params.get("requestId"))  # closing its stream is how 2026-07-28 cancels
-            return
+        if method == Notify.CANCELLED:
+            self._unanswered.discard(params.get("requestId"))
+            if self.modern:
+                self._abort_request(params.get("requestId"))  # closing its stream is how 2026-07-28 cancels
+                return
         request_id = message.get("id") if method is not None else None
+        if request_id is not None:
+            self._unanswered.add(request_id)
         headers = self._headers()
         if self.session_id is not None:
             headers["Mcp-Session-Id"] = self.session_id
@@ -220,7 +224,7 @@ class HTTPConnection(SessionConnection):
             if isinstance(message, jsonrpc.ErrorResponse) and message.id is None and request_id is not None:
                 message = jsonrpc.ErrorResponse(request_id, message.error)  # an error about this POST
             if message is not None and (request_id is None or _answers(message, request_id)):
-                self.session.dispatch(message)
+                self._deliver(message)
                 return
         if status >= 300 or request_id is not None:
             text = body[:200].decode("utf-8", "replace").strip()
@@ -232,8 +236,13 @@ class HTTPConnection(SessionConnection):
                          error=error)
 
     def _fail(self, request_id: RequestId, error: str, status: int | None = None) -> None:
+        self._deliver(jsonrpc.ErrorResponse(request_id, HTTPError(error, status)))
+
+    def _deliver(self, message: jsonrpc.Message | list[jsonrpc.BatchItem]) -> None:
+        if isinstance(message, jsonrpc.Response | jsonrpc.ErrorResponse):
+            self._unanswered.discard(message.id)
         if self.session is not None:
-            self.session.dispatch(jsonrpc.ErrorResponse(request_id, HTTPError(error, status)))
+            self.session.dispatch(message)
 
     def _failed(self, failure: Failure) -> None:
         """A request that never got (all of) its response: the server is gone."""
@@ -262,10 +271,8 @@ class HTTPConnection(SessionConnection):
             return
         if reader.request_id is None:
             self._get_reopens = 0
-        elif _answers(message, reader.request_id):
-            reader.answered = True
-        self.session.dispatch(message)
-        if reader.answered and isinstance(reader.parser, _Resumed):
+        self._deliver(message)
+        if isinstance(reader.parser, _Resumed) and reader.request_id not in self._unanswered:
             reader.abort()  # a resumption has served its purpose
 
     def _stream_ended(self, reader: _StreamReader) -> None:
@@ -278,8 +285,8 @@ class HTTPConnection(SessionConnection):
             if self._get_reopens <= MAX_GET_REOPENS:
                 self.client.clock.callLater(delay, self._open_get_stream, reader.parser)
             return
-        if reader.answered:
-            return
+        if reader.request_id not in self._unanswered:
+            return  # answered, here or on another stream
         resumes = reader.parser.resumes if isinstance(reader.parser, _Resumed) else 0
         if reader.events == 0:
             resumes += 1  # no progress on this try
