@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,6 +40,7 @@ from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from mcp_twisted import jsonrpc
+from mcp_twisted._lograte import RepeatedEventLog
 from mcp_twisted.eras import classify, http_status
 from mcp_twisted.hosting import (
     AdmissionRequest,
@@ -698,6 +699,33 @@ def _accepts(header: str, types: tuple[str, ...]) -> bool:
     return "*/*" in offered or all(t in offered or t.split("/")[0] + "/*" in offered for t in types)
 
 
+class _ScopeCheck:
+    """Step-up authorization: a request for a tool, resource or prompt
+    declared with scopes its token lacks gets 403 ``insufficient_scope``
+    before it reaches the app. Only where both sides take part: an
+    authenticator that knows scopes (OAuth) and an app that declares them."""
+
+    def __init__(self, needed: Any, refuse: Any) -> None:
+        self.needed = needed  # (method, params) -> the scopes it needs
+        self.refuse = refuse  # (identity, scopes) -> Refusal | None
+
+    @classmethod
+    def of(cls, host: SessionHost) -> _ScopeCheck | None:
+        needed = getattr(host.app, "required_scopes", None)
+        refuse = getattr(host.admission.auth, "scope_refusal", None)
+        return cls(needed, refuse) if needed is not None and refuse is not None else None
+
+    def refusal(self, identity: Any, message: jsonrpc.Message | list[jsonrpc.BatchItem]) -> Refusal | None:
+        for item in message if isinstance(message, list) else (message,):
+            if type(item) is Request:
+                scopes = self.needed(item.method, item.params)
+                if scopes:
+                    refused: Refusal | None = self.refuse(identity, scopes)
+                    if refused is not None:
+                        return refused
+        return None
+
+
 def _finish_with(request: server.Request, body: bytes | int) -> None:
     """End a request that render() left open, as render() would have."""
     if body is not server.NOT_DONE_YET:
@@ -766,6 +794,7 @@ class MCPHTTPResource(Resource):
         self.settings = settings if settings is not None else HTTPSettings()
         self.sessions: dict[str, HTTPSession] = {}
         self.replay_budget = ReplayBudget(self.settings.max_replay_total)
+        self._scopes = _ScopeCheck.of(host)
 
     # -- entry --------------------------------------------------------------
 
@@ -888,6 +917,10 @@ class MCPHTTPResource(Resource):
             message = jsonrpc.parse(body)
         except MessageError as e:
             return _error_body(request, 400, e.code, e.message)
+        if self._scopes is not None:
+            refusal = self._scopes.refusal(identity, message)
+            if refusal is not None:
+                return self._refused(request, head, refusal)
         has_session = head(_SESSION) is not None
         if not has_session:
             stateless = self._stateless(request, identity, message, head(_VERSION))
@@ -1031,11 +1064,27 @@ _NO_FORM_PARSING: dict[str, Any] = (
 )
 
 
+class _Channel(http.HTTPChannel):
+    """An HTTP/1.1 connection, counted by its site while it serves HTTP."""
+
+    site: MCPSite  # set by Site.buildProtocol before the connection is made
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]  # mypy#16653
+        self.site.connections.add(self)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # Twisted's own is untyped
+        self.site.connections.discard(self)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # mypy#16653
+
+
 class MCPSite(server.Site):
     """One listener for both transports: a GET with ``Upgrade: websocket``
     goes to Autobahn, everything else to Streamable HTTP (either may be off)."""
 
     requestFactory = BoundedRequest
+    # HTTP/1.1 only: no ALPN is offered, so Twisted's HTTP/2 switch is not needed.
+    protocol = _Channel  # type: ignore[assignment]  # a channel, not the switch
 
     def __init__(
         self,
@@ -1046,8 +1095,14 @@ class MCPSite(server.Site):
         timeout: float = 60.0,
         reactor: IReactorTime | None = None,
         extra: Mapping[str, IResource] | None = None,
+        max_connections: int | None = None,
     ) -> None:
         """
+        :param max_connections: HTTP connections open at once (WebSocket
+            ones count against the session cap from their upgrade on); more
+            are closed as soon as they are accepted. By default twice the
+            session cap (a client may hold a POST connection and a stream)
+            plus some room; 0 for no limit.
         :param extra: other resources by exact path, served beside MCP (the
             OAuth protected-resource metadata, whose paths admission would
             refuse with 404).
@@ -1065,6 +1120,25 @@ class MCPSite(server.Site):
         self.max_body_size = max_body_size
         self.displayTracebacks = False
         self.noisy = False
+        host = http.host if http is not None else getattr(getattr(websocket, "_factory", None), "host", None)
+        if max_connections is None:
+            sessions = host.limits.max_sessions if host is not None else 0
+            max_connections = 2 * sessions + 64 if sessions else 0
+        self.max_connections = max_connections
+        self.connections: set[_Channel] = set()
+        self._metrics = host.metrics if host is not None else None
+        self._log_refused = RepeatedEventLog(
+            log, reactor if reactor is not None else self.reactor,
+            "Closed {count} new connection(s): {limit} open already (the connection cap)")
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        """A channel; None over the connection cap (closed at once)."""
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            self._log_refused(limit=self.max_connections)
+            if self._metrics is not None:
+                self._metrics.handshake_refusals.labels("connections").inc()
+            return None
+        return super().buildProtocol(addr)  # type: ignore[no-untyped-call]  # mypy#16653
 
     def log(self, request: http.Request) -> None:
         """No access log line per request: sessions, refusals and failures
@@ -1099,7 +1173,11 @@ class _Dispatcher(Resource):
             return self.extra[request.path].render(request)  # type: ignore[no-any-return]
         if (request.method == b"GET" and self.websocket is not None
                 and (request.getHeader("upgrade") or "").lower() == "websocket"):
-            return self.websocket.render(request)  # type: ignore[no-any-return]
+            answer = self.websocket.render(request)
+            channel = request.channel
+            if channel.transport is None and isinstance(channel, _Channel):
+                channel.site.connections.discard(channel)  # a WebSocket session now, under the session cap
+            return answer  # type: ignore[no-any-return]
         if self.http is not None:
             return self.http.render(request)
         request.defaultContentType = None

@@ -752,6 +752,9 @@ def test_metrics_count_http_sessions_requests_and_refusals_under_transport_http(
 # -- over sockets on 127.0.0.1 ------------------------------------------------------
 
 
+_ports: list[Any] = []  # what ``listening`` serves now
+
+
 @pytest_twisted.async_yield_fixture
 async def listening():
     """``await listening(app, settings, **factory_options)``: an app served on
@@ -761,6 +764,7 @@ async def listening():
     async def start(app: MCPServer, settings: HTTPSettings | None = None, **options: Any) -> Any:
         factory, resource, port = await serve(app, settings, **options)
         ports.append((port, resource))
+        _ports[:] = ports
         return factory, resource, f"http://127.0.0.1:{port.getHost().port}/mcp"
 
     yield start
@@ -806,6 +810,10 @@ async def test_websocket_and_http_share_the_port_and_the_path(listening):
     assert ws_reply["result"]["content"][0]["text"] == "ws"
     assert http_reply["result"]["content"][0]["text"] == "http"
     assert sorted(factory.host.sessions.values()) == ["http", "websocket"]
+    # HTTP connections are counted against the connection cap; an upgraded
+    # one is a WebSocket session then, under the session cap instead.
+    (site,) = {port.factory for port, _ in _ports}
+    await until(lambda: len(site.connections) == 0)  # the upgraded one is not counted; Agent closed its own
     ws.sendClose(1000)
     await ws.closed
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, reactor, task
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from mcp_twisted import Context, MCPServer
 from mcp_twisted.http import HTTPSettings
@@ -74,6 +75,7 @@ async def attacked():
         app, state = flood_app()
         clock = task.Clock()
         factory, resource, port = await serve(app, settings, clock=clock, **options)
+        _sites[factory] = port.factory
         # Accepted sockets inherit it: a client that stops reading backs up
         # into the server's own buffer after kilobytes, not megabytes.
         port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * KIB)
@@ -101,6 +103,7 @@ def replies(client: Collect) -> list[Any]:
 
 
 _raw_clients: list[Collect] = []
+_sites: dict[Any, Any] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -125,6 +128,11 @@ async def raw_client(url: str, receive_buffer: int | None = None) -> Collect:
 
 def host_of(url: str) -> str:
     return url.split("/")[2]
+
+
+def site_of(factory: Any) -> Any:
+    """The ``MCPSite`` a test is served by (its connection count)."""
+    return _sites[factory]
 
 
 # 1. Bodies over the limit are refused before they are read.
@@ -389,3 +397,34 @@ async def test_idle_connections_are_closed_after_the_site_timeout(attacked):
     clock.advance(1)  # MCPSite's idle timeout, on the transport's clock
     await defer.DeferredList([client.done for client in idle + half]).addTimeout(5, reactor)
     await polite_call(url)
+
+
+# 6. Connections: one listener holds a bounded number, both transports together.
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_over_the_cap_are_closed_at_once_and_connected_clients_go_on(attacked, events):
+    metrics = Metrics()
+    factory, resource, url, _, _ = await attacked(max_connections=2, metrics=metrics)  # 2 sessions: cap 68
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    owner = HTTPClient(url, agent=Agent(reactor, pool=pool))  # connected before the flood, keeps its connection
+    await owner.initialize()
+    try:
+        flood = [await raw_client(url) for _ in range(67)]
+        await until(lambda: len(site_of(factory).connections) == 68)
+        late = await raw_client(url)
+        await late.done.addTimeout(5, reactor)  # closed without a byte
+        assert late.body == b""
+        assert len(site_of(factory).connections) == 68
+        assert metrics.registry.get_sample_value("mcp_handshake_refusals_total", {"reason": "connections"}) >= 1
+        assert find(events, "Closed {count} new connection(s): {limit} open already (the connection cap)")
+        await polite_call(url, owner)  # the connected client is still served
+        flood.pop().transport.loseConnection()
+        await until(lambda: len(site_of(factory).connections) == 67)
+        newcomer = await raw_client(url)  # room again
+        newcomer.transport.write(raw_request("POST", headers=HEAD, body=json.dumps(init_message()).encode(),
+                                             host=host_of(url)))
+        await until(lambda: replies(newcomer))
+        assert replies(newcomer)[0].status == 200
+    finally:
+        await pool.closeCachedConnections()
