@@ -384,8 +384,13 @@ class SessionHost:
         identity: Any = None,
         peer: str | None = None,
         flow: OutputFlow | None = None,
+        counted: bool = True,
     ) -> Session:
-        """A server-role session for the app, with this host's limits, registered as live."""
+        """A server-role session for the app, with this host's limits, registered as live.
+
+        ``counted=False``: not counted as accepted yet (an HTTP session is
+        made to run its ``initialize`` and counted by ``accepted`` only if
+        that succeeds)."""
         limits = self.limits
         session = Session(
             send,
@@ -403,9 +408,14 @@ class SessionHost:
         session.attributes["identity"] = identity
         session.attributes["peer"] = peer
         self.sessions[session] = transport
+        if counted:
+            self.accepted(transport)
+        return session
+
+    def accepted(self, transport: str) -> None:
+        """Count a session as accepted (``mcp_connections_accepted_total``)."""
         if self.metrics is not None:
             self.metrics.connections_accepted.labels(transport).inc()
-        return session
 
     def session_closed(self, session: Session) -> None:
         """Forget a session the transport closed."""

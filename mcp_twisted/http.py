@@ -352,8 +352,8 @@ class HTTPSession:
         self._writable_waiters = WriteWaiters()
         self._expiry: IDelayedCall | None = None
         self._active_at = 0.0
-        self.session: Session = resource.host.open_session(
-            self.route, transport="http", identity=identity, peer=peer, flow=self)
+        self.session: Session = resource.host.open_session(  # counted once its initialize succeeds
+            self.route, transport="http", identity=identity, peer=peer, flow=self, counted=False)
         self.session.stream_closer = self.close_stream
 
     # -- routing what the session sends ---------------------------------
@@ -993,6 +993,7 @@ class MCPHTTPResource(Resource):
         if body is not None and http_session.session.initialize_result is not None:
             # Only a successful initialize makes a session.
             self.sessions[http_session.id] = http_session
+            self.host.accepted("http")
             request.setHeader(SESSION_HEADER, http_session.id)
             log.info("Opened HTTP session {session} for {peer} (identity {identity!r})",
                      session=http_session.id[:8], peer=_peer(request), identity=identity)

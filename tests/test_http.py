@@ -735,6 +735,9 @@ def test_metrics_count_http_sessions_requests_and_refusals_under_transport_http(
     server.post(call(2, "boom"), session)
     waiting = server.request("POST", call(3, "hang"), session=session)
     assert server.post(init_message(), headers={"Origin": "https://evil.example"}).status == 403
+    failed = init_message()
+    failed["params"]["capabilities"] = "not an object"  # refused initialize: no session, not counted
+    assert server.post(failed).status == 200 and server.post(failed).json["error"]["code"] == -32602
     assert sample("mcp_connections_accepted_total", transport="http") == 1
     assert sample("mcp_sessions_open", transport="http") == 1
     assert sample("mcp_requests_in_flight") == 1
