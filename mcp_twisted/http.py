@@ -140,6 +140,7 @@ class EventStore:
         self._events: deque[tuple[int, str, bytes, float]] = deque()
         self._bytes = 0
         self._sequence = 0
+        self._dropped_upto = 0  # the newest event given up to a limit
         self._aging: IDelayedCall | None = None
 
     def add(self, stream: str, data: bytes) -> str:
@@ -162,7 +163,9 @@ class EventStore:
         now = self.clock.seconds()
         while events and (len(events) > self.max_events or self._bytes > self.max_bytes
                           or events[0][3] <= now - self.ttl or self.budget.over):
-            size = len(events.popleft()[2])
+            sequence, _, data, _ = events.popleft()
+            self._dropped_upto = sequence
+            size = len(data)
             self._bytes -= size
             self.budget.used -= size
         if events and self._aging is None and self.ttl:
@@ -180,6 +183,11 @@ class EventStore:
         self._events.clear()
         self.budget.used -= self._bytes
         self._bytes = 0
+
+    def gap_after(self, event_id: str) -> bool:
+        """Whether events after ``event_id`` may have been given up (to the
+        count, size or age limits) before a client came back for them."""
+        return int(event_id.rpartition(".")[2]) < self._dropped_upto
 
     def after(self, event_id: str) -> tuple[str, list[tuple[str, bytes]]] | None:
         """The stream an event id names and the kept events after it on that
@@ -528,6 +536,8 @@ class HTTPSession:
         found = self.events.after(last_event_id)
         assert found is not None
         stream_id, missed = found
+        if self.events.gap_after(last_event_id):
+            self.resource.log_replay_gap(session=self.id[:8])
         exchange = self._exchange_of(stream_id)
         if exchange is not None and exchange.sse is not None:
             # Its client reconnected before this end noticed the old
@@ -795,6 +805,9 @@ class MCPHTTPResource(Resource):
         self.sessions: dict[str, HTTPSession] = {}
         self.replay_budget = ReplayBudget(self.settings.max_replay_total)
         self._scopes = _ScopeCheck.of(host)
+        self.log_replay_gap = RepeatedEventLog(
+            log, host.clock, "Resumed {count} stream(s) whose missed events were partly given up to the "
+            "replay limits (--max-replay-events, --max-replay-size, --replay-ttl); last: session {session}")
 
     # -- entry --------------------------------------------------------------
 

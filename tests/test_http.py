@@ -38,7 +38,7 @@ from tests.http_support import (
     raw_request,
     serve,
 )
-from tests.support import RecordingEndpoint, connect, make_app, until
+from tests.support import RecordingEndpoint, connect, find, make_app, until
 
 CAPABILITIES = {"sampling": {}, "roots": {}, "elicitation": {}}
 INFO_LOGS = {"jsonrpc": "2.0", "id": 0, "method": "logging/setLevel", "params": {"level": "info"}}
@@ -506,6 +506,28 @@ def test_the_event_store_is_bounded_by_count_bytes_and_age():
     clock.advance(9)
     assert store._bytes == 0 and not clock.getDelayedCalls()
     assert store.after("1.99") is None and store.after("nonsense") is None
+    assert store.gap_after(ids[0]) and not store.gap_after("2.99")
+
+
+def test_a_resume_that_cannot_replay_everything_is_logged(events):
+    app, _ = http_app()
+    server = Served(app, HTTPSettings(max_events=2))
+    session = server.initialize()
+    get = server.request("GET", session=session)
+    (priming,) = get.reply.events
+    get.drop()
+    for name in ("one", "two"):  # four events while the stream is closed; two are kept
+        server.host.app.add_tool(lambda: "a", name)
+        server.host.app.remove_tool(name)
+    resumed = server.request("GET", session=session, headers={"Last-Event-ID": priming.id})
+    assert len(resumed.reply.messages) == 2
+    (line,) = find(events, "Resumed {count} stream(s) whose missed events were partly given up")
+    assert line["count"] == 1 and line["session"] == session[:8]
+    last = resumed.reply.events[-1].id
+    resumed.drop()
+    server.request("GET", session=session, headers={"Last-Event-ID": last})  # nothing missed: no line
+    server.clock.advance(60)
+    assert len(find(events, "Resumed {count} stream(s) whose missed events were partly given up")) == 1
 
 
 # -- cancellation -----------------------------------------------------------------
