@@ -9,9 +9,8 @@ Each point starts a fresh server (the demo app) on a free loopback port and
 runs ``bench/loadgen.py`` against it (50 clients, 8 calls in flight each by
 default), unpinned: the load generator shares the cores with the servers, and
 its own share is printed with every row. Server CPU is the sum over the
-worker processes (the ``--workers`` parent does nothing while serving), read
-from ``/proc`` around the whole run and divided by the calls of warmup and
-measurement together. The HAProxy rows run one server behind HAProxy
+worker processes (the ``--workers`` parent does nothing while serving) across
+the measured window. The HAProxy rows run one server behind HAProxy
 (``send-proxy-v2`` to a ``haproxy:`` endpoint, as etc/haproxy-mcp.cfg does)
 and the same server without it, at 1 call in flight per client, so the
 latency difference is HAProxy's hop. Figures only: nothing here asserts.
@@ -20,7 +19,6 @@ latency difference is HAProxy's hop. Figures only: nothing here asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -34,12 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from run import Runner  # this directory is on sys.path when a script in it runs
+import loadgen  # this directory is on sys.path when a script in it runs
+import uvloop
+from run import Runner
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 
 HAPROXY_CONFIG = """\
@@ -107,27 +106,23 @@ def server(workers: int, endpoint: str, port: int, directory: Path) -> Iterator[
         Runner.stop_server(process)
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
-
-
 def load(port: int, pids: list[int], args: argparse.Namespace, inflight: int) -> dict[str, Any]:
-    """One loadgen run against 127.0.0.1:port, with the CPU the serving processes spent."""
-    before = cpu_seconds(pids)
-    output = subprocess.run(
-        [sys.executable, str(BENCH / "loadgen.py"), "--url", f"ws://127.0.0.1:{port}/mcp", "--json",
-         "--clients", str(args.clients), "--inflight", str(inflight), "--warmup", str(args.warmup),
-         "--duration", str(args.duration)],
-        check=True, capture_output=True, text=True, timeout=args.warmup + args.duration + 120).stdout
-    spent = cpu_seconds(pids) - before
-    result: dict[str, Any] = json.loads(output)
-    calls = result["calls_per_s"] * (args.warmup + args.duration)
-    result["server_cpu_us_per_call"] = spent / calls * 1e6 if calls else None
+    """One loadgen run (in this process) against 127.0.0.1:port; the server
+    CPU it reports is the sum over ``pids`` across its measured window."""
+    options = loadgen.parse_args([
+        "--url", f"ws://127.0.0.1:{port}/mcp", "--pid", str(pids[0]), "--clients", str(args.clients),
+        "--inflight", str(inflight), "--warmup", str(args.warmup), "--duration", str(args.duration)])
+    per_process = loadgen.cpu_seconds
+
+    def all_workers(pid: int | None) -> float:
+        return sum(per_process(worker) or 0.0 for worker in pids)
+
+    # loadgen reads one process's CPU around its window; the workers are several.
+    loadgen.cpu_seconds = all_workers
+    try:
+        result: dict[str, Any] = uvloop.run(loadgen.run_calls(options, None))
+    finally:
+        loadgen.cpu_seconds = per_process
     return result
 
 
@@ -151,6 +146,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--no-haproxy", action="store_true")
     args = parser.parse_args()
+    loadgen.raise_open_file_limit()
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} before; {args.clients} clients x "
           f"{args.inflight} in flight, 100 B echo, {args.duration:g} s measured after {args.warmup:g} s; "
           "generator unpinned, sharing the cores\n")
