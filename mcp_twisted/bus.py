@@ -105,7 +105,9 @@ class RedisBus(Service):
         class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]  # txredisapi is untyped
             def connectionMade(self) -> Deferred[None]:
                 ready: Deferred[None] = super().connectionMade()
-                return ready.addCallback(lambda _: bus._subscribed(self))
+                return ready.addCallback(lambda _: bus._subscribed(self)).addErrback(
+                    lambda failure: log.warn("Event bus {bus}: not subscribed: {why}", bus=bus.name,
+                                             why=failure.getErrorMessage()))
 
             def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
                 bus._received(channel, message)

@@ -88,6 +88,12 @@ def test_bus_events_from_a_buggy_publisher_are_ignored():
     assert methods(peer) == []
 
 
+def test_a_server_uses_one_bus():
+    server = instance(LocalBus())
+    with pytest.raises(ValueError, match="server 'shared' already uses the bus local"):
+        server.use_bus(LocalBus())
+
+
 def test_redis_bus_urls():
     bus = redis_bus("redis://:secret@cache.internal:6390/3")
     assert (bus.host, bus.port, bus.dbid, bus.password) == ("cache.internal", 6390, 3, "secret")

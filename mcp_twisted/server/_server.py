@@ -327,6 +327,8 @@ class MCPServer:
     def use_bus(self, bus: IEventBus) -> None:
         """Share ``notify_resource_updated`` and list changes with every
         instance that uses the same bus and server name (its channel)."""
+        if self._channel is not None:
+            raise ValueError(f"server {self.name!r} already uses the bus {self._channel.bus.name}")
         self._channel = AppChannel(bus, self.name, self._from_bus, self.resync)
 
     def resync(self) -> None:
