@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone
 
-from mcp_twisted.client import ConnectionFailed, MCPClient, MCPClientService, backoff_policy
+from mcp_twisted import MCPServer
+from mcp_twisted.client import ConnectionFailed, MCPClient, MCPClientService, RequestTimedOut, backoff_policy
 from mcp_twisted.demo import server as demo_app
 from mcp_twisted.http import HTTPSettings
 from tests.http_support import serve
@@ -192,3 +194,49 @@ async def test_on_2026_07_28_a_tool_not_listed_yet_is_listed_before_it_is_called
     assert client.tool_headers == {}
     assert (await client.call_tool("echo", {"text": "hi"}))["content"][0]["text"] == "hi"
     assert client.tool_headers["echo"] == {}  # listed on the way: echo mirrors no argument
+
+
+def waiting_app() -> tuple[MCPServer, list[str]]:
+    """An app whose ``wait`` tool never ends on its own; ``ended`` records
+    how each call ended on the server's side."""
+    app = MCPServer("waiting", "1.0")
+    ended: list[str] = []
+
+    @app.tool()
+    def wait() -> Deferred[str]:
+        """Wait until cancelled."""
+        return Deferred(lambda d: ended.append("cancelled"))
+
+    return app, ended
+
+
+@pytest_twisted.async_yield_fixture
+async def waiting_server():
+    app, ended = waiting_app()
+    _, http_resource, port = await serve(app)
+    base = f"127.0.0.1:{port.getHost().port}/mcp"
+    yield {"http": f"http://{base}", "ws": f"ws://{base}"}, ended
+    http_resource.close_all()
+    await port.stopListening()
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+@pytest.mark.parametrize("ending", ["cancel", "timeout"])
+@pytest_twisted.ensureDeferred
+async def test_cancelling_or_timing_out_a_call_cancels_it_on_the_server(
+        services, waiting_server, scheme, era, ending):
+    urls, ended = waiting_server
+    client = await services.client(urls[scheme], era=era, ping_interval=0, ping_timeout=0)
+    await client.list_tools()
+    call = client.call_tool("wait", timeout=0.2 if ending == "timeout" else 30.0)
+    if ending == "cancel":
+        await task.deferLater(reactor, 0.05, lambda: None)
+        call.cancel()
+    with pytest.raises(CancelledError if ending == "cancel" else RequestTimedOut):
+        await call
+    for _ in range(200):  # bounded: the server hears of it within a few turns
+        if ended:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert ended == ["cancelled"]
