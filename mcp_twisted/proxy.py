@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["MAX_FORWARDED_HOPS", "TrustedProxies"]
 
@@ -72,3 +73,10 @@ class TrustedProxies:
             if not self.trusts(hop):
                 break
         return client
+
+    def request_client(self, request: Any) -> str | None:
+        """``client_address`` for a twisted.web request (Streamable HTTP)."""
+        if not self.networks:
+            return None
+        peer = getattr(request.getClientAddress(), "host", "")
+        return self.client_address(peer, request.getHeader("x-forwarded-for"))

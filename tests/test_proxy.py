@@ -51,6 +51,17 @@ def test_a_long_header_is_read_only_that_far_from_the_right():
     assert PROXIES.client_address("10.1.1.1", header) == "10.9.9.9"
 
 
+def test_a_web_request_from_a_trusted_proxy_names_its_client():
+    from twisted.internet.address import IPv4Address
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([b"mcp"])
+    request.client = IPv4Address("TCP", "10.1.1.1", 40000)
+    request.requestHeaders.addRawHeader(b"x-forwarded-for", b"203.0.113.7")
+    assert PROXIES.request_client(request) == "203.0.113.7"
+    assert TrustedProxies().request_client(request) is None
+
+
 def test_no_trusted_proxies_believe_nothing_and_bad_networks_are_named():
     assert not TrustedProxies()
     assert TrustedProxies().client_address("127.0.0.1", "203.0.113.7") is None
