@@ -67,8 +67,10 @@ class Processes:
         self.directory = directory
         self.started: list[Twistd | Daemon] = []
 
-    def twistd(self, *args: str) -> Twistd:
-        server = Twistd(list(args), self.directory)
+    def twistd(self, *args: str, launcher_port: int | None = None) -> Twistd:
+        """A twistd; with ``launcher_port``, on a socket passed as systemd passes
+        one of ``ReusePort=yes`` (see ``test_tap.SYSTEMD_LAUNCHER``)."""
+        server = Twistd(list(args), self.directory, launcher_port, launcher_reuse_port=True)
         self.started.append(server)
         return server
 

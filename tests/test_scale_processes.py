@@ -23,7 +23,7 @@ from tests.scale_support import (  # noqa: F401  (a fixture)
     wait_for_log,
 )
 from tests.support import ProbeClient
-from tests.test_tap import free_port, run_mcpws
+from tests.test_tap import ETC, exec_start_options, free_port, read_unit, run_mcpws
 
 OPENS = 40  # with two listeners, all on one: probability 2 ** -39
 # twistd ends a clean shutdown on SIGTERM by raising the signal again, as the exit status says.
@@ -63,6 +63,27 @@ async def test_reuse_port_servers_share_the_port_and_a_stopping_one_hands_over(p
         client.sendClose(1000)
     assert await first.wait_exit(20) == STOPPED_BY_SIGTERM
     assert not any(client.closed.called for client in by_pid[second.process.pid])
+
+
+@pytest_twisted.ensureDeferred
+async def test_template_units_run_instances_that_share_a_port(processes: Processes):
+    """What systemd does with mcpws@{1,2}.socket and mcpws@.service: two
+    ReusePort sockets named mcp on one port, each passed to the unit's command."""
+    argv, _ = exec_start_options(read_unit(ETC / "mcpws@.service"))
+    args = argv[argv.index("mcpws") + 1:]
+    bus = args.index("--bus")
+    del args[bus:bus + 2]  # no Redis here: the bus has its own test
+    args[args.index("--app") + 1] = SCALE_APP
+    port = free_port()
+    instances = [processes.twistd(*args, launcher_port=port) for _ in range(2)]
+    for instance in instances:
+        await wait_for_log(instance, rf"starting on {port}\b")
+    pids = set()
+    for _ in range(OPENS):
+        client = await open_client(port)
+        pids.add(int(await call_text(client, "pid")))
+        client.sendClose(1000)
+    assert pids == {instance.process.pid for instance in instances}
 
 
 def _alive(pid: int) -> bool:

@@ -80,11 +80,12 @@ def free_port() -> int:
 
 
 # Socket activation the way systemd does it: the listening socket is fd 3,
-# LISTEN_PID names the process that may use it, and exec keeps the pid.
+# LISTEN_PID names the process that may use it, and exec keeps the pid. With
+# "reuse" the socket has SO_REUSEPORT, as a unit's with ReusePort=yes.
 SYSTEMD_LAUNCHER = textwrap.dedent("""\
     import os, socket, sys
-    port, command = int(sys.argv[1]), sys.argv[2:]
-    listener = socket.create_server(("127.0.0.1", port))
+    port, reuse, command = int(sys.argv[1]), sys.argv[2] == "reuse", sys.argv[3:]
+    listener = socket.create_server(("127.0.0.1", port), reuse_port=reuse)
     if listener.fileno() == 3:
         os.set_inheritable(3, True)
     else:
@@ -100,10 +101,14 @@ _LISTENING = re.compile(r"\bstarting on (\d+)\b")
 class Twistd:
     """A running ``twistd -n mcpws`` whose output goes to a log file."""
 
-    def __init__(self, args: list[str], cwd: Path, launcher_port: int | None = None) -> None:
+    def __init__(self, args: list[str], cwd: Path, launcher_port: int | None = None,
+                 launcher_reuse_port: bool = False) -> None:
+        """:param launcher_port: pass twistd a socket listening there as systemd would,
+        with SO_REUSEPORT if ``launcher_reuse_port``."""
         command = [*TWISTD, "-n", "--pidfile=", "mcpws", *args]
         if launcher_port is not None:
-            command = [sys.executable, "-c", SYSTEMD_LAUNCHER, str(launcher_port), *command]
+            reuse = "reuse" if launcher_reuse_port else "plain"
+            command = [sys.executable, "-c", SYSTEMD_LAUNCHER, str(launcher_port), reuse, *command]
         self.log_path = cwd / f"twistd-{time.monotonic_ns()}.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
