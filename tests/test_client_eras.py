@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet import task
 
 from mcp_twisted.client import MCPClient
-from mcp_twisted.client._api import PROBE_TIMEOUT
+from mcp_twisted.client._api import LISTEN_RESTART_DELAY, PROBE_TIMEOUT
 from mcp_twisted.eras import META_PROTOCOL_VERSION
 from mcp_twisted.session import Role, Session
 
@@ -144,3 +144,37 @@ def test_subscriptions_on_2026_07_28_are_one_listen_request():
     wire.client.unsubscribe("x://a")
     assert wire.last() == {"jsonrpc": "2.0", "method": "notifications/cancelled",
                            "params": {"requestId": listen["id"], "reason": "cancelled"}}
+
+
+def acknowledge(wire: Wire, listen: dict[str, Any]) -> None:
+    wire.session.receive(json.dumps({
+        "jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+        "params": {"notifications": listen["params"]["notifications"],
+                   "_meta": {"io.modelcontextprotocol/subscriptionId": listen["id"]}}}))
+
+
+def test_a_second_subscription_replaces_the_listen_request_and_both_wait_for_its_acknowledgement():
+    wire = Wire(era="2026-07-28")
+    wire.open()
+    wire.answer(DISCOVER_RESULT)
+    first = wire.client.subscribe("x://a", lambda uri: None)
+    second = wire.client.subscribe("x://b", lambda uri: None)
+    listen = wire.last()
+    assert listen["params"]["notifications"]["resourceSubscriptions"] == ["x://a", "x://b"]
+    assert not first.called and not second.called
+    acknowledge(wire, listen)
+    assert first.called and second.called
+
+
+def test_a_listen_request_the_server_ends_is_opened_again():
+    wire = Wire(era="2026-07-28", on_list_changed=lambda kind: None)
+    wire.open()
+    wire.answer(DISCOVER_RESULT)
+    listen = wire.last()
+    assert listen["method"] == "subscriptions/listen"
+    acknowledge(wire, listen)
+    wire.answer({"resultType": "complete"})  # the server ends it
+    assert wire.last()["id"] == listen["id"]  # nothing sent yet: it waits a moment
+    wire.clock.advance(LISTEN_RESTART_DELAY)
+    again = wire.last()
+    assert again["method"] == "subscriptions/listen" and again["id"] != listen["id"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -50,6 +50,10 @@ ERAS = (AUTO, LEGACY, *MODERN_VERSIONS)
 INPUT_METHODS = frozenset({Method.TOOLS_CALL, Method.PROMPTS_GET, Method.RESOURCES_READ})
 # input_required rounds one call may take before it is given up.
 MAX_INPUT_ROUNDS = 10
+# A listen request the server ends is opened again after this many seconds
+# (times the restarts in a row), at most this many times without an acknowledgement.
+LISTEN_RESTART_DELAY = 1.0
+MAX_LISTEN_RESTARTS = 5
 # How long ``auto`` waits for a server/discover answer before it tries
 # initialize: some handshake-era servers ignore requests before it.
 PROBE_TIMEOUT = 10.0
@@ -131,6 +135,7 @@ class MCPClient:
         self.log_level: str | None = None
         self._listen: Deferred[Any] | None = None  # the subscriptions/listen request in flight
         self._listen_acked: list[Deferred[dict[str, Any]]] = []
+        self._listen_restarts = 0  # listen requests the server ended since the last acknowledgement
         self._ready_waiters: list[Deferred[MCPClient]] = []
         # Set when the transport gave up: nothing waits for a session after that.
         self._gave_up: Exception | None = None
@@ -276,6 +281,7 @@ class MCPClient:
         # Subscriptions do not survive a connection: restore them.
         if _is_modern(session):
             self._listen = None
+            self._listen_restarts = 0
             if self._subscriptions or self.on_list_changed is not None:
                 self._relisten().addErrback(not_restored, "the listen stream")
         else:
@@ -333,9 +339,7 @@ class MCPClient:
 
     def handle_notification(self, session: Session, method: str, params: Any) -> None:
         if method == Notify.SUBSCRIPTIONS_ACKNOWLEDGED:
-            waiters, self._listen_acked = self._listen_acked, []
-            for waiter in waiters:
-                waiter.callback(params)
+            self._acknowledged(params)
         elif method == Notify.MESSAGE and self.on_log is not None:
             self.on_log(params)
         elif method == Notify.RESOURCES_UPDATED:
@@ -518,13 +522,14 @@ class MCPClient:
         return self.request(Method.RESOURCES_UNSUBSCRIBE, {"uri": uri})
 
     def _relisten(self) -> Deferred[dict[str, Any]]:
-        """End the listen request (if any) and, if there is anything to hear,
-        open one for the current subscriptions: fires with the server's
+        """Replace the listen request (if any) with one for the current
+        subscriptions, if there is anything to hear: fires with the server's
         acknowledgement (what it will send)."""
-        if self._listen is not None:
-            self._listen.cancel()
-            self._listen = None
+        replaced, self._listen = self._listen, None
+        if replaced is not None:
+            replaced.cancel()  # whoever waits for its acknowledgement waits for the new one
         if not self._subscriptions and self.on_list_changed is None:
+            self._acknowledged({})
             return succeed({})
         assert self.session is not None  # only called on a modern session
         wanted = self.on_list_changed is not None
@@ -538,15 +543,33 @@ class MCPClient:
         listen = self._listen = self.session.request(Method.SUBSCRIPTIONS_LISTEN, params, timeout=None)
 
         def ended(result: Any) -> None:
-            if isinstance(result, Failure) and not result.check(CancelledError, ConnectionLost):
-                log.warn("subscriptions/listen failed: {error}", error=result.getErrorMessage())
-            if acked in self._listen_acked:  # it ended before it was acknowledged
-                self._listen_acked.remove(acked)
-                acked.errback(result if isinstance(result, Failure) else Failure(
-                    LocalProtocolError("subscriptions/listen ended unacknowledged")))
+            if self._listen is not listen:
+                return  # replaced by a newer one
+            self._listen = None
+            failure = result if isinstance(result, Failure) else Failure(
+                LocalProtocolError("the server ended subscriptions/listen"))
+            waiters, self._listen_acked = self._listen_acked, []
+            for waiter in waiters:
+                waiter.errback(failure)
+            if failure.check(ConnectionLost):
+                return  # restored with the next session
+            log.warn("subscriptions/listen ended: {error}", error=failure.getErrorMessage())
+            if self._listen_restarts < MAX_LISTEN_RESTARTS:
+                self._listen_restarts += 1
+                self.clock.callLater(LISTEN_RESTART_DELAY * self._listen_restarts, self._restart_listen)
 
         listen.addBoth(ended)
         return acked
+
+    def _restart_listen(self) -> None:
+        if self.modern and self._listen is None and (self._subscriptions or self.on_list_changed is not None):
+            self._relisten().addErrback(lambda failure: None)  # ended() has logged it
+
+    def _acknowledged(self, params: dict[str, Any]) -> None:
+        self._listen_restarts = 0
+        waiters, self._listen_acked = self._listen_acked, []
+        for waiter in waiters:
+            waiter.callback(params)
 
     def list_prompts(self, cursor: str | None = None) -> Deferred[dict[str, Any]]:
         return self.request(Method.PROMPTS_LIST, _cursor(cursor))
