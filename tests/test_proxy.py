@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from prometheus_client import generate_latest
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 
 from mcp_twisted import endpoints
+from mcp_twisted.metrics import Metrics
 from mcp_twisted.proxy import MAX_FORWARDED_HOPS, TrustedProxies
 from mcp_twisted.websocket import MCPServerFactory
 from tests.support import connect, find, listen, make_app, stop, until
@@ -77,12 +79,15 @@ def test_no_trusted_proxies_believe_nothing_and_bad_networks_are_named():
 async def test_websocket_logs_the_forwarded_client_only_from_a_trusted_proxy(
         events: list[dict[str, Any]], trusted: list[str], logged: str):
     app, _ = make_app()
-    factory = MCPServerFactory(app, trusted_proxies=TrustedProxies(trusted))
+    metrics = Metrics()
+    factory = MCPServerFactory(app, trusted_proxies=TrustedProxies(trusted), metrics=metrics)
     port = await listen(factory)
     try:
         client = await connect(port.getHost().port, headers={"X-Forwarded-For": "203.0.113.7"})
         (opened,) = find(events, "Opened")
         assert re.fullmatch(logged, opened["peer"]), opened["peer"]
+        # Logs only: no metric label takes an address (labels stay a small fixed set).
+        assert b"203.0.113.7" not in generate_latest(metrics.registry)
         client.sendClose(1000)
         await client.closed
     finally:
