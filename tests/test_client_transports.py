@@ -210,10 +210,10 @@ def waiting_app() -> tuple[MCPServer, list[str]]:
     return app, ended
 
 
-@pytest_twisted.async_yield_fixture
-async def waiting_server():
+@pytest_twisted.async_yield_fixture(params=["json", "always-stream"])
+async def waiting_server(request):
     app, ended = waiting_app()
-    _, http_resource, port = await serve(app)
+    _, http_resource, port = await serve(app, HTTPSettings(always_stream=request.param == "always-stream"))
     base = f"127.0.0.1:{port.getHost().port}/mcp"
     yield {"http": f"http://{base}", "ws": f"ws://{base}"}, ended
     http_resource.close_all()
@@ -240,3 +240,6 @@ async def test_cancelling_or_timing_out_a_call_cancels_it_on_the_server(
             break
         await task.deferLater(reactor, 0.01, lambda: None)
     assert ended == ["cancelled"]
+    connection = services.started[-1].connector.current
+    assert (await client.list_tools())["tools"]  # the connection outlives the request
+    assert services.started[-1].connector.current is connection

@@ -25,7 +25,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -245,11 +245,14 @@ class HTTPConnection(SessionConnection):
             self.session.dispatch(message)
 
     def _failed(self, failure: Failure) -> None:
-        """A request that never got (all of) its response: the server is gone."""
+        """A request that never got (all of) its response: the server is gone
+        (unless this side gave the request up)."""
         error: Any = failure.value
         reasons = getattr(error, "reasons", None)  # Agent wraps the cause (ResponseNeverReceived and kin)
         if reasons:
             error = reasons[0].value
+        if isinstance(error, CancelledError) or not self.open:
+            return
         host = urlsplit(self.target).hostname or ""
         self._lose(describe_tls_failure(error, host) or str(error) or type(error).__name__)
 
