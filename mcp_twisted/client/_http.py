@@ -21,12 +21,14 @@ closing its stream (``notifications/cancelled`` is not posted).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -141,6 +143,7 @@ class HTTPConnection(SessionConnection):
         self._posts: dict[RequestId, Deferred[IResponse]] = {}  # requests waiting for response headers
         self._unanswered: set[RequestId] = set()  # our requests whose answer has not come on any stream
         self._get_reopens = 0
+        self._timers: list[IDelayedCall] = []  # resumptions and GET streams to come
 
     def start(self) -> None:
         # Nothing to set up before the first POST: open at once.
@@ -286,7 +289,7 @@ class HTTPConnection(SessionConnection):
         if reader.request_id is None:
             self._get_reopens += 1
             if self._get_reopens <= MAX_GET_REOPENS:
-                self.client.clock.callLater(delay, self._open_get_stream, reader.parser)
+                self._later(delay, self._open_get_stream, reader.parser)
             return
         if reader.request_id not in self._unanswered:
             return  # answered, here or on another stream
@@ -295,9 +298,13 @@ class HTTPConnection(SessionConnection):
             resumes += 1  # no progress on this try
         if reader.resumable and reader.parser.last_event_id is not None and resumes <= MAX_RESUMES:
             resumed = _Resumed(reader.parser, resumes)
-            self.client.clock.callLater(delay, self._resume, reader.request_id, resumed)
+            self._later(delay, self._resume, reader.request_id, resumed)
         else:
             self._fail(reader.request_id, "the stream ended before the answer")
+
+    def _later(self, delay: float, call: Callable[..., object], *args: object) -> None:
+        self._timers = [timer for timer in self._timers if timer.active()]
+        self._timers.append(self.client.clock.callLater(delay, call, *args))
 
     def _stream_request(self, parser: SSEParser) -> Deferred[IResponse]:
         headers = self._headers()
@@ -359,6 +366,9 @@ class HTTPConnection(SessionConnection):
         super()._initialized(result)
 
     def _stop_streams(self) -> None:
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
         for posted in list(self._posts.values()):
             posted.cancel()
         for reader in list(self._readers):
