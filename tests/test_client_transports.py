@@ -12,6 +12,7 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ProcessDone
+from twisted.logger import globalLogPublisher
 
 from mcp_twisted import MCPServer
 from mcp_twisted.client import ConnectionFailed, MCPClient, MCPClientService, RequestTimedOut, backoff_policy
@@ -243,3 +244,17 @@ async def test_cancelling_or_timing_out_a_call_cancels_it_on_the_server(
     connection = services.started[-1].connector.current
     assert (await client.list_tools())["tools"]  # the connection outlives the request
     assert services.started[-1].connector.current is connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_childs_stderr_is_logged_line_by_line_by_default(services):
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    command = [sys.executable, "-c", "import sys; sys.stderr.write('first\\nsecond\\n')"]
+    try:
+        with pytest.raises(ConnectionFailed):
+            await services.client(command=command, max_attempts=1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [event["line"] for event in events if event.get("log_format") == "{name}: {line}"]
+    assert lines == ["first", "second"]
