@@ -23,9 +23,9 @@ INITIALIZE_RESULT = {"protocolVersion": "2025-11-25", "capabilities": {},
 class Wire:
     """A client session and what it sent."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, client: MCPClient | None = None, **options: Any) -> None:
         self.clock = task.Clock()
-        self.client = MCPClient(self.clock, era_cache={}, **options)
+        self.client = client or MCPClient(self.clock, era_cache={}, **options)
         self.sent: list[dict[str, Any]] = []
         self.session = Session(lambda data, related, answer: self.sent.append(json.loads(data)),
                                role=Role.CLIENT, handler=self.client, clock=self.clock)
@@ -178,3 +178,17 @@ def test_a_listen_request_the_server_ends_is_opened_again():
     wire.clock.advance(LISTEN_RESTART_DELAY)
     again = wire.last()
     assert again["method"] == "subscriptions/listen" and again["id"] != listen["id"]
+
+
+def test_subscriptions_are_listened_for_again_on_the_next_session():
+    wire = Wire(era="2026-07-28")
+    wire.open()
+    wire.answer(DISCOVER_RESULT)
+    wire.client.subscribe("x://a", lambda uri: None)
+    acknowledge(wire, wire.last())
+    wire.session.close("lost")
+    later = Wire(wire.client)  # the next connection's session, for the same client
+    later.open()
+    later.answer(DISCOVER_RESULT)
+    assert later.last()["method"] == "subscriptions/listen"
+    assert later.last()["params"]["notifications"]["resourceSubscriptions"] == ["x://a"]
