@@ -19,6 +19,7 @@ from mcp_twisted.metrics import Metrics
 from mcp_twisted.proxy import MAX_FORWARDED_HOPS, TrustedProxies
 from mcp_twisted.websocket import MCPServerFactory
 from tests.support import connect, find, listen, make_app, stop, until
+from tests.test_tap import needs_reuse_port
 
 # -- X-Forwarded-For -------------------------------------------------------------
 
@@ -106,12 +107,14 @@ async def _listening_socket_option(description: str, option: int) -> int:
         await port.stopListening()
 
 
+@needs_reuse_port
 @pytest_twisted.ensureDeferred
 async def test_reuseport_sets_so_reuseport_on_the_wrapped_listener():
     assert await _listening_socket_option("reuseport:tcp:0:interface=127.0.0.1", socket.SO_REUSEPORT)
     assert not await _listening_socket_option("tcp:0:interface=127.0.0.1", socket.SO_REUSEPORT)
 
 
+@needs_reuse_port
 @pytest_twisted.ensureDeferred
 async def test_two_reuseport_listeners_share_a_port_and_a_plain_one_cannot():
     factory = Factory.forProtocol(Protocol)
@@ -127,6 +130,7 @@ async def test_two_reuseport_listeners_share_a_port_and_a_plain_one_cannot():
         await second.stopListening()
 
 
+@needs_reuse_port
 @pytest_twisted.ensureDeferred
 async def test_haproxy_wraps_our_endpoints_and_keeps_reuseport():
     endpoint = endpoints.server_from_string(reactor, "haproxy:reuseport:tcp:0:interface=127.0.0.1")

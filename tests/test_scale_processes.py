@@ -10,7 +10,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
 
@@ -23,7 +22,9 @@ from tests.scale_support import (  # noqa: F401  (a fixture)
     wait_for_log,
 )
 from tests.support import ProbeClient
-from tests.test_tap import ETC, exec_start_options, free_port, read_unit, run_mcpws
+from tests.test_tap import ETC, exec_start_options, free_port, needs_reuse_port, read_unit, run_mcpws
+
+pytestmark = needs_reuse_port
 
 OPENS = 40  # with two listeners, all on one: probability 2 ** -39
 # twistd ends a clean shutdown on SIGTERM by raising the signal again, as the exit status says.
@@ -136,5 +137,3 @@ async def test_workers_replace_a_killed_child_and_the_port_keeps_answering(proce
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-
-pytestmark = pytest.mark.skipif(not hasattr(__import__("socket"), "SO_REUSEPORT"), reason="no SO_REUSEPORT")

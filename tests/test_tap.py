@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import trustme
+import twisted.internet.tcp
 from autobahn.twisted.websocket import WebSocketClientFactory
 from OpenSSL import SSL
 from twisted.internet import defer, endpoints, reactor, task
@@ -953,8 +954,12 @@ LIMITS_APP = MCPServer("limits")
 
 
 SCALE_APP = MCPServer("scale-options")
+needs_reuse_port = pytest.mark.skipif(
+    not hasattr(socket, "SO_REUSEPORT") or not hasattr(twisted.internet.tcp, "makeBinding"),
+    reason="SO_REUSEPORT needs Linux (or a BSD) and Twisted 26.10 or later")
 
 
+@needs_reuse_port
 def test_scale_out_options_reach_the_service_factory_and_app():
     from mcp_twisted.bus import RedisBus
 
@@ -984,6 +989,7 @@ def test_scale_out_mistakes_are_one_line(args: list[str], message: str):
         tap.makeService(parse("--app", "tests.test_tap:SCALE_APP", *args))
 
 
+@needs_reuse_port
 def test_workers_make_a_parent_that_runs_reuse_port_children():
     from mcp_twisted.workers import WorkersService
 
