@@ -11,6 +11,7 @@ from twisted.internet import task
 from mcp_twisted.client import MCPClient
 from mcp_twisted.client._api import LISTEN_RESTART_DELAY, PROBE_TIMEOUT
 from mcp_twisted.eras import META_PROTOCOL_VERSION
+from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.session import Role, Session
 
 DISCOVER_RESULT = {"resultType": "complete", "supportedVersions": ["2026-07-28"],
@@ -192,3 +193,13 @@ def test_subscriptions_are_listened_for_again_on_the_next_session():
     later.answer(DISCOVER_RESULT)
     assert later.last()["method"] == "subscriptions/listen"
     assert later.last()["params"]["notifications"]["resourceSubscriptions"] == ["x://a"]
+
+
+def test_a_cached_era_the_server_no_longer_speaks_is_forgotten():
+    wire = Wire()
+    wire.client.era_cache["http://server:80"] = "legacy"
+    opened = wire.open()
+    wire.answer(error={"code": -32022, "message": "Unsupported", "data": {"supported": ["2026-07-28"]}})
+    assert opened.called and opened.result.check(RPCError)
+    opened.addErrback(lambda failure: None)
+    assert wire.client.era_cache == {}  # the next attempt probes again

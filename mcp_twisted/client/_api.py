@@ -203,20 +203,15 @@ class MCPClient:
         era = self.era
         if era == AUTO and origin is not None:
             era = self.era_cache.get(origin, AUTO)
-        if era != LEGACY:
-            try:
-                discovered = await self._discover(session, era)
-            except Exception:
-                if origin is not None:
-                    self.era_cache.pop(origin, None)  # probe afresh next time
-                raise
-            if discovered is not None:
-                if origin is not None:
-                    self.era_cache[origin] = session.protocol_version
-                return discovered
-        result = await self.handshake(session)
+        try:
+            discovered = None if era == LEGACY else await self._discover(session, era)
+            result = discovered if discovered is not None else await self.handshake(session)
+        except Exception:
+            if origin is not None and self.era == AUTO:
+                self.era_cache.pop(origin, None)  # the server may have changed: probe afresh next time
+            raise
         if origin is not None:
-            self.era_cache[origin] = LEGACY
+            self.era_cache[origin] = session.protocol_version if discovered is not None else LEGACY
         return result
 
     async def _discover(self, session: Session, era: str) -> dict[str, Any] | None:
