@@ -241,7 +241,7 @@ class MCPClient:
                     return None
                 raise LocalProtocolError(
                     f"The server does not speak {era} (server/discover said {brief(result)})")
-            session.protocol_version = version if version == spoken else spoken
+            session.protocol_version = spoken
             session.peer_capabilities = result.get("capabilities") or {}
             meta = result.get("_meta")
             info = meta.get(META_SERVER_INFO) if isinstance(meta, dict) else None
