@@ -5,7 +5,7 @@ and requests finish. ``metrics_site(factory)`` is a twisted.web ``Site`` with
 ``/metrics`` (prometheus-client's exposition) and ``/healthz`` (200 while
 serving, 503 from the first moment of a shutdown, so load balancers stop
 sending new clients before connections close); ``health_site`` serves only
-``/healthz``, and ``with_health`` adds it in front of another resource. Gauges that describe the present
+``/healthz``, and ``Health`` is that page, for other sites. Gauges that describe the present
 (open connections, buffered bytes) are read at scrape time, so they cost
 nothing between scrapes.
 """
@@ -31,7 +31,6 @@ __all__ = [
     "Metrics",
     "health_site",
     "metrics_site",
-    "with_health",
 ]
 
 
@@ -174,27 +173,4 @@ def health_site(factory: MCPServerFactory) -> Site:
 def _quiet_site(root: Resource) -> Site:
     site = Site(root)
     site.noisy = False
-    return site
-
-
-class _HealthFirst(Resource):
-    """``/healthz`` answered here, every other path by the wrapped leaf."""
-
-    isLeaf = True
-
-    def __init__(self, health: Health, other: Resource) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's Resource, unannotated
-        self.health = health
-        self.other = other
-
-    def render(self, request: Request) -> bytes | int:
-        if request.path == b"/healthz" and request.method in (b"GET", b"HEAD"):
-            return self.health.render(request)  # type: ignore[no-any-return,no-untyped-call]  # Twisted's, unannotated
-        return self.other.render(request)  # type: ignore[no-any-return]  # Twisted's, unannotated
-
-
-def with_health(site: Site, factory: MCPServerFactory) -> Site:
-    """``site`` with ``/healthz`` served before its own (leaf) resource looks
-    at the request: load balancers check the port they send clients to."""
-    site.resource = _HealthFirst(Health(factory), site.resource)
     return site

@@ -119,10 +119,12 @@ class MCPService(MultiService):
             from autobahn.twisted.resource import WebSocketResource
 
             from mcp_twisted.http import MCPSite
-            from mcp_twisted.metrics import with_health
+            from mcp_twisted.metrics import Health
 
-            listening = with_health(MCPSite(http, WebSocketResource(factory) if websocket else None,
-                                            max_body_size=factory.host.limits.max_message_size), factory)
+            # /healthz on the port the balancer sends clients to: it sees the drain there.
+            listening = MCPSite(http, WebSocketResource(factory) if websocket else None,
+                                max_body_size=factory.host.limits.max_message_size,
+                                extra={"/healthz": Health(factory)})
         named = endpoints.items() if isinstance(endpoints, Mapping) else ((repr(e), e) for e in endpoints)
         for description, endpoint in named:
             _Listener(endpoint, listening, description).setServiceParent(self.listeners)
