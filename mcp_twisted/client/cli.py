@@ -200,7 +200,9 @@ def _interrupt_cancels(reactor: Any, work: defer.Deferred[Any]) -> None:
 
 
 async def _main(reactor: Any, args: argparse.Namespace, prog: str) -> int:
-    target = {"command": args.server} if args.server else {"url": args.url}
+    # A launched server's stderr is passed through: it is the server's own voice.
+    target = ({"command": args.server, "stderr": lambda line: print(line, file=sys.stderr)}
+              if args.server else {"url": args.url})
     service = MCPClientService(
         reactor, headers=dict(args.header), tls_ca=args.cafile, era=args.era, max_attempts=1,
         request_timeout=args.timeout, wait_for_connection=False, on_log=show_log, **target,
