@@ -37,12 +37,13 @@ def configured(template: str, replacements: list[tuple[str, str]]) -> str:
     return template
 
 
-def post(port: int, message: dict[str, Any], session: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One Streamable HTTP POST on a new connection (so each is balanced anew)."""
+def post(port: int, message: dict[str, Any], session: str | None = None, bind: str = "127.0.0.1"
+         ) -> tuple[int, dict[str, str], bytes]:
+    """One Streamable HTTP POST on a new connection (so each is balanced anew), from ``bind``."""
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if session:
         headers["Mcp-Session-Id"] = session
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(bind, 0))
     try:
         connection.request("POST", "/mcp", json.dumps(message), headers)
         response = connection.getresponse()
@@ -51,9 +52,10 @@ def post(port: int, message: dict[str, Any], session: str | None = None) -> tupl
         connection.close()
 
 
-def initialize_http(port: int) -> str:
+def initialize_http(port: int, bind: str = "127.0.0.1") -> str:
     status, headers, _ = post(port, {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}})
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}},
+        bind=bind)
     assert status == 200, status
     session = headers["mcp-session-id"]
     assert post(port, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session)[0] == 202
@@ -119,6 +121,8 @@ async def test_haproxy_passes_the_client_address_sticks_http_sessions_and_drains
     client = await open_client(proxy_port, bind="127.0.0.2")
     assert (await call_text(client, "peer")).startswith("tcp4:127.0.0.2:")
     client.sendClose(1000)
+    session = initialize_http(proxy_port, bind="127.0.0.2")
+    assert ":127.0.0.2:" in json_result_text(post(proxy_port, tool_call("peer"), session)[2])
 
     # Handshake-era HTTP: the stick table sends a session's requests to its server.
     for _ in range(4):
