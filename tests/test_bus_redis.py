@@ -56,3 +56,8 @@ async def test_events_published_on_one_instance_reach_every_instance_and_a_recon
     resynced = "notifications/tools/list_changed"
     await until(lambda: all(notifications(client, resynced) for client in listeners), timeout=20)
     assert all(notifications(client, "notifications/resources/list_changed") for client in listeners)
+    # The publishing connection is back too (an event published meanwhile waits
+    # for it): the next event reaches every instance again.
+    before = updates()
+    assert await call_text(publisher, "touch", {"uri": URI}) == "ok"
+    await until(lambda: updates() == before + len(listeners), timeout=10)
