@@ -2,13 +2,15 @@
 port (``--workers``, SO_REUSEPORT) against one, and the latency HAProxy adds.
 
     python bench/scale.py                     # 1, 2, 4 workers, then HAProxy (about 1.5 minutes)
-    python bench/scale.py --workers 1,2 --duration 10
-    python bench/scale.py --no-haproxy
+    python bench/scale.py --rounds 3          # the same three times, points alternating; medians
+    python bench/scale.py --workers 1,2 --duration 10 --no-haproxy
 
 Each point starts a fresh server (the demo app) on a free loopback port and
 runs ``bench/loadgen.py`` against it (50 clients, 8 calls in flight each by
 default), unpinned: the load generator shares the cores with the servers, and
-its own share is printed with every row. Server CPU is the sum over the
+its own share is printed with every row. With ``--rounds`` the points take
+turns within each round and the tables show medians, ratios taken within a
+round, so both sides of a ratio saw the same moment of a busy machine. Server CPU is the sum over the
 worker processes (the ``--workers`` parent does nothing while serving) across
 the measured window. The HAProxy rows run one server behind HAProxy
 (``send-proxy-v2`` to a ``haproxy:`` endpoint, as etc/haproxy-mcp.cfg does)
@@ -23,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,15 +129,38 @@ def load(port: int, pids: list[int], args: argparse.Namespace, inflight: int) ->
     return result
 
 
-def row(label: str, result: dict[str, Any], baseline: dict[str, Any] | None) -> str:
-    ratio = f"{result['calls_per_s'] / baseline['calls_per_s']:.2f}x" if baseline else "1.00x"
-    cpu = result["server_cpu_us_per_call"]
-    return (f"| {label} | {result['calls_per_s']:,.0f} | {ratio} | {result['p50_us']:,.0f} | "
-            f"{result['p99_us']:,.0f} | {cpu:,.1f} | {result['loadgen_cpu_util']:.0%} | {result['errors']} |")
+FIELDS = ("calls_per_s", "p50_us", "p99_us", "server_cpu_us_per_call", "loadgen_cpu_util", "errors")
 
 
-HEADER = ("| point | calls/s | vs 1 | p50 us | p99 us | server CPU us/call | loadgen CPU | errors |\n"
+def row(label: str, results: list[dict[str, Any]], ratios: list[float]) -> str:
+    """A table row of medians over rounds; ``ratios`` are each round's calls/s against its baseline."""
+    m = {key: statistics.median(r[key] for r in results) for key in FIELDS}
+    return (f"| {label} | {m['calls_per_s']:,.0f} | {statistics.median(ratios):.2f}x | {m['p50_us']:,.0f} | "
+            f"{m['p99_us']:,.0f} | {m['server_cpu_us_per_call']:,.1f} | {m['loadgen_cpu_util']:.0%} | "
+            f"{max(r['errors'] for r in results)} |")
+
+
+HEADER = ("| point | calls/s | vs first | p50 us | p99 us | server CPU us/call | loadgen CPU | errors |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def haproxy_round(args: argparse.Namespace, directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One server measured directly and through HAProxy (1 call in flight per client)."""
+    port, proxy_port = free_port(), free_port()
+    config = directory / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(proxy_port=proxy_port, server_port=port))
+    with server(1, f"haproxy:tcp:{port}:interface=127.0.0.1", port, directory) as pids:
+        haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_listening(proxy_port, haproxy, config)
+            behind = load(proxy_port, pids, args, 1)
+        finally:
+            Runner.stop_server(haproxy)
+    port = free_port()
+    with server(1, f"tcp:{port}:interface=127.0.0.1", port, directory) as pids:
+        direct = load(port, pids, args, 1)
+    return direct, behind
 
 
 def main() -> None:
@@ -144,47 +170,45 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=8, help="calls in flight per client (workers rows)")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds, points alternating; medians")
     parser.add_argument("--no-haproxy", action="store_true")
     args = parser.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
     loadgen.raise_open_file_limit()
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} before; {args.clients} clients x "
-          f"{args.inflight} in flight, 100 B echo, {args.duration:g} s measured after {args.warmup:g} s; "
-          "generator unpinned, sharing the cores\n")
-    print(HEADER)
+          f"{args.inflight} in flight, 100 B echo, {args.duration:g} s measured after {args.warmup:g} s, "
+          f"{args.rounds} round(s); generator unpinned, sharing the cores\n")
     with tempfile.TemporaryDirectory(prefix="mcp-scale-") as temporary:
         directory = Path(temporary)
-        baseline = None
-        for workers in (int(n) for n in args.workers.split(",")):
-            port = free_port()
-            with server(workers, f"tcp:{port}:interface=127.0.0.1", port, directory) as pids:
-                result = load(port, pids, args, args.inflight)
-            baseline = baseline or result
-            print(row(f"{workers} worker{'s' if workers > 1 else ''}", result, baseline), flush=True)
-        if args.no_haproxy:
-            return
-        if shutil.which("haproxy") is None:
-            print("\n(haproxy not installed: no HAProxy rows)")
-            return
+        results: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+        proxied: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        haproxy = not args.no_haproxy and shutil.which("haproxy") is not None
+        for _ in range(args.rounds):
+            for workers in counts:
+                port = free_port()
+                with server(workers, f"tcp:{port}:interface=127.0.0.1", port, directory) as pids:
+                    results[workers].append(load(port, pids, args, args.inflight))
+            if haproxy:
+                proxied.append(haproxy_round(args, directory))
+    print(HEADER)
+    first = results[counts[0]]
+    for workers in counts:
+        ratios = [r["calls_per_s"] / base["calls_per_s"]
+                  for r, base in zip(results[workers], first, strict=True)]
+        print(row(f"{workers} worker{'s' if workers > 1 else ''}", results[workers], ratios))
+    if proxied:
+        direct, behind = [d for d, _ in proxied], [b for _, b in proxied]
+        ratios = [b["calls_per_s"] / d["calls_per_s"] for d, b in proxied]
         print(f"\nHAProxy's hop: 1 worker, {args.clients} clients x 1 in flight\n\n{HEADER}")
-        port, proxy_port = free_port(), free_port()
-        config = directory / "haproxy.cfg"
-        config.write_text(HAPROXY_CONFIG.format(proxy_port=proxy_port, server_port=port))
-        with server(1, f"haproxy:tcp:{port}:interface=127.0.0.1", port, directory) as pids:
-            haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.STDOUT, text=True)
-            try:
-                wait_listening(proxy_port, haproxy, config)
-                behind = load(proxy_port, pids, args, 1)
-            finally:
-                Runner.stop_server(haproxy)
-        port = free_port()
-        with server(1, f"tcp:{port}:interface=127.0.0.1", port, directory) as pids:
-            direct = load(port, pids, args, 1)
-        print(row("direct", direct, direct))
-        print(row("through HAProxy", behind, direct))
-        print(f"\nHAProxy adds {behind['p50_us'] - direct['p50_us']:,.0f} us at p50 and "
-              f"{behind['p99_us'] - direct['p99_us']:,.0f} us at p99 (HAProxy's own CPU is not counted).")
-        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+        print(row("direct", direct, [1.0]))
+        print(row("through HAProxy", behind, ratios))
+        added = {q: statistics.median(b[f"{q}_us"] - d[f"{q}_us"] for d, b in proxied)
+                 for q in ("p50", "p99")}
+        print(f"\nHAProxy adds {added['p50']:,.0f} us at p50 and {added['p99']:,.0f} us at p99 "
+              "(medians of each round's difference; HAProxy's own CPU is not counted).")
+    elif not args.no_haproxy:
+        print("\n(haproxy not installed: no HAProxy rows)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
