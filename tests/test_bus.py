@@ -94,6 +94,15 @@ def test_a_server_uses_one_bus():
         server.use_bus(LocalBus())
 
 
+def test_both_buses_provide_the_interface_and_a_service_lifecycle():
+    from zope.interface.verify import verifyObject
+
+    from mcp_twisted.bus import IEventBus
+
+    for bus in (LocalBus(), redis_bus("redis://127.0.0.1:6390")):
+        assert verifyObject(IEventBus, bus)
+
+
 def test_redis_bus_urls():
     bus = redis_bus("redis://:secret@cache.internal:6390/3")
     assert (bus.host, bus.port, bus.dbid, bus.password) == ("cache.internal", 6390, 3, "secret")
