@@ -31,12 +31,18 @@ def era_for(version: str | None) -> str:
     return version if version in MODERN_VERSIONS else "legacy"
 
 
-def sample_arguments(schema: dict[str, Any]) -> dict[str, Any]:
-    """Values of the right type for a tool's required arguments."""
-    samples = {"string": "conformance", "integer": 1, "number": 1.5, "boolean": True}
+SAMPLES = {"string": "conformance", "integer": 1, "number": 1.5, "boolean": True}
+
+
+def sample_values(schema: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Values of the right type for the properties ``names`` of ``schema``."""
     properties = schema.get("properties") or {}
-    return {name: samples.get(properties.get(name, {}).get("type"), "conformance")
-            for name in schema.get("required") or []}
+    return {name: SAMPLES.get(properties.get(name, {}).get("type"), "conformance") for name in names}
+
+
+def sample_arguments(schema: dict[str, Any]) -> dict[str, Any]:
+    """Values for a tool's required arguments."""
+    return sample_values(schema, schema.get("required") or [])
 
 
 async def list_tools(client: MCPClient) -> list[dict[str, Any]]:
@@ -127,8 +133,10 @@ class Callbacks:
         if self.elicited == 1 and self.client is not None and os.environ.get(
                 "MCP_CONFORMANCE_SCENARIO") == "sep-2322-client-request-state":
             await self.client.call_tool("test_mrtr_unrelated")
-        # Fields left out get the schema's defaults (SEP-1034): the client fills them in.
-        return {"action": "accept", "content": {"confirmed": True} if "confirmed" in str(params) else {}}
+        # Fields with a default are left out: the client fills the defaults in (SEP-1034).
+        schema = params.get("requestedSchema") or {}
+        fields = [name for name, field in (schema.get("properties") or {}).items() if "default" not in field]
+        return {"action": "accept", "content": sample_values(schema, fields)}
 
     def sampling(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"role": "assistant", "content": {"type": "text", "text": "conformance"}, "model": "none"}
