@@ -36,15 +36,14 @@ from twisted.web.client import (
     Agent,
     FileBodyProducer,
     HTTPConnectionPool,
-    ResponseDone,
 )
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from mcp_twisted import jsonrpc
 from mcp_twisted.client._api import MCPClient
+from mcp_twisted.client._body import Collect, Discard
 from mcp_twisted.client._connection import (
     Connector,
     SessionConnection,
@@ -53,6 +52,7 @@ from mcp_twisted.client._connection import (
     tls_options,
 )
 from mcp_twisted.client._lifecycle import ConnectionState
+from mcp_twisted.client._oauth import OAuthClient, OAuthError, Refused, bearer
 from mcp_twisted.client._sse import SSEEvent, SSEParser, StreamTooLarge
 from mcp_twisted.eras import META_PROTOCOL_VERSION, MODERN_VERSIONS, request_headers
 from mcp_twisted.jsonrpc import INTERNAL_ERROR, RemoteError, RequestId
@@ -138,7 +138,6 @@ class HTTPConnection(SessionConnection):
         self.target = connector.url
         self.era_key = connector.origin
         self.session_id: str | None = None
-        self._url = connector.url.encode("ascii")
         self._readers: set[_StreamReader] = set()
         self._posts: dict[RequestId, Deferred[IResponse]] = {}  # requests waiting for response headers
         self._unanswered: set[RequestId] = set()  # our requests whose answer has not come on any stream
@@ -185,12 +184,12 @@ class HTTPConnection(SessionConnection):
             headers.update(request_headers(method, params, tool if method == Method.TOOLS_CALL else {}))
         headers["Content-Type"] = "application/json"
         headers["Accept"] = ACCEPT_BOTH
-        posted = self.connector.agent.request(b"POST", self._url, _headers(headers),
-                                              FileBodyProducer(BytesIO(data)))
+        posted = self.connector.request(b"POST", headers, data)
         if request_id is not None:
             self._posts[request_id] = posted
             posted.addBoth(self._posted_or_failed, request_id)
-        posted.addCallbacks(self._answered, self._failed, callbackArgs=(method, request_id))
+        posted.addCallbacks(self._answered, self._failed, callbackArgs=(method, request_id),
+                            errbackArgs=(request_id,))
 
     def _headers(self) -> dict[str, str]:
         return dict(self.connector.headers)
@@ -205,12 +204,12 @@ class HTTPConnection(SessionConnection):
             self.session_id = session_ids[0].decode("ascii", "replace")
         if response.code == 404 and self.session_id is not None and method != Method.INITIALIZE:
             self._lose("the server ended the session (HTTP 404)", expired=True)
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             return
         if response.code < 300 and _content_type(response) == "text/event-stream":
             self._read_stream(response, request_id, SSEParser(), resumable=not self.modern)
             return
-        body = _Collect(self.connector.max_body_size)
+        body = Collect(self.connector.max_body_size)
         response.deliverBody(body)
         body.done.addCallbacks(self._body_received, self._failed,
                                callbackArgs=(response.code, response.phrase, method, request_id))
@@ -247,9 +246,13 @@ class HTTPConnection(SessionConnection):
         if self.session is not None:
             self.session.dispatch(message)
 
-    def _failed(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure, request_id: RequestId | None = None) -> None:
         """A request that never got (all of) its response: the server is gone
-        (unless this side gave the request up)."""
+        (unless this side gave the request up). One whose authorization
+        failed fails alone: the server is still there."""
+        if failure.check(OAuthError) and request_id is not None:
+            self._fail(request_id, f"authorization failed: {failure.getErrorMessage()}", 401)
+            return
         error: Any = failure.value
         reasons = getattr(error, "reasons", None)  # Agent wraps the cause (ResponseNeverReceived and kin)
         if reasons:
@@ -315,7 +318,7 @@ class HTTPConnection(SessionConnection):
             headers["MCP-Protocol-Version"] = self.session.protocol_version
         if parser.last_event_id is not None:
             headers["Last-Event-ID"] = parser.last_event_id
-        return self.connector.agent.request(b"GET", self._url, _headers(headers))
+        return self.connector.request(b"GET", headers)
 
     def _resume(self, request_id: RequestId, parser: _Resumed) -> None:
         if not self.open:
@@ -325,7 +328,7 @@ class HTTPConnection(SessionConnection):
             if response.code < 300 and _content_type(response) == "text/event-stream":
                 self._read_stream(response, request_id, parser, resumable=True)
             else:
-                response.deliverBody(_Discard())
+                response.deliverBody(Discard())
                 self._fail(request_id, f"resuming the stream failed: HTTP {response.code}", response.code)
 
         self._stream_request(parser).addCallbacks(resumed, self._failed)
@@ -342,7 +345,7 @@ class HTTPConnection(SessionConnection):
             if response.code < 300 and _content_type(response) == "text/event-stream":
                 self._read_stream(response, None, parser, resumable=True)
                 return
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             if response.code == 404:
                 self._lose("the server ended the session (HTTP 404)", expired=True)
             elif response.code != 405:  # 405: the server offers no such stream
@@ -394,8 +397,8 @@ class HTTPConnection(SessionConnection):
         headers["Mcp-Session-Id"] = session_id
         if self.session is not None:
             headers["MCP-Protocol-Version"] = self.session.protocol_version
-        deleted = self.connector.agent.request(b"DELETE", self._url, _headers(headers))
-        deleted.addCallback(lambda response: response.deliverBody(_Discard()))
+        deleted = self.connector.request(b"DELETE", headers)
+        deleted.addCallback(lambda response: response.deliverBody(Discard()))
         deleted.addTimeout(self.connector.close_timeout, self.client.clock)
         deleted.addBoth(self._ended)
 
@@ -418,36 +421,6 @@ class _Resumed(SSEParser):
         self.resumes = resumes
 
 
-class _Discard(Protocol):
-    """Reads a response body nobody needs, so the connection can be reused."""
-
-
-class _Collect(Protocol):
-    """Reads a whole response body (``readBody`` without its deprecation
-    warning for transports that cannot abort); ``done`` fires with it."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.done: Deferred[bytes] = Deferred()
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def dataReceived(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size > self.limit:
-            self.transport.stopProducing()  # type: ignore[union-attr]  # a response body's transport is a producer
-            return
-        self._parts.append(data)
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008  # Twisted's signature
-        if self._size > self.limit:
-            self.done.errback(ValueError(f"response body over {self.limit} bytes"))
-        elif reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self._parts))
-        else:
-            self.done.errback(reason)
-
-
 class HTTPConnector(Connector):
     """Makes ``HTTPConnection``s to ``url`` for ``MCPClientService``, sharing
     one ``Agent`` and its persistent connection pool."""
@@ -464,7 +437,10 @@ class HTTPConnector(Connector):
         tls_client_key: str | None = None,
         close_timeout: float = 2.0,
         max_body_size: int = 4 * 1024 * 1024,
+        auth: OAuthClient | None = None,
     ) -> None:
+        """:param auth: gets the access tokens of a server that is an OAuth
+        protected resource, and new ones when it refuses them."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"Not an http:// or https:// URL: {url!r}")
@@ -478,6 +454,8 @@ class HTTPConnector(Connector):
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.agent = Agent(reactor, contextFactory=_TLSPolicy(tls_ca, tls_client_cert, tls_client_key),
                            pool=self.pool)
+        self.auth = auth
+        self._url = url.encode("ascii")
 
     def connect(self) -> Deferred[Any]:
         connection = HTTPConnection(self)
@@ -485,9 +463,33 @@ class HTTPConnector(Connector):
         connection.start()
         return started
 
+    def request(self, method: bytes, headers: dict[str, str],
+                body: bytes | None = None) -> Deferred[IResponse]:
+        """One request to the server; with ``auth``, carrying the access
+        token, and sent again when a refusal (401, or 403 for a scope) was
+        answered with a new one."""
+        if self.auth is None:
+            return self._request(method, headers, body)
+        return Deferred.fromCoroutine(self.auth.authorized(
+            self.url, lambda token: self._request(method, bearer(headers, token), body), _refused,
+            lambda response: response.deliverBody(Discard())))
+
+    def _request(self, method: bytes, headers: dict[str, str], body: bytes | None) -> Deferred[IResponse]:
+        producer = FileBodyProducer(BytesIO(body)) if body is not None else None
+        return self.agent.request(method, self._url, _headers(headers), producer)
+
+
 
 def _headers(values: dict[str, str]) -> Headers:
     return Headers({name: [value] for name, value in values.items()})
+
+
+def _refused(response: IResponse) -> Refused | None:
+    """A 401 or 403 and its challenges, for the OAuth client to answer."""
+    if response.code not in (401, 403):
+        return None
+    return response.code, [value.decode("latin-1") for value in
+                           response.headers.getRawHeaders(b"www-authenticate", [])]
 
 
 def _content_type(response: IResponse) -> str:

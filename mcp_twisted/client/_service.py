@@ -29,6 +29,7 @@ from mcp_twisted.client._api import ConnectionFailed, MCPClient
 from mcp_twisted.client._connection import Connector
 from mcp_twisted.client._http import HTTPConnector
 from mcp_twisted.client._lifecycle import ConnectionState
+from mcp_twisted.client._oauth import OAuthClient
 from mcp_twisted.client._stdio import StdioConnector
 from mcp_twisted.client._websocket import MCPClientFactory, WebSocketConnector, endpoint_for_url
 
@@ -128,6 +129,11 @@ class MCPClientService(ClientService):
         writes there; default: logged) go with it.
     Other keyword arguments go to ``MCPClient`` (handlers, callbacks, ``era``,
     ``request_timeout``, ``wait_for_connection``).
+
+    :param auth: an ``OAuthClient``, for a server that is an OAuth protected
+        resource: requests (or the WebSocket upgrade) carry its access token,
+        and a 401 or a 403 for a missing scope gets a new one (see
+        ``docs/authorization.md``).
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class MCPClientService(ClientService):
         close_timeout: float = 2.0,
         clock: IReactorTime | None = None,
         endpoint: IStreamClientEndpoint | None = None,
+        auth: OAuthClient | None = None,
         **client_options: Any,
     ) -> None:
         self.clock: IReactorTime = clock or reactor
@@ -159,6 +166,8 @@ class MCPClientService(ClientService):
         if (url is None) == (command is None):
             raise ValueError("MCPClientService needs a url or a command=, not both")
         scheme = urlsplit(url).scheme if url is not None else None
+        if command is not None and auth is not None:
+            raise ValueError("auth= is for servers reached by URL, not a command")
         if command is not None:
             self.connector = StdioConnector(reactor, self.client, command, env=env, cwd=cwd, stderr=stderr,
                                             close_timeout=close_timeout)
@@ -166,7 +175,7 @@ class MCPClientService(ClientService):
             assert url is not None  # the scheme came from it
             self.connector = HTTPConnector(reactor, self.client, url, headers=headers, tls_ca=tls_ca,
                                            tls_client_cert=tls_client_cert, tls_client_key=tls_client_key,
-                                           close_timeout=close_timeout)
+                                           close_timeout=close_timeout, auth=auth)
         else:
             assert url is not None  # not a command
             self.factory = MCPClientFactory(
@@ -175,7 +184,7 @@ class MCPClientService(ClientService):
             if endpoint is None:
                 endpoint = endpoint_for_url(reactor, url, tls_ca=tls_ca, tls_client_cert=tls_client_cert,
                                             tls_client_key=tls_client_key)
-            self.connector = WebSocketConnector(endpoint, self.factory)
+            self.connector = WebSocketConnector(endpoint, self.factory, auth=auth)
         self.backoff = backoff or backoff_policy()
         self.max_attempts = max_attempts
         self.close_timeout = close_timeout

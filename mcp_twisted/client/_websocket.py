@@ -27,6 +27,7 @@ from mcp_twisted.client._connection import (
     tls_options,
 )
 from mcp_twisted.client._lifecycle import ConnectionState
+from mcp_twisted.client._oauth import OAuthClient, Refused, bearer
 
 __all__ = ["MCPClientFactory", "MCPClientProtocol", "WebSocketConnector", "endpoint_for_url"]
 
@@ -54,6 +55,19 @@ class MCPClientProtocol(SessionConnection, FastPathMixin, WebSocketClientProtoco
 
     def onOpen(self) -> None:
         self._open_session(self._send_message)
+
+    @property
+    def upgrade_refusal(self) -> Refused | None:
+        """The status and challenges of an upgrade refused with 401 or 403
+        (for the OAuth client to answer); None for any other outcome."""
+        status_line = getattr(self, "http_status_line", None)  # set by Autobahn once the answer is read
+        if self.session is not None or not isinstance(status_line, str):
+            return None
+        parts = status_line.split()
+        if len(parts) < 2 or parts[1] not in ("401", "403"):
+            return None
+        challenge = (getattr(self, "http_headers", None) or {}).get("www-authenticate")
+        return int(parts[1]), [challenge] if challenge else []
 
     def _end_transport(self) -> None:
         self.sendClose(CLOSE_NORMAL)
@@ -144,21 +158,45 @@ def endpoint_for_url(
 
 class WebSocketConnector(Connector):
     """Makes WebSocket connections for ``MCPClientService``: ``endpoint``
-    connected with ``factory``."""
+    connected with ``factory``. With ``auth``, each upgrade carries the
+    access token, and one refused for it is tried again with a new token."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, factory: MCPClientFactory) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, factory: MCPClientFactory,
+                 auth: OAuthClient | None = None) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.target = factory.url
+        self.auth = auth
+        self.headers: dict[str, str] = dict(factory.headers)  # the application's own
 
     @property
     def current(self) -> MCPClientProtocol | None:
         return self.factory.current
 
     def connect(self) -> Deferred[Any]:
+        if self.auth is not None:
+            return Deferred.fromCoroutine(self._authorized(self.auth))
         attempt = self.endpoint.connect(self.factory)
         # The endpoint says IProtocol; the factory builds MCPClientProtocols.
         return attempt.addCallback(lambda protocol: cast(MCPClientProtocol, protocol).initialized)
+
+    async def _authorized(self, auth: OAuthClient) -> MCPClientProtocol:
+        protocol, failure = await auth.authorized(
+            self.target, self._attempt, lambda outcome: outcome[0].upgrade_refusal if outcome[1] else None,
+            lambda _: None)
+        if failure is not None:
+            failure.raiseException()
+        return protocol
+
+    def _attempt(self, token: str | None) -> Deferred[tuple[MCPClientProtocol, Failure | None]]:
+        """One connection with ``token``: the protocol, and why it failed if it did."""
+        self.factory.headers = bearer(self.headers, token)
+
+        def opened(protocol: Any) -> Deferred[tuple[MCPClientProtocol, Failure | None]]:
+            return protocol.initialized.addCallbacks(  # type: ignore[no-any-return]
+                lambda _: (protocol, None), lambda failure: (protocol, failure))
+
+        return self.endpoint.connect(self.factory).addCallback(opened)
 
     def handle(self, connection: Any) -> Any:
         return connection.transport

@@ -6,6 +6,13 @@ server, runs this with its URL and reads the scenario's name from
 tests from ``MCP_CONFORMANCE_PROTOCOL_VERSION``). Each scenario expects a
 few calls; this program makes them with ``MCPClientService`` the way an
 application would, and exits 0, or 1 with the error on stderr.
+
+The ``auth/*`` scenarios put the server behind a mock authorization server:
+the client gets its tokens with ``OAuthClient``, whose user is played by
+``follow_to_redirect`` (the mock server redirects back at once, as a
+browser whose user consents would). Pre-registered credentials come in
+``MCP_CONFORMANCE_CONTEXT`` (``client_id``, and ``client_secret`` or
+``private_key_pem``).
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import task
+from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
 
-from mcp_twisted.client import MCPClient, MCPClientService
+from mcp_twisted.client import MCPClient, MCPClientService, OAuthClient
 from mcp_twisted.eras import MODERN_VERSIONS
 
 Flow = Callable[[MCPClient], Awaitable[None]]
@@ -93,8 +103,7 @@ async def make_the_calls_asked_for(client: MCPClient) -> None:
     """The scenario's context lists the tool calls to make (with values that
     need every kind of header encoding)."""
     await list_tools(client)
-    context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
-    for call in context.get("toolCalls", []):
+    for call in context().get("toolCalls", []):
         await client.call_tool(call["name"], call.get("arguments") or {})
 
 
@@ -118,6 +127,43 @@ FLOWS: dict[str, Flow] = {
     "http-invalid-tool-headers": call_every_tool,
     "sep-2322-client-request-state": answer_input_required,
 }
+
+
+# The Client ID Metadata Document URL the suite's CIMD scenario expects. It is
+# offered only there: the suite cannot fetch it, and the offline-access
+# scenario can only see the client's grant types in a dynamic registration.
+CIMD_URL = "https://conformance-test.local/client-metadata.json"
+CIMD_SCENARIOS = {"auth/basic-cimd"}
+REDIRECT_URI = "http://localhost:3000/callback"
+
+
+def context() -> dict[str, Any]:
+    return json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")  # type: ignore[no-any-return]
+
+
+async def follow_to_redirect(reactor: Any, url: str) -> str:
+    """The user's browser: open the authorization URL and hand back where
+    the authorization server redirects (it asks nothing of the user here)."""
+    response = await Agent(reactor).request(b"GET", url.encode("ascii"), Headers())
+    response.deliverBody(_Ignore())
+    locations = response.headers.getRawHeaders(b"location")
+    if response.code not in (302, 303) or not locations:
+        raise RuntimeError(f"the authorization endpoint answered {response.code}, not a redirect")
+    return locations[0].decode("ascii")
+
+
+def oauth_client(reactor: Any, scenario: str) -> OAuthClient:
+    given = context()
+    return OAuthClient(
+        reactor, authorize=lambda url: follow_to_redirect(reactor, url), client_name="conformance",
+        redirect_uri=REDIRECT_URI, client_id=given.get("client_id"), client_secret=given.get("client_secret"),
+        private_key=given.get("private_key_pem"), signing_algorithm=given.get("signing_algorithm", "ES256"),
+        client_metadata_url=CIMD_URL if scenario in CIMD_SCENARIOS else None,
+    )
+
+
+class _Ignore(Protocol):
+    """Reads a body nobody needs."""
 
 
 class Callbacks:
@@ -152,6 +198,7 @@ async def run(reactor: Any, url: str) -> None:
         reactor, url, era=era_for(os.environ.get("MCP_CONFORMANCE_PROTOCOL_VERSION")), max_attempts=1,
         request_timeout=20.0, wait_for_connection=False, elicitation=callbacks.elicitation,
         sampling=callbacks.sampling, roots=callbacks.roots,
+        auth=oauth_client(reactor, scenario) if scenario.startswith("auth/") else None,
     )
     service.startService()
     try:
