@@ -27,7 +27,7 @@ import re
 import secrets
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -58,6 +58,7 @@ from mcp_twisted.protocol import (
     Notify,
     version_at_least,
 )
+from mcp_twisted.proxy import TrustedProxies
 from mcp_twisted.session import Session
 from mcp_twisted.stateless_http import serve_stateless
 
@@ -102,6 +103,8 @@ class HTTPSettings:
     # so any answer can be resumed after a dropped connection (the official
     # SDK's default). Off: JSON, unless the handler sent something first.
     always_stream: bool = False
+    # Proxies whose X-Forwarded-For names the client in logs (as for WebSocket).
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
 
 
 class ReplayBudget:
@@ -854,7 +857,7 @@ class MCPHTTPResource(Resource):
 
     def _refused(self, request: server.Request, head: _Head, refusal: Refusal) -> bytes:
         origin = head(b"origin")
-        log.info("Refused {peer} ({reason}): HTTP {code}", peer=_peer(request), reason=refusal.reason,
+        log.info("Refused {peer} ({reason}): HTTP {code}", peer=self._peer(request), reason=refusal.reason,
                  code=refusal.status, host=head(b"host"), origin=origin, path=request.path.decode("latin-1"))
         if origin is not None and refusal.reason in _AFTER_ORIGIN:  # the Origin passed: the page may read why
             _allow_origin(request, origin)
@@ -995,10 +998,10 @@ class MCPHTTPResource(Resource):
             return None
         routing_headers = getattr(self.host.app, "routing_headers", None)
         header_params = routing_headers(message) if routing_headers is not None else {}
-        return serve_stateless(self, request, identity, message, _peer(request), header_params)
+        return serve_stateless(self, request, identity, message, self._peer(request), header_params)
 
     def _initialize(self, request: server.Request, identity: Any, message: Request) -> bytes | int:
-        http_session = HTTPSession(self, identity, _peer(request))
+        http_session = HTTPSession(self, identity, self._peer(request))
         exchange = http_session.new_exchange(request, [message.id])
         exchange.json_only = True
         http_session.session.dispatch(message)
@@ -1009,7 +1012,7 @@ class MCPHTTPResource(Resource):
             self.host.accepted("http")
             request.setHeader(SESSION_HEADER, http_session.id)
             log.info("Opened HTTP session {session} for {peer} (identity {identity!r})",
-                     session=http_session.id[:8], peer=_peer(request), identity=identity)
+                     session=http_session.id[:8], peer=self._peer(request), identity=identity)
             http_session._touch()
             return body
         http_session.end()
@@ -1056,18 +1059,23 @@ class MCPHTTPResource(Resource):
         request.setResponseCode(204)
         return b""
 
+    def _peer(self, request: server.Request) -> str:
+        """Who sent a request, for the logs: the client a trusted proxy names, or the TCP peer."""
+        trusted = self.settings.trusted_proxies
+        if trusted:
+            client = trusted.request_client(request)
+            if client is not None:
+                return client
+        address = request.getClientAddress()
+        host = getattr(address, "host", None)
+        return f"{type(address).__name__}:{host}:{getattr(address, 'port', '')}" if host else str(address)
+
     # -- shutdown -------------------------------------------------------------
 
     def close_all(self) -> None:
         """End every session (after the drain): streams finish, handlers stop."""
         for http_session in list(self.sessions.values()):
             http_session.end()
-
-
-def _peer(request: server.Request) -> str:
-    address = request.getClientAddress()
-    host = getattr(address, "host", None)
-    return f"{type(address).__name__}:{host}:{getattr(address, 'port', '')}" if host else str(address)
 
 
 # Twisted releases since twisted#12413 (2025) can leave form parsing off; older

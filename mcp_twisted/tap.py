@@ -393,6 +393,7 @@ def makeService(options: Options) -> IService:
             max_output_buffer=options["max-output-buffer"],
             output_stall_timeout=options["output-stall-timeout"],
             always_stream=bool(options["always-stream"]),
+            trusted_proxies=trusted_proxies,
         ))
     service = TwistdService(
         factory, endpoints, http=http, websocket=not options["no-websocket"],

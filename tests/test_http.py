@@ -27,6 +27,7 @@ from mcp_twisted.http import EventStore, HTTPSettings, MCPHTTPResource
 from mcp_twisted.jsonrpc import INVALID_REQUEST, PARSE_ERROR
 from mcp_twisted.metrics import Metrics
 from mcp_twisted.protocol import SERVER_BUSY, SERVER_SHUTTING_DOWN
+from mcp_twisted.proxy import TrustedProxies
 from mcp_twisted.service import MCPService
 from mcp_twisted.websocket import MCPServerFactory
 from tests.http_support import (
@@ -668,6 +669,18 @@ def test_a_token_check_that_fails_later_answers_with_its_refusal_or_500():
     gone.drop()
     auth.waiting[2].callback("alice")
     assert server.resource.sessions == {}
+
+
+def test_a_trusted_proxy_names_the_client_in_the_logs_and_others_do_not(events):
+    app, _ = http_app()
+    trusting = Served(app, HTTPSettings(trusted_proxies=TrustedProxies(["127.0.0.1"])))
+    session = trusting.initialize(headers={"X-Forwarded-For": "198.51.100.9, 203.0.113.7"})
+    assert trusting.http_session(session).session.attributes["peer"] == "203.0.113.7"
+    assert find(events, "Opened HTTP session", peer="203.0.113.7")
+    app, _ = http_app()
+    wary = Served(app)  # no trusted proxy: the header is the client's word only
+    session = wary.initialize(headers={"X-Forwarded-For": "203.0.113.7"})
+    assert wary.http_session(session).session.attributes["peer"].startswith("IPv4Address:127.0.0.1:")
 
 
 # -- CORS: browser pages on admitted origins --------------------------------------
