@@ -952,6 +952,8 @@ class MCPHTTPResource(Resource):
         if isinstance(found, bytes):
             return found
         http_session = found
+        # The same subject's newer token (a refresh, a step-up) holds the scopes that count now.
+        http_session.session.attributes["identity"] = identity
         if isinstance(message, list) and http_session.session.protocol_version not in BATCHING_VERSIONS:
             # Refused here: the session's answer would belong to no request
             # (a batch of notifications) and go to the GET stream.

@@ -91,6 +91,7 @@ class MCPService(MultiService):
         metrics_endpoint: IStreamServerEndpoint | None = None,
         health_endpoint: IStreamServerEndpoint | None = None,
         reuse_port: bool = False,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """
         :param endpoints: where to listen; a mapping from endpoint strings to
@@ -104,6 +105,8 @@ class MCPService(MultiService):
             on every main listener that serves HTTP), kept serving likewise.
         :param reuse_port: the listeners share their port with other
             processes: close them as soon as the drain starts.
+        :param extra: more twisted.web resources on the main listeners, by
+            exact path (the OAuth protected-resource metadata).
         """
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's MultiService, unannotated
         self.factory = factory
@@ -124,7 +127,7 @@ class MCPService(MultiService):
             # /healthz on the port the balancer sends clients to: it sees the drain there.
             listening = MCPSite(http, WebSocketResource(factory) if websocket else None,
                                 max_body_size=factory.host.limits.max_message_size,
-                                extra={"/healthz": Health(factory)})
+                                extra={**(extra or {}), "/healthz": Health(factory)})
         named = endpoints.items() if isinstance(endpoints, Mapping) else ((repr(e), e) for e in endpoints)
         for description, endpoint in named:
             _Listener(endpoint, listening, description).setServiceParent(self.listeners)

@@ -11,9 +11,10 @@ import importlib
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
 from twisted.python import usage
 
 from mcp_twisted.server import MCPServer
@@ -145,6 +146,17 @@ class Options(usage.Options):
          _positive_float],
         ["auth-token-file", None, None,
          "Require 'Authorization: Bearer <token>'; the file has name:token lines (HTTP 401 otherwise)."],
+        ["oauth-issuer", None, None,
+         "Require OAuth access tokens from this authorization server (its 'iss'), e.g. "
+         "https://login.example.com/realms/mcp; needs --oauth-resource."],
+        ["oauth-resource", None, None,
+         "This server's URL as clients use it, e.g. https://mcp.example.com/mcp: the audience tokens "
+         "must name (RFC 8707) and the base of the protected-resource metadata."],
+        ["oauth-jwks-uri", None, None, "The issuer's signing keys (default: its metadata's jwks_uri)."],
+        ["oauth-introspection-client-id", None, None,
+         "Introspect opaque tokens (RFC 7662) as this client; its secret is in "
+         "--oauth-introspection-secret-file."],
+        ["oauth-introspection-secret-file", None, None, "A file holding the introspection client's secret."],
         ["metrics-endpoint", None, None,
          "Serve Prometheus /metrics and /healthz here, e.g. tcp:9100:interface=127.0.0.1."],
         ["close-timeout", None, 5.0, "At shutdown, seconds to wait for clients to close (after draining).",
@@ -167,6 +179,9 @@ class Options(usage.Options):
         self["allowed_origins"] = []
         self["allowed_hosts"] = []
         self["trusted_proxies"] = []
+        self["oauth_audiences"] = []
+        self["oauth_scopes"] = []
+        self["oauth_required_scopes"] = []
         self.arguments: list[str] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -197,6 +212,19 @@ class Options(usage.Options):
         (repeatable), e.g. 10.0.0.0/8; the client's address is then the last one it names
         that is not a trusted proxy. Behind HAProxy prefer haproxy: endpoints (PROXY protocol)."""
         self["trusted_proxies"].append(network)
+
+    def opt_oauth_audience(self, audience: str) -> None:
+        """An accepted 'aud' of access tokens (repeatable; default: --oauth-resource)."""
+        self["oauth_audiences"].append(audience)
+
+    def opt_oauth_scope(self, scope: str) -> None:
+        """A scope this server knows, listed in its metadata (repeatable); tools, resources and
+        prompts declare what they need with scopes=."""
+        self["oauth_scopes"].append(scope)
+
+    def opt_oauth_required_scope(self, scope: str) -> None:
+        """A scope every request needs (repeatable); 401s name it."""
+        self["oauth_required_scopes"].append(scope)
 
     def postOptions(self) -> None:
         if not self["endpoints"]:
@@ -253,6 +281,59 @@ def make_endpoints(reactor: Any, descriptions: list[str], option: str = "--endpo
                 detail = f"no socket passed by systemd (LISTEN_FDS/LISTEN_PID not set or wrong): {detail}"
             raise StartupError(f"{option} {description!r}: {detail}") from None
     return endpoints
+
+
+def _oauth_server(options: Options) -> Any:
+    """The ``--oauth-*`` resource server, or None; a bad setting is one line."""
+    if not options["oauth-issuer"]:
+        if options["oauth-resource"]:
+            raise StartupError("--oauth-resource needs --oauth-issuer")
+        return None
+    if not options["oauth-resource"]:
+        raise StartupError("--oauth-issuer needs --oauth-resource (this server's URL as clients use it)")
+    from mcp_twisted.oauth import IntrospectionCredentials, OAuthResourceServer, OAuthSettings
+
+    introspection = None
+    if options["oauth-introspection-client-id"]:
+        secret_file = options["oauth-introspection-secret-file"]
+        if not secret_file:
+            raise StartupError("--oauth-introspection-client-id needs --oauth-introspection-secret-file")
+        try:
+            secret = Path(secret_file).read_text().strip()
+        except OSError as e:
+            raise StartupError(f"--oauth-introspection-secret-file: {e}") from None
+        introspection = IntrospectionCredentials(options["oauth-introspection-client-id"], secret)
+    try:
+        return OAuthResourceServer(OAuthSettings(
+            resource=options["oauth-resource"], issuer=options["oauth-issuer"],
+            audiences=tuple(options["oauth_audiences"]), jwks_uri=options["oauth-jwks-uri"],
+            introspection=introspection, scopes_supported=tuple(options["oauth_scopes"]),
+            required_scopes=tuple(options["oauth_required_scopes"]),
+        ))
+    except ValueError as e:
+        raise StartupError(f"--oauth-*: {e}") from None
+
+
+def _metadata_resources(oauth: Any) -> dict[str, Any]:
+    """The protected-resource metadata (RFC 9728) at its well-known paths."""
+    if oauth is None:
+        return {}
+    from mcp_twisted.oauth import ProtectedResourceMetadataResource
+
+    resource = ProtectedResourceMetadataResource(oauth.metadata)
+    return dict.fromkeys(oauth.metadata.paths, resource)
+
+
+class _Closing(Service):
+    """Calls ``close`` when the process stops: idle connections to other
+    servers (the authorization server's) go with the listeners."""
+
+    def __init__(self, close: Callable[[], Any]) -> None:
+        self._close = close
+
+    def stopService(self) -> Any:
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service, unannotated
+        return self._close()
 
 
 class TwistdService(MCPWebSocketService):
@@ -329,6 +410,11 @@ def makeService(options: Options) -> IService:
             auth = TokenAuthenticator.from_file(options["auth-token-file"])
         except (OSError, ValueError) as e:
             raise StartupError(f"--auth-token-file: {e}") from None
+    oauth = _oauth_server(options)
+    if oauth is not None:
+        if auth is not None:
+            raise StartupError("--oauth-issuer and --auth-token-file: choose one way to check tokens")
+        auth = oauth
     metrics = metrics_endpoint = None
     if options["metrics-endpoint"]:
         from twisted.logger import Logger
@@ -400,7 +486,11 @@ def makeService(options: Options) -> IService:
         drain_delay=options["drain-delay"], drain_timeout=options["drain-timeout"],
         close_timeout=options["close-timeout"], metrics_endpoint=metrics_endpoint,
         health_endpoint=health_endpoint, reuse_port=bool(options["reuse-port"]),
+        extra=_metadata_resources(oauth),
     )
+    if oauth is not None:
+        # Its connections to the authorization server close with the rest.
+        _Closing(oauth.close).setServiceParent(service)  # type: ignore[no-untyped-call]  # Twisted's Service, unannotated
     if options["bus"]:
         try:
             bus = mcp_twisted.bus.redis_bus(options["bus"])

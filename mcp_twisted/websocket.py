@@ -39,12 +39,12 @@ from mcp_twisted._autobahn import (
     check_timer_settings,
 )
 from mcp_twisted._lograte import RepeatedEventLog
-from mcp_twisted.auth import TokenAuthenticator
 from mcp_twisted.eras import Era
 from mcp_twisted.hosting import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Admission,
     AdmissionRequest,
+    Authenticator,
     Limits,
     OriginPolicy,
     Refusal,
@@ -114,10 +114,13 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
     factory: MCPWebSocketServerFactory
     session: Session | None = None
     identity: Any = None
+    _deny_headers: list[tuple[str, str]] | None = None
     opened_at: float | None = None
     _metrics: Metrics | None = None
 
-    def onConnect(self, request: ConnectionRequest) -> str | None:
+    def onConnect(  # type: ignore[override]  # Autobahn takes a Deferred too (txaio.as_future)
+        self, request: ConnectionRequest
+    ) -> str | Deferred[str | None] | None:
         headers = request.headers
         # The client's real address, for the logs: a PROXY protocol header has
         # been read by now (Autobahn took the peer before it arrived), and a
@@ -132,19 +135,39 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         try:
             # Only sessions hold slots (the capacity check); connections still
             # in the handshake have their own, smaller table (connectionMade).
-            self.identity = self.factory.host.admit(AdmissionRequest(
+            identity = self.factory.host.admit(AdmissionRequest(
                 path=request.path, host=headers.get("host", ""), origin=headers.get("origin"),
                 authorization=headers.get("authorization"),
                 on_loopback=listener_is_loopback(self.transport.getHost()), tls_transport=self.transport,
             ))
         except Refusal as refusal:
-            # Logged and counted with why (never the headers but Host and Origin).
-            log.info("Refused {peer} ({reason}): HTTP {code}", peer=request.peer, reason=refusal.reason,
-                     code=refusal.status, host=headers.get("host"), origin=headers.get("origin"),
-                     path=request.path)
-            raise ConnectionDeny(refusal.status, refusal.text) from None
+            raise self._deny(request, refusal) from None
+        if isinstance(identity, Deferred):
+            # The token is checked elsewhere first (OAuth keys to fetch): the
+            # upgrade waits, as Autobahn lets onConnect.
+            return identity.addCallbacks(self._admitted, self._denied_later,
+                                         callbackArgs=(request,), errbackArgs=(request,))
+        return self._admitted(identity, request)
+
+    def _admitted(self, identity: Any, request: ConnectionRequest) -> str | None:
+        self.identity = identity
         # RFC 6455: select only a subprotocol the client offered.
         return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
+
+    def _denied_later(self, failure: Failure, request: ConnectionRequest) -> Failure:
+        if failure.check(Refusal):
+            raise self._deny(request, cast(Refusal, failure.value))
+        return failure  # Autobahn logs it and answers 500
+
+    def _deny(self, request: ConnectionRequest, refusal: Refusal) -> ConnectionDeny:
+        """Log and count a refusal (never the headers but Host and Origin);
+        its own headers (an OAuth challenge) go out with the answer."""
+        headers = request.headers
+        log.info("Refused {peer} ({reason}): HTTP {code}", peer=request.peer, reason=refusal.reason,
+                 code=refusal.status, host=headers.get("host"), origin=headers.get("origin"),
+                 path=request.path)
+        self._deny_headers = list(refusal.headers) or None
+        return ConnectionDeny(refusal.status, refusal.text)
 
     # -- the opening handshake, before Autobahn sees it ------------------
 
@@ -253,8 +276,10 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         self.failHandshake("Request Header Fields Too Large", 431)
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
-        # RFC 6750: a 401 names the scheme it wants. ConnectionDeny cannot
-        # carry headers, so they are added here, where Autobahn answers.
+        # ConnectionDeny cannot carry headers: a refusal's own (an OAuth
+        # challenge) were kept by _deny; RFC 6750: a 401 names its scheme.
+        if responseHeaders is None:
+            responseHeaders, self._deny_headers = self._deny_headers, None
         if code == 401 and responseHeaders is None:
             responseHeaders = [("WWW-Authenticate", 'Bearer realm="mcp"')]
         if code == 500:
@@ -474,7 +499,7 @@ class MCPWebSocketServerFactory(WebSocketServerFactory):
         max_output_buffer: int = DEFAULT_MAX_OUTPUT_BUFFER,
         output_stall_timeout: float = 30.0,
         write_buffer_size: int | None = None,
-        auth: TokenAuthenticator | None = None,
+        auth: Authenticator | None = None,
         metrics: Metrics | None = None,
         clock: IReactorTime | None = None,
         trusted_proxies: TrustedProxies | None = None,
@@ -513,7 +538,8 @@ class MCPWebSocketServerFactory(WebSocketServerFactory):
         :param write_buffer_size: bytes of unsent output per connection above
             which we stop reading from that peer until it catches up (TCP
             listeners; ``None`` keeps Twisted's 64 KiB).
-        :param auth: require ``Authorization: Bearer`` tokens (HTTP 401 otherwise).
+        :param auth: require ``Authorization: Bearer`` tokens (HTTP 401 otherwise): static
+            ones (``auth.TokenAuthenticator``) or OAuth access tokens (``oauth.OAuthResourceServer``).
         :param metrics: count connections and requests (see ``metrics_site``).
         :param trusted_proxies: proxies whose ``X-Forwarded-For`` names the
             client in logs (see ``mcp_twisted.proxy``).

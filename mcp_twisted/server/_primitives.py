@@ -91,6 +91,7 @@ class Tool:
     annotations: dict[str, Any] | None = None
     icons: list[dict[str, Any]] | None = None
     meta: dict[str, Any] | None = None
+    scopes: tuple[str, ...] = ()  # OAuth scopes a call needs (step-up when the token lacks one)
 
     @property
     def fn(self) -> Callable[..., Any]:
@@ -180,6 +181,7 @@ class _Readable:
     icons: list[dict[str, Any]] | None = None
     meta: dict[str, Any] | None = None
     cache: Any = None  # a CachePolicy for this resource's 2026-07-28 reads (None: the server's)
+    scopes: tuple[str, ...] = ()  # OAuth scopes a read needs
 
     def _describe(self, entry: dict[str, Any], version: str) -> dict[str, Any]:
         _optional_fields(entry, description=self.description, mimeType=self.mime_type,
@@ -233,6 +235,7 @@ class Prompt:
     description: str | None = None
     icons: list[dict[str, Any]] | None = None
     meta: dict[str, Any] | None = None
+    scopes: tuple[str, ...] = ()  # OAuth scopes a get needs
 
     def definition(self, version: str) -> dict[str, Any]:
         arguments = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -14,7 +14,15 @@ from twisted.logger import Logger
 
 from mcp_twisted.bus import AppChannel, IEventBus
 from mcp_twisted.eras import META_SERVER_INFO, MODERN_VERSIONS
-from mcp_twisted.jsonrpc import METHOD_NOT_FOUND, Request, RPCError, brief, clip, is_request_id
+from mcp_twisted.jsonrpc import (
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    Request,
+    RPCError,
+    brief,
+    clip,
+    is_request_id,
+)
 from mcp_twisted.protocol import (
     LIST_CHANGED_KIND,
     RESOURCE_NOT_FOUND,
@@ -143,6 +151,7 @@ class MCPServer:
         icons: list[dict[str, Any]] | None = None,
         meta: dict[str, Any] | None = None,
         input_schema: dict[str, Any] | None = None,
+        scopes: Iterable[str] = (),
     ) -> Callable[[F], F]:
         """Register a function as a tool; its hints give the input schema and
         its docstring the description. A dict-like return annotation gives
@@ -153,12 +162,14 @@ class MCPServer:
         ``allOf``, ``if``/``then``/``else``...). It must be an object schema
         whose ``properties`` are the function's parameters (``TypeError`` at
         registration otherwise); the hints still validate and convert the
-        arguments, so keep the two in agreement."""
+        arguments, so keep the two in agreement.
+
+        ``scopes``: the OAuth scopes a call needs (see ``required_scopes``)."""
 
         def register(fn: F) -> F:
             self.add_tool(fn, name, title=title, description=description,
                           annotations=annotations, icons=icons, meta=meta,
-                          input_schema=input_schema)
+                          input_schema=input_schema, scopes=tuple(scopes))
             return fn
 
         return register
@@ -202,18 +213,20 @@ class MCPServer:
         size: int | None = None,
         meta: dict[str, Any] | None = None,
         cache: CachePolicy | None = None,
+        scopes: Iterable[str] = (),
     ) -> Callable[[F], F]:
         """Register a resource, or a template when ``uri`` has ``{variables}``
         (RFC 6570); template variables are passed as keyword arguments.
         The function returns ``str`` (text), ``bytes`` (blob), a JSON-able
         value (sent as JSON text) or a list of ``content.resource_contents``.
         ``cache`` sets ``ttlMs``/``cacheScope`` of its reads on 2026-07-28
-        (default: the server's ``cache``)."""
+        (default: the server's ``cache``); ``scopes`` the OAuth scopes a read
+        needs."""
 
         def register(fn: F) -> F:
             self.add_resource(fn, uri, name=name, title=title, description=description,
                               mime_type=mime_type, annotations=annotations, icons=icons,
-                              size=size, meta=meta, cache=cache)
+                              size=size, meta=meta, cache=cache, scopes=tuple(scopes))
             return fn
 
         return register
@@ -260,13 +273,15 @@ class MCPServer:
         description: str | None = None,
         icons: list[dict[str, Any]] | None = None,
         meta: dict[str, Any] | None = None,
+        scopes: Iterable[str] = (),
     ) -> Callable[[F], F]:
         """Register a prompt; its parameters are the prompt's arguments. It
         returns a string (one user message), a content block, a message dict,
-        or a list of those."""
+        or a list of those. ``scopes``: the OAuth scopes a get needs."""
 
         def register(fn: F) -> F:
-            self.add_prompt(fn, name, title=title, description=description, icons=icons, meta=meta)
+            self.add_prompt(fn, name, title=title, description=description, icons=icons, meta=meta,
+                            scopes=tuple(scopes))
             return fn
 
         return register
@@ -308,6 +323,31 @@ class MCPServer:
             return fn
 
         return register
+
+    def required_scopes(self, method: str, params: object) -> tuple[str, ...]:
+        """The OAuth scopes a request needs, as declared with ``scopes=``.
+
+        Over Streamable HTTP a request whose token lacks one is refused with
+        403 ``insufficient_scope`` before it reaches the app, so that the
+        client can ask its user for more (step-up); a session that got its
+        identity otherwise (WebSocket, stdio) gets a JSON-RPC error. Only
+        identities that carry scopes (OAuth access tokens) are checked.
+        """
+        if not isinstance(params, dict):
+            return ()
+        entry: Any = None
+        if method == Method.TOOLS_CALL:
+            entry = self._tools.get(params.get("name"))  # type: ignore[arg-type]  # any key: a miss is None
+        elif method == Method.PROMPTS_GET:
+            entry = self._prompts.get(params.get("name"))  # type: ignore[arg-type]
+        elif method in (Method.RESOURCES_READ, Method.RESOURCES_SUBSCRIBE):
+            uri = params.get("uri")
+            try:
+                found = self._readable(uri) if isinstance(uri, str) else None
+            except RPCError:
+                return ()  # too long: the read itself says so
+            entry = found[0] if found is not None else None
+        return entry.scopes if entry is not None else ()
 
     # -- telling clients ----------------------------------------------------
 
@@ -493,6 +533,7 @@ class MCPServer:
             arguments = {}
         elif not isinstance(arguments, dict):
             raise invalid_params("tools/call arguments must be an object")
+        _check_scopes(request, tool.scopes)
         context = self._context(request, tool.signature.context_parameter)
         result = tool.call(arguments, context, request.protocol_version)
         if isinstance(result, Deferred):
@@ -514,12 +555,11 @@ class MCPServer:
             return result.addCallback(_cached_read, policy)
         return _cached_read(result, policy)
 
-    def _read(self, request: IncomingRequest) -> tuple[Resource | ResourceTemplate, Any]:
-        uri = _required_string(request.params, "uri")
+    def _readable(self, uri: str) -> tuple[Resource | ResourceTemplate, dict[str, str]] | None:
+        """The resource or template that serves ``uri``, with its variables."""
         resource = self._resources.get(uri)
         if resource is not None:
-            context = self._context(request, resource.signature.context_parameter)
-            return resource, resource.read(uri, {}, context)
+            return resource, {}
         if len(uri) > self.max_uri_length:
             # Matching templates costs time that grows with the URI's length.
             raise invalid_params(f"URI too long: {len(uri)} characters (limit {self.max_uri_length})",
@@ -528,8 +568,17 @@ class MCPServer:
             assert template.template is not None  # add_resource gives every template one
             variables = template.template.match(uri)
             if variables is not None:
-                context = self._context(request, template.signature.context_parameter)
-                return template, template.read(uri, variables, context)
+                return template, variables
+        return None
+
+    def _read(self, request: IncomingRequest) -> tuple[Resource | ResourceTemplate, Any]:
+        uri = _required_string(request.params, "uri")
+        found = self._readable(uri)
+        if found is not None:
+            readable, variables = found
+            _check_scopes(request, readable.scopes)
+            context = self._context(request, readable.signature.context_parameter)
+            return readable, readable.read(uri, variables, context)
         if request.modern is not None:  # 2026-07-28 (SEP-2164): an unknown URI is a bad parameter
             raise invalid_params(f"Resource not found: {clip(uri)}", {"uri": uri})
         raise RPCError(RESOURCE_NOT_FOUND, f"Resource not found: {clip(uri)}", {"uri": uri})
@@ -563,6 +612,7 @@ class MCPServer:
         prompt = self._prompts.get(name)
         if prompt is None:
             raise invalid_params(f"Unknown prompt: {brief(name)}")
+        _check_scopes(request, prompt.scopes)
         arguments = request.params.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise invalid_params("prompts/get arguments must be an object")
@@ -647,3 +697,12 @@ def _decode_cursor(cursor: object, kind: str, length: int) -> int:
     if label != kind or not 0 < start <= length:
         raise invalid_params(f"Invalid cursor: {brief(cursor)}")
     return start
+
+
+def _check_scopes(request: IncomingRequest, needed: tuple[str, ...]) -> None:
+    """Refuse a request whose OAuth identity lacks a scope (see ``required_scopes``)."""
+    if needed:
+        has_scopes = getattr(request.session.attributes.get("identity"), "has_scopes", None)
+        if has_scopes is not None and not has_scopes(needed):
+            raise RPCError(INVALID_REQUEST, "Forbidden: the access token lacks a scope this needs",
+                           {"requiredScopes": list(needed)})
