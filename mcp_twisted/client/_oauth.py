@@ -133,7 +133,7 @@ class OAuthTokens:
         return self.expires_at is not None and now >= self.expires_at - margin
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "scopes": list(self.scopes)}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> OAuthTokens:

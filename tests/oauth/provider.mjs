@@ -14,7 +14,8 @@
 //   mcp-server   the resource server itself, to call the introspection endpoint
 //   mcp-public   a public client (no secret): authorization code with PKCE,
 //                redirect http://127.0.0.1/callback; the dev login form
-//                accepts any name, which becomes the token's subject
+//                accepts any name, which becomes the token's subject;
+//                refresh tokens too
 // Dynamic client registration (RFC 7591) is open, for SDK clients that register.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -62,6 +63,9 @@ function configuration(keys) {
     ],
     jwks: { keys },
     ttl: { ClientCredentials: 300 },
+    // Refresh tokens for every client allowed the grant (not only with
+    // offline_access and a consent prompt): the client tests refresh them.
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
     features: {
       devInteractions: { enabled: true },
       registration: { enabled: true },
