@@ -198,7 +198,8 @@ async def test_an_expired_token_is_refreshed_before_it_is_sent(provider, server,
 @pytest_twisted.ensureDeferred
 async def test_a_missing_scope_is_asked_for_with_the_ones_held(provider, server, connect, resource):
     asked: list[str] = []
-    auth = OAuthClient(reactor, authorize=browser(provider, "ada", asked), client_id="mcp-public")
+    auth = OAuthClient(reactor, authorize=browser(provider, "ada", asked), client_id="mcp-public",
+                       scopes=["files:read"])  # what the application asks for; the server may want more
     client = await connect(resource, auth)
     assert (await stored_tokens(auth, resource))["scopes"] == ["files:read"]
     # 403 insufficient_scope: the user is asked again, for both scopes.

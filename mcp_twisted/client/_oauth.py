@@ -544,10 +544,12 @@ class OAuthClient:
                 log.info("Could not refresh the token for {server}: {why}", server=key, why=str(e))
         grant = self._grant(metadata)
         offered = resource_metadata.get("scopes_supported")
-        named = self.scopes if self.scopes is not None else (
-            challenge.scopes or (tuple(offered) if isinstance(offered, list) else ()))
-        # SEP-2350: asking again keeps what was held (or asked for) before.
-        scopes = _union(current.scopes if current else (), named)
+        # The configured scopes, else those the server offers when its challenge
+        # names none; always the challenge's (a step up), and what was held
+        # before (SEP-2350: asking again must not lose them).
+        wanted = self.scopes if self.scopes is not None else (
+            () if challenge.scopes or not isinstance(offered, list) else tuple(offered))
+        scopes = _union(current.scopes if current else (), wanted, challenge.scopes)
         supported = metadata.get("scopes_supported")
         if (grant == AUTHORIZATION_CODE and self.offline_access and isinstance(supported, list)
                 and "offline_access" in supported):
