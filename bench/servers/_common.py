@@ -17,7 +17,8 @@ SERVER_INFO = {"name": "bench-echo", "version": "1.0.0"}
 
 
 def parse_args(
-    description: str, *, default_ping: float | None, tree: bool = False, http: bool = False, sdk: bool = False
+    description: str, *, default_ping: float | None, tree: bool = False, http: bool = False,
+    sdk: bool = False, tuned: bool = False,
 ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
@@ -31,6 +32,9 @@ def parse_args(
         parser.add_argument("--tree", help="import the framework from this directory (default: the checkout)")
     if http:
         parser.add_argument("--http", action="store_true", help="serve Streamable HTTP at /mcp")
+    if tuned:
+        parser.add_argument("--tuned", action="store_true",
+                            help="orjson and mcp-twisted's FastPathMixin (the tuned floor)")
     if sdk:
         parser.add_argument("--json-response", action="store_true",
                             help="--http: answer with JSON bodies, not SSE streams (the SDK's json_response)")

@@ -2,29 +2,43 @@
 
 It selects subprotocol ``mcp`` when offered, answers ``initialize`` with a
 minimal result, ``ping`` with ``{}`` and ``tools/call`` by echoing
-``arguments.text``; everything is ``json.loads``/``json.dumps``. Notifications
-are ignored and nothing is validated: this is what the wire costs on this
-stack, the least any framework on it can spend.
+``arguments.text``. Notifications are ignored and nothing is validated: this
+is what the wire costs on this stack, the least any framework on it can spend.
 
-Usage: python bench/servers/bare_autobahn.py --port 8080 [--tls CERT KEY] [--ping-interval S]
+Two flavours: by default everything is ``json.loads``/``json.dumps`` and
+Autobahn runs as shipped (the stdlib floor). ``--tuned`` makes the two
+changes mcp-twisted itself makes: orjson, and Autobahn's per-frame debug
+formatting skipped by the same ``FastPathMixin`` (imported from the checkout,
+so that whatever that mixin saves, the tuned floor saves too). The tuned
+floor is the best this stack does with no MCP layer at all.
+
+Usage: python bench/servers/bare_autobahn.py --port 8080 [--tuned] [--tls CERT KEY] [--ping-interval S]
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from _common import SERVER_INFO, parse_args, raise_open_file_limit, serve
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+
 
 class FloorProtocol(WebSocketServerProtocol):
+    loads: Callable[[bytes], Any] = staticmethod(json.loads)
+    dumps: Callable[[Any], bytes] = staticmethod(lambda value: json.dumps(value).encode())
+
     def onConnect(self, request: ConnectionRequest) -> str | None:
         return "mcp" if "mcp" in request.protocols else None
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        message = json.loads(payload)
+        message = self.loads(payload)
         if "id" not in message:
             return  # a notification
         method = message.get("method")
@@ -42,14 +56,28 @@ class FloorProtocol(WebSocketServerProtocol):
             reply["result"] = {}
         else:
             reply["error"] = {"code": -32601, "message": "Method not found"}
-        self.sendMessage(json.dumps(reply).encode())
+        self.sendMessage(self.dumps(reply))
+
+
+def tuned_protocol() -> type[WebSocketServerProtocol]:
+    """The floor with orjson and mcp-twisted's ``FastPathMixin``."""
+    sys.path.insert(0, str(CHECKOUT))
+    import orjson
+
+    from mcp_twisted._autobahn import FastPathMixin
+
+    class TunedFloorProtocol(FastPathMixin, FloorProtocol):  # type: ignore[misc]
+        loads = staticmethod(orjson.loads)
+        dumps = staticmethod(orjson.dumps)
+
+    return TunedFloorProtocol
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], default_ping=0.0)
+    args = parse_args(__doc__.splitlines()[0], default_ping=0.0, tuned=True)
     raise_open_file_limit()
     factory = WebSocketServerFactory()
-    factory.protocol = FloorProtocol
+    factory.protocol = tuned_protocol() if args.tuned else FloorProtocol
     options: dict[str, Any] = {"webStatus": False}
     if args.ping_interval:
         options["autoPingInterval"] = args.ping_interval
