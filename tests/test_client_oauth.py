@@ -3,10 +3,10 @@ mcp-twisted server protected by ``OAuthResourceServer``, in this process.
 
 The provider issues every token: by client credentials, or by the
 authorization code grant with PKCE, the user's browser played by
-``OpenIDProvider.log_in`` (in a thread: it blocks). The server's resource URL
-names the port it really listens on (a socket bound before the provider
-starts, adopted by each test's server), so the client's check of the
-metadata's ``resource`` sees the truth. Expiry runs on a ``task.Clock``.
+``OpenIDProvider.log_in`` (in a thread: it blocks). The server
+(``tests/oauth/servers.py``) names the port it really listens on as its
+resource, so the client's check of the metadata's ``resource`` sees the
+truth. Expiry runs on a ``task.Clock``.
 The discovery order is shown by a twisted.web server of the test's own that
 serves only some of the well-known documents.
 """
@@ -14,96 +14,23 @@ serves only some of the well-known documents.
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
 import pytest_twisted
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.web import resource as web_resource
 from twisted.web import server as web_server
 
-from mcp_twisted import Context, MCPServer
 from mcp_twisted.client import Challenge, MCPClientService, OAuthClient, OAuthError, canonical_resource
-from mcp_twisted.http import HTTPSettings, MCPHTTPResource, MCPSite
 from mcp_twisted.jsonrpc import RPCError
-from mcp_twisted.oauth import OAuthResourceServer, OAuthSettings, ProtectedResourceMetadataResource
-from mcp_twisted.websocket import MCPServerFactory
 from tests.oauth.provider import OpenIDProvider
 from tests.support import listen
 
-OTHER_RESOURCE = "http://127.0.0.1:8001/mcp"
-
-
-@pytest.fixture(scope="module")
-def lobby() -> Iterator[socket.socket]:
-    """A listening socket on an ephemeral port of 127.0.0.1: each test's
-    server adopts it, so the resource URL is known before the provider starts."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.setblocking(False)
-    yield sock
-    sock.close()
-
-
-@pytest.fixture(scope="module")
-def resource(lobby: socket.socket) -> str:
-    return f"http://127.0.0.1:{lobby.getsockname()[1]}/mcp"
-
-
-@pytest.fixture(scope="module")
-def provider(resource: str) -> Iterator[OpenIDProvider]:
-    started = OpenIDProvider(resource, OTHER_RESOURCE)
-    yield started
-    started.stop()
-
-
-def make_app() -> MCPServer:
-    """``whoami`` (the caller) for anyone with ``files:read``; ``write``
-    needs ``files:write`` too: a token without it is refused with 403."""
-
-    class App(MCPServer):
-        def required_scopes(self, method: str, params: dict[str, Any]) -> tuple[str, ...]:
-            return ("files:write",) if method == "tools/call" and params.get("name") == "write" else ()
-
-    app = App("protected", "1.0")
-
-    @app.tool()
-    def whoami(ctx: Context) -> str:
-        return str(ctx.identity)
-
-    @app.tool()
-    def write(ctx: Context) -> str:
-        return "written"
-
-    return app
-
-
-@pytest_twisted.async_yield_fixture
-async def server(provider: OpenIDProvider, lobby: socket.socket, resource: str):
-    """The protected server on the lobby socket, Streamable HTTP and WebSocket
-    on ``/mcp``; its metadata offers ``files:read`` (so that ``files:write``
-    takes a step up); yields the resource server."""
-    oauth = OAuthResourceServer(OAuthSettings(resource=resource, issuer=provider.issuer,
-                                              scopes_supported=("files:read",),
-                                              required_scopes=("files:read",)))
-    factory = MCPServerFactory(make_app(), auth=oauth, ping_interval=0)
-    site = MCPSite(MCPHTTPResource(factory.host, HTTPSettings()), WebSocketResource(factory),
-                   max_body_size=factory.host.limits.max_message_size,
-                   extra=dict.fromkeys(oauth.metadata.paths,
-                                       ProtectedResourceMetadataResource(oauth.metadata)))
-    port = reactor.adoptStreamPort(lobby.fileno(), socket.AF_INET, site)
-    yield oauth
-    for connection in list(factory.connections):
-        connection.dropConnection(abort=True)
-    await port.stopListening()
-    await oauth.close()
+pytest_plugins = ("tests.oauth.servers",)
 
 
 @pytest_twisted.async_yield_fixture
@@ -146,75 +73,76 @@ async def stored_tokens(auth: OAuthClient, server_url: str) -> dict[str, Any]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_credentials_reach_a_protected_server(provider, server, connect, resource):
+async def test_client_credentials_reach_a_protected_server(idp, protected, connect, resource_url):
     auth = OAuthClient(reactor, client_id="mcp-client", client_secret="mcp-client-secret")
-    client = await connect(resource, auth)
+    client = await connect(resource_url, auth)
     assert text(await client.call_tool("whoami")) == "mcp-client"
-    tokens = await stored_tokens(auth, resource)
-    assert tokens["issuer"] == provider.issuer and tokens["resource"] == resource
+    tokens = await stored_tokens(auth, resource_url)
+    assert tokens["issuer"] == idp.issuer and tokens["resource"] == resource_url
     # The provider bound the token to this server (RFC 8707).
-    assert jwt.decode(tokens["access_token"], options={"verify_signature": False})["aud"] == resource
+    assert jwt.decode(tokens["access_token"], options={"verify_signature": False})["aud"] == resource_url
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_user_logs_in_with_pkce_after_registering_dynamically(provider, server, connect, resource):
+async def test_a_user_logs_in_with_pkce_after_registering_dynamically(idp, protected, connect, resource_url):
     asked: list[str] = []
-    auth = OAuthClient(reactor, authorize=browser(provider, "ada", asked))
-    client = await connect(resource, auth)
+    auth = OAuthClient(reactor, authorize=browser(idp, "ada", asked))
+    client = await connect(resource_url, auth)
     assert text(await client.call_tool("whoami")) == "ada"
     (url,) = asked
     query = dict(part.split("=", 1) for part in url.split("?", 1)[1].split("&"))
     assert query["code_challenge_method"] == "S256" and query["response_type"] == "code"
     assert query["client_id"] != "mcp-public"  # registered (RFC 7591), not pre-registered
-    assert "files%3Aread" in query["scope"]
+    assert query["scope"] == "files%3Aread%20offline_access"  # the provider offers refresh tokens
+    assert query["prompt"] == "consent"  # which OpenID Connect grants only with consent asked for
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_pre_registered_public_client_over_the_websocket_upgrade(provider, server, connect, resource):
-    auth = OAuthClient(reactor, authorize=browser(provider, "grace"), client_id="mcp-public")
-    client = await connect(resource.replace("http://", "ws://"), auth)
+async def test_a_pre_registered_public_client_over_a_websocket(idp, protected, connect, resource_url):
+    auth = OAuthClient(reactor, authorize=browser(idp, "grace"), client_id="mcp-public")
+    client = await connect(resource_url.replace("http://", "ws://"), auth)
     assert text(await client.call_tool("whoami")) == "grace"
     # The token was asked for the server's HTTP URL, which the upgrade shares.
-    assert (await stored_tokens(auth, resource))["resource"] == resource
+    assert (await stored_tokens(auth, resource_url))["resource"] == resource_url
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_expired_token_is_refreshed_before_it_is_sent(provider, server, connect, resource):
+async def test_an_expired_token_is_refreshed_before_it_is_sent(idp, protected, connect, resource_url):
     clock = task.Clock()
     clock.advance(1_000_000)
     asked: list[str] = []
-    auth = OAuthClient(reactor, authorize=browser(provider, "alan", asked), client_id="mcp-public",
+    auth = OAuthClient(reactor, authorize=browser(idp, "alan", asked), client_id="mcp-public",
                        clock=clock, store=DeferredStore())
-    client = await connect(resource, auth)
-    first = await stored_tokens(auth, resource)
+    client = await connect(resource_url, auth)
+    first = await stored_tokens(auth, resource_url)
     assert first["refresh_token"] and first["expires_at"] == clock.seconds() + 300
     clock.advance(300)  # the provider's tokens last 300 s
     assert text(await client.call_tool("whoami")) == "alan"
-    second = await stored_tokens(auth, resource)
+    second = await stored_tokens(auth, resource_url)
     assert second["access_token"] != first["access_token"] and second["expires_at"] == clock.seconds() + 300
     assert len(asked) == 1  # refreshed: the user was not asked again
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_missing_scope_is_asked_for_with_the_ones_held(provider, server, connect, resource):
+async def test_a_missing_scope_is_asked_for_with_the_ones_held(idp, protected, connect, resource_url):
     asked: list[str] = []
-    auth = OAuthClient(reactor, authorize=browser(provider, "ada", asked), client_id="mcp-public",
+    auth = OAuthClient(reactor, authorize=browser(idp, "ada", asked), client_id="mcp-public",
                        scopes=["files:read"])  # what the application asks for; the server may want more
-    client = await connect(resource, auth)
-    assert (await stored_tokens(auth, resource))["scopes"] == ["files:read"]
+    client = await connect(resource_url, auth)
+    assert (await stored_tokens(auth, resource_url))["scopes"] == ["files:read"]
     # 403 insufficient_scope: the user is asked again, for both scopes.
     assert text(await client.call_tool("write")) == "written"
     assert len(asked) == 2 and "scope=files%3Aread%20files%3Awrite" in asked[1]
-    assert sorted((await stored_tokens(auth, resource))["scopes"]) == ["files:read", "files:write"]
+    assert sorted((await stored_tokens(auth, resource_url))["scopes"]) == ["files:read", "files:write"]
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_403_for_a_scope_the_token_has_is_not_asked_for_again(provider, server, connect, resource):
+async def test_a_403_for_a_scope_the_token_has_is_not_asked_for_again(idp, protected, connect, resource_url):
     asked: list[str] = []
-    auth = OAuthClient(reactor, authorize=browser(provider, "ada", asked), client_id="mcp-public")
-    client = await connect(resource, auth)
-    tokens = await stored_tokens(auth, resource)
-    auth.store.save(f"tokens {resource}", {**tokens, "scopes": ["files:read", "files:write"]})
+    auth = OAuthClient(reactor, authorize=browser(idp, "ada", asked), client_id="mcp-public")
+    client = await connect(resource_url, auth)
+    tokens = await stored_tokens(auth, resource_url)
+    auth.store.save(f"tokens {resource_url}", {**tokens, "scopes": ["files:read", "files:write"]})
     # The token claims files:write already: asking again cannot help, so the 403 stands.
     with pytest.raises(RPCError) as refused:
         await client.call_tool("write")

@@ -592,6 +592,8 @@ class OAuthClient:
             "state": state, "code_challenge": _b64url(hashlib.sha256(verifier.encode()).digest()),
             "code_challenge_method": "S256", "resource": resource,
             **({"scope": " ".join(scopes)} if scopes else {}),
+            # OpenID Connect Core 11: offline access is granted only with consent asked for.
+            **({"prompt": "consent"} if "offline_access" in scopes else {}),
         }
         url = endpoint + ("&" if urlsplit(endpoint).query else "?") + urlencode(query, quote_via=quote)
         redirected = await as_deferred(self.authorize(url)).addTimeout(self.authorization_timeout, self.clock)

@@ -62,6 +62,8 @@ function configuration(keys) {
       },
     ],
     jwks: { keys },
+    // The scopes of the resources too, so that clients may register for them (RFC 7591 "scope").
+    scopes: ['openid', 'offline_access', ...SCOPES.split(' ')],
     ttl: { ClientCredentials: 300 },
     // Refresh tokens for every client allowed the grant (not only with
     // offline_access and a consent prompt): the client tests refresh them.
