@@ -40,16 +40,16 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 import jwt
 import orjson
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 
 from mcp_twisted.client._body import Collect
-from mcp_twisted.oauth import metadata_urls
+from mcp_twisted.oauth import JSONClient, metadata_urls
 from mcp_twisted.oauth._keys import Coalescer
 from mcp_twisted.session import as_deferred
 
@@ -252,14 +252,8 @@ class _JSONExchange:
     objects; every exchange bounded in time and in size."""
 
     def __init__(self, reactor: Any, agent: IAgent | None, timeout: float, max_size: int) -> None:
-        self.clock = cast(IReactorTime, reactor)
-        self.pool: HTTPConnectionPool | None = None
-        if agent is None:
-            self.pool = HTTPConnectionPool(reactor, persistent=True)
-            agent = Agent(reactor, pool=self.pool, connectTimeout=timeout)
-        self.agent = agent
-        self.timeout = timeout
-        self.max_size = max_size
+        # The resource server's JSON client: its agent (and pool), timeout and size limit.
+        self.client = JSONClient(reactor, agent=agent, timeout=timeout, max_size=max_size)
 
     def get(self, url: str) -> Deferred[tuple[int, dict[str, Any] | None]]:
         return self._request(b"GET", url, {}, None)
@@ -275,7 +269,7 @@ class _JSONExchange:
     def _request(self, method: bytes, url: str, headers: dict[str, str],
                  body: bytes | None) -> Deferred[tuple[int, dict[str, Any] | None]]:
         exchange = Deferred.fromCoroutine(self._exchange(method, url, headers, body))
-        exchange.addTimeout(self.timeout, self.clock)  # cancels whichever step it is at
+        exchange.addTimeout(self.client.timeout, self.client.clock)  # cancels whichever step it is at
 
         def unavailable(failure: Failure) -> Failure:
             reasons = getattr(failure.value, "reasons", None)  # Agent wraps the cause
@@ -291,8 +285,8 @@ class _JSONExchange:
         for name, value in headers.items():
             all_headers.setRawHeaders(name, [value])
         producer = FileBodyProducer(BytesIO(body)) if body is not None else None
-        response = await self.agent.request(method, url.encode("ascii"), all_headers, producer)
-        collected = Collect(self.max_size)
+        response = await self.client.agent.request(method, url.encode("ascii"), all_headers, producer)
+        collected = Collect(self.client.max_size)
         response.deliverBody(collected)
         data = await collected.done
         try:
@@ -302,9 +296,7 @@ class _JSONExchange:
         return response.code, document if isinstance(document, dict) else None
 
     def close(self) -> Deferred[None]:
-        if self.pool is None:
-            return succeed(None)
-        return self.pool.closeCachedConnections()  # type: ignore[no-any-return]
+        return self.client.close()
 
 
 class OAuthClient:

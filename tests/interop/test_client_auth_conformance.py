@@ -18,16 +18,13 @@ enough) end with the client failing, which those scenarios allow.
 
 from __future__ import annotations
 
-import json
-import shlex
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.interop.test_client_conformance import CLIENT, SCENARIO_TIMEOUT
+from tests.conformance.runner import SCENARIO_TIMEOUT, run_client_scenario
 from tests.interop.test_conformance import cli_path, conformance  # noqa: F401  # the fixture
 
 HERE = Path(__file__).parent
@@ -72,18 +69,8 @@ def test_every_auth_scenario_of_the_revision_is_run(conformance: str, revision: 
 @pytest.mark.parametrize(("revision", "scenario"), RUNS, ids=[f"{v or 'extension'}-{s}" for v, s in RUNS])
 def test_auth_scenario(conformance: str, tmp_path: Path, revision: str | None,  # noqa: F811  # the fixture
                        scenario: str) -> None:
-    output = tmp_path / "results"
-    command = [conformance, str(cli_path(RELEASE)), "client", "--command",
-               shlex.join([sys.executable, str(CLIENT)]), "--scenario", scenario, "-o", str(output)]
-    if revision is not None:
-        command += ["--spec-version", revision]
-    run = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT)
-    transcript = f"conformance exited {run.returncode}:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
-    results = sorted(output.glob("**/checks.json"))
-    assert len(results) == 1, transcript
-    checks = json.loads(results[0].read_text())
-    assert checks, transcript
+    run = run_client_scenario(conformance, cli_path(RELEASE), scenario, revision, tmp_path / "results")
     failures = [f"{check['id']} {check.get('name')} {check['status']}: {check.get('description', '')}"
-                for check in checks if not verdict(check)]
-    assert not failures, "\n".join(failures) + "\n" + transcript
-    assert run.returncode == 0, transcript
+                for check in run.checks if not verdict(check)]
+    assert not failures, "\n".join(failures) + "\n" + run.transcript
+    assert run.returncode == 0, run.transcript

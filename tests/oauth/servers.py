@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import pytest_twisted
@@ -54,19 +53,14 @@ def idp(resource_url: str) -> Iterator[OpenIDProvider]:
 def make_app() -> MCPServer:
     """``whoami`` (the caller) for anyone with ``files:read``; ``write``
     needs ``files:write`` too: a token without it is refused with 403."""
-
-    class App(MCPServer):
-        def required_scopes(self, method: str, params: dict[str, Any]) -> tuple[str, ...]:
-            return ("files:write",) if method == "tools/call" and params.get("name") == "write" else ()
-
-    app = App("protected", "1.0")
+    app = MCPServer("protected", "1.0")
 
     @app.tool()
     def whoami(ctx: Context) -> str:
         return str(ctx.identity)
 
-    @app.tool()
-    def write(ctx: Context) -> str:
+    @app.tool(scopes=["files:write"])
+    def write() -> str:
         return "written"
 
     return app
