@@ -81,6 +81,8 @@ async def test_client_credentials_reach_a_protected_server(idp, protected, conne
     assert tokens["issuer"] == idp.issuer and tokens["resource"] == resource_url
     # The provider bound the token to this server (RFC 8707).
     assert jwt.decode(tokens["access_token"], options={"verify_signature": False})["aud"] == resource_url
+    await auth.log_out(resource_url)
+    assert await auth.token_for(resource_url) is None
 
 
 @pytest_twisted.ensureDeferred
