@@ -147,21 +147,27 @@ class WriteWaiters:
     """
 
     def __init__(self) -> None:
-        self._waiters: weakref.WeakSet[Deferred[None]] = weakref.WeakSet()
+        # Made on the first wait: an empty WeakSet is about 700 bytes, and
+        # every idle connection has one of these.
+        self._waiters: weakref.WeakSet[Deferred[None]] | None = None
 
     def wait(self) -> Deferred[None]:
         waiter: Deferred[None] = Deferred()
+        if self._waiters is None:
+            self._waiters = weakref.WeakSet()
         self._waiters.add(waiter)
         return waiter
 
     def release(self) -> None:
+        if not self._waiters:
+            return
         waiters = list(self._waiters)
         self._waiters.clear()
         for waiter in waiters:
             waiter.callback(None)
 
     def __len__(self) -> int:
-        return len(self._waiters)
+        return len(self._waiters) if self._waiters is not None else 0
 
 
 class OriginPolicy:

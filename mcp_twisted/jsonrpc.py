@@ -174,6 +174,14 @@ def is_request_id(value: object) -> TypeGuard[RequestId]:
 
 
 def _to_message(obj: object) -> Message:
+    if type(obj) is dict:
+        # The common case first, a well-formed request, in as few steps as the
+        # checks below take for it; anything else goes the long way.
+        method, raw_id, params = obj.get("method"), obj.get("id"), obj.get("params")
+        if (type(method) is str and (type(raw_id) is int or type(raw_id) is str)
+                and (params is None or type(params) is dict or type(params) is list)
+                and obj.get("jsonrpc") == "2.0"):
+            return Request(raw_id, method, params)
     if not isinstance(obj, dict):
         raise MessageError(INVALID_REQUEST, "Invalid Request: expected a JSON object")
     raw_id = obj.get("id")

@@ -99,6 +99,10 @@ class Event(enum.Enum):
 
 
 _OPEN_STATES = (State.NEW, State.INITIALIZING, State.READY, State.DRAINING)
+# The members the per-message path compares with, as module names: on
+# Python 3.11 ``State.READY`` goes through ``EnumType.__getattr__`` (about
+# 150 ns), and a call compares the state half a dozen times.
+_NEW, _READY, _DRAINING, _CLOSED = State.NEW, State.READY, State.DRAINING, State.CLOSED
 
 # The whole lifecycle, for both roles: every state change goes through this
 # table (Session._advance), so an event in the wrong state fails in one place.
@@ -324,6 +328,15 @@ class _Batch:
 
 _NO_TIMEOUT: Any = object()
 
+# What a session reports at most once per interval, with a count (Session._report).
+_REPORTS = {
+    "busy": "Refused {count} request(s): {limit} requests in flight",
+    "dropped": "Dropped {count} progress/log notification(s): the peer is not reading",
+    "batch_refused": "Refused a batch of over {limit} messages ({count} since the last report)",
+    "too_large": "Answer to {method} is {size} bytes, over the {limit}-byte message limit: "
+                 "sent an error instead ({count} since the last report)",
+}
+
 # Progress notifications restart a request's timeout, up to this many times its
 # length in all: a peer that reports progress forever still gets cut off.
 MAX_TIMEOUT_RESETS = 10
@@ -354,6 +367,7 @@ class Session:
         flow: OutputFlow | None = None,
     ) -> None:
         self.role = role
+        self._server = role is Role.SERVER
         self.handler = handler
         self.clock = clock
         self.max_in_flight = max_in_flight
@@ -387,15 +401,19 @@ class Session:
         self._era = ConnectionEra()
         # Keyed notifications held while the peer is behind (see notify).
         self._coalesced: dict[object, tuple[str, dict[str, Any] | None, RequestId | None]] = {}
-        self._log_busy = RepeatedEventLog(
-            log, clock, "Refused {count} request(s): {limit} requests in flight")
-        self._log_dropped = RepeatedEventLog(
-            log, clock, "Dropped {count} progress/log notification(s): the peer is not reading")
-        self._log_batch_refused = RepeatedEventLog(
-            log, clock, "Refused a batch of over {limit} messages ({count} since the last report)")
-        self._log_too_large = RepeatedEventLog(
-            log, clock, "Answer to {method} is {size} bytes, over the {limit}-byte message limit: "
-            "sent an error instead ({count} since the last report)")
+        # One RepeatedEventLog per kind of report, made when it is first needed
+        # (four of them cost an idle session about 1.7 KiB).
+        self._reports: dict[str, RepeatedEventLog] | None = None
+
+    def _report(self, kind: str, times: int = 1, **fields: Any) -> None:
+        """Log a repeated event of one of the ``_REPORTS`` kinds, at most once per interval."""
+        reports = self._reports
+        if reports is None:
+            reports = self._reports = {}
+        report = reports.get(kind)
+        if report is None:
+            report = reports[kind] = RepeatedEventLog(log, self.clock, _REPORTS[kind])
+        report(times, **fields)
 
     def _advance(self, event: Event) -> None:
         """Move to the state ``TRANSITIONS`` gives for ``event``; the one place
@@ -421,7 +439,7 @@ class Session:
 
     def receive(self, text: bytes | str) -> None:
         """Handle one JSON text from the peer (a message or a batch)."""
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return
         try:
             message = jsonrpc.parse(text)
@@ -429,12 +447,15 @@ class Session:
             log.debug("Refused message: {error}", error=e.message)
             self._write(jsonrpc.error_response(e.request_id, e), e.request_id, answer=True)
             return
-        self.dispatch(message)
+        if type(message) is Request:
+            self._on_request(message, None)
+        else:
+            self.dispatch(message)
 
     def dispatch(self, message: jsonrpc.Message | list[jsonrpc.BatchItem]) -> None:
         """Handle a message that was parsed already (a transport that must
         look at it first, as Streamable HTTP does, parses only once)."""
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return
         if type(message) is Request:
             self._on_request(message, None)
@@ -453,7 +474,7 @@ class Session:
             ), related, answer=True)
             return
         if len(items) > self.max_batch_size:
-            self._log_batch_refused(limit=self.max_batch_size)
+            self._report("batch_refused", limit=self.max_batch_size)
             self._write(jsonrpc.error_response(None, RPCError(
                 INVALID_REQUEST, f"Batch too large: {len(items)} messages (limit {self.max_batch_size})",
                 {"limit": self.max_batch_size})), related, answer=True)
@@ -482,7 +503,7 @@ class Session:
             else:
                 self._on_response(item)
         if refused:
-            self._log_busy(refused, limit=self.max_in_flight)
+            self._report("busy", refused, limit=self.max_in_flight)
 
     def _refuse_busy(self, message: Request, batch: _Batch | None) -> None:
         error = RPCError(
@@ -497,7 +518,7 @@ class Session:
     def _on_request(self, message: Request, batch: _Batch | None) -> None:
         method = message.method
         modern = None
-        if self.role is Role.SERVER:
+        if self._server:
             try:
                 modern = self._era.check(message)
             except RPCError as refused:
@@ -510,22 +531,8 @@ class Session:
         if method == Method.PING:
             self._reply(batch, jsonrpc.response(message.id, {}))
             return
-        if self.state is State.DRAINING:
-            error = RPCError(SERVER_SHUTTING_DOWN, "Server is shutting down; reconnect and retry")
-            self._reply(batch, jsonrpc.error_response(message.id, error))
-            if self.observer is not None:
-                self.observer(method, "refused", 0.0)
-            return
-        if method == Method.INITIALIZE:
-            if self.role is Role.SERVER:
-                self._reply(batch, self._answer_initialize(message))
-            else:
-                error = RPCError(INVALID_REQUEST, "A client does not answer initialize")
-                self._reply(batch, jsonrpc.error_response(message.id, error))
-            return
-        if self.role is Role.SERVER and self.state is State.NEW and modern is None:
-            error = RPCError(INVALID_REQUEST, "Session not initialized: send 'initialize' first")
-            self._reply(batch, jsonrpc.error_response(message.id, error))
+        if (self.state is not _READY or method == Method.INITIALIZE) and not self._lifecycle_allows(
+                message, batch, modern):
             return
         if message.id in self._incoming:
             error = RPCError(INVALID_REQUEST, "Request id is already in use by a request in flight")
@@ -533,7 +540,7 @@ class Session:
             return
         if len(self._incoming) + self._held >= self.max_in_flight:
             if batch is None:
-                self._log_busy(limit=self.max_in_flight)
+                self._report("busy", limit=self.max_in_flight)
             self._refuse_busy(message, batch)
             return
         if isinstance(message.params, list):
@@ -567,6 +574,29 @@ class Session:
             request.deferred = d
             if self.handler_timeout is not None:
                 request._timer = self.clock.callLater(self.handler_timeout, self._handler_expired, request)
+
+    def _lifecycle_allows(self, message: Request, batch: _Batch | None, modern: Modern | None) -> bool:
+        """What the state says of a request outside the READY state, or of an
+        ``initialize``: True to go on; False once it has been answered here."""
+        method = message.method
+        if self.state is _DRAINING:
+            error = RPCError(SERVER_SHUTTING_DOWN, "Server is shutting down; reconnect and retry")
+            self._reply(batch, jsonrpc.error_response(message.id, error))
+            if self.observer is not None:
+                self.observer(method, "refused", 0.0)
+            return False
+        if method == Method.INITIALIZE:
+            if self._server:
+                self._reply(batch, self._answer_initialize(message))
+            else:
+                error = RPCError(INVALID_REQUEST, "A client does not answer initialize")
+                self._reply(batch, jsonrpc.error_response(message.id, error))
+            return False
+        if self._server and self.state is _NEW and modern is None:
+            error = RPCError(INVALID_REQUEST, "Session not initialized: send 'initialize' first")
+            self._reply(batch, jsonrpc.error_response(message.id, error))
+            return False
+        return True
 
     def _answer_initialize(self, message: Request) -> dict[str, Any]:
         if self.state is not State.NEW:
@@ -685,7 +715,7 @@ class Session:
 
     def _too_large(self, method: object, request_id: RequestId | None, size: int) -> bytes:
         """The encoded error answer that replaces one the transport cannot carry."""
-        self._log_too_large(limit=self.max_message_size, method=brief(method), size=size)
+        self._report("too_large", limit=self.max_message_size, method=brief(method), size=size)
         return jsonrpc.encode(jsonrpc.error_response(request_id, RPCError(
             INTERNAL_ERROR, f"Result too large to send: {size} bytes (limit {self.max_message_size})",
             {"size": size, "limit": self.max_message_size})))
@@ -700,7 +730,7 @@ class Session:
             if request._batch is not None:
                 request._batch.add(request.id, None)
             return False
-        return self.state is not State.CLOSED
+        return self.state is not _CLOSED
 
     def _handler_expired(self, request: IncomingRequest) -> None:
         request.timed_out = True
@@ -767,7 +797,7 @@ class Session:
     # -- output -----------------------------------------------------------
 
     def _write(self, message: dict[str, Any], related: RequestId | None = None, answer: bool = False) -> None:
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return
         encoded = self._fit(message, jsonrpc.encode(message))
         if encoded is not None:
@@ -830,7 +860,7 @@ class Session:
         """
         if (droppable or key is not None) and self.flow is not None and self.flow.congested():
             if droppable:
-                self._log_dropped()
+                self._report("dropped")
                 return
             if not self._coalesced:
                 self.flow.when_writable().addCallback(self._send_coalesced)

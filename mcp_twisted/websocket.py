@@ -301,7 +301,13 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         log.info("Opened {peer} (identity {identity!r})", peer=self.peer, identity=self.identity)
         self._ready_announced = False
         self.paused = False
-        self._backlog: deque[bytes] = deque()
+        # Made when a pause first holds a message back (an empty deque is
+        # about 600 bytes, and most connections never pause).
+        self._backlog: deque[bytes] | None = None
+        # Autobahn keeps the upgrade request and its answer as they were sent;
+        # nothing reads them after the handshake.
+        self.http_request_data = b""
+        self.http_response_data = ""
         # Backpressure: the transport pauses us when its write buffer passes
         # its high-water mark, and we stop reading from this peer until it
         # drains, so a client that does not read cannot grow our memory.
@@ -363,7 +369,8 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         self._close_for_policy(b"MCP initialize not completed in time")
 
     def stopProducing(self) -> None:
-        self._backlog.clear()
+        if self._backlog is not None:
+            self._backlog.clear()
 
     def flush_backlog(self) -> None:
         """Hand messages read before a pause to the session now (at shutdown:
@@ -402,6 +409,8 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         if self._metrics is not None:
             self._metrics.messages_received.inc()
         if self.paused or self._backlog:
+            if self._backlog is None:
+                self._backlog = deque()
             self._backlog.append(payload)
             return
         self._receive(payload)
@@ -593,6 +602,35 @@ class MCPWebSocketServerFactory(WebSocketServerFactory):
             openHandshakeTimeout=open_handshake_timeout,
             closeHandshakeTimeout=close_handshake_timeout,
         )
+
+    _configured: type[MCPWebSocketServerProtocol] | None = None
+
+    def buildProtocol(self, addr: Any) -> MCPWebSocketServerProtocol:  # type: ignore[override]  # Autobahn's factory leaves Twisted's Factory[P] unparameterized
+        """A connection of ``protocol``, its options held by its class.
+
+        Autobahn copies each of its ~30 options onto every connection whose
+        class lacks it; as class attributes of one subclass per options, an
+        idle connection keeps its attribute table in the next smaller size
+        (about 1.7 KiB less). Later option changes make a new subclass, so a
+        connection keeps the options it started with, as Autobahn's copy does.
+        """
+        configured = self._configured
+        if configured is None or configured.__bases__[0] is not self.protocol:
+            base = self.protocol
+            options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
+            configured = self._configured = type(base.__name__, (base,), {
+                **options, "__module__": base.__module__, "__qualname__": base.__qualname__})
+        protocol = configured()
+        protocol.factory = self
+        return protocol
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        super().setProtocolOptions(*args, **kwargs)  # type: ignore[no-untyped-call]  # Autobahn's, unannotated
+        self._configured = None
+
+    def resetProtocolOptions(self) -> None:
+        super().resetProtocolOptions()  # type: ignore[no-untyped-call]  # Autobahn's, unannotated
+        self._configured = None
 
     # What the host holds, under the names this factory always had.
     @property

@@ -126,13 +126,13 @@ class Signature:
     input_schema: dict[str, Any]
     output_adapter: TypeAdapter[Any] | None
     output_schema: dict[str, Any] | None
-    # (model field, parameter name) pairs and the compiled validator, kept
-    # here so a call does no lookups through pydantic's Python layer.
-    _fields: tuple[tuple[str, str], ...] = ()
+    # The parameter names in the model's field order, and the compiled
+    # validator, kept here so a call does no lookups through pydantic's Python layer.
+    _names: tuple[str, ...] = ()
     _validate: Callable[[Any], Any] = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self._fields = tuple(zip(self.model.model_fields, (p.name for p in self.parameters), strict=True))
+        self._names = tuple(p.name for p in self.parameters)
         self._validate = self.model.__pydantic_validator__.validate_python
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,7 +143,9 @@ class Signature:
             raise ArgumentError(_describe_errors(e)) from None
         except RecursionError:  # from a Python validator walking a deeply nested value
             raise ArgumentError("Invalid arguments: nested too deeply") from None
-        return {name: values[field] for field, name in self._fields}
+        # The validated model holds every field (defaults filled in), in the
+        # order the fields were declared: the parameters' order (p0, p1, ...).
+        return dict(zip(self._names, values.values(), strict=True))
 
     def bind(self, arguments: Mapping[str, Any], context: Context | None) -> dict[str, Any]:
         kwargs = self.validate(arguments)

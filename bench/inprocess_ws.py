@@ -1,0 +1,160 @@
+"""The CPU cost of one ``tools/call`` over WebSocket inside the server
+process, no sockets and no reactor: masked client frames go straight into
+the protocol's ``dataReceived`` over a ``StringTransport``, answers are read
+back and thrown away. Like ``inprocess_http.py`` it isolates what a hot-path
+change saves from the noise of a shared machine; ``bench/run.py`` measures
+the whole.
+
+    python bench/inprocess_ws.py                          # mcp_twisted, floor_tuned and floor
+    python bench/inprocess_ws.py --batch 8                # 8 frames per read, as at 8 in flight
+    python bench/inprocess_ws.py --payload 10240
+    python bench/inprocess_ws.py --tree /tmp/patched      # mcp_twisted/ from another copy
+    python bench/inprocess_ws.py --profile                # cProfile of mcp_twisted, by own time
+    python bench/inprocess_ws.py --callgrind              # instructions per call (valgrind)
+
+Prints CPU µs per call (``time.process_time``), the least and the median
+over ``--rounds`` rounds of ``--calls`` calls each. ``--callgrind`` runs
+each server under ``valgrind --tool=callgrind`` twice, with ``--calls`` and
+with a quarter of it, and prints the difference of the instruction counts
+divided by the difference of the calls: start-up cancels out, and the count
+is the same on every run whatever else the machine does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH / "servers"))
+
+import loadgen  # noqa: E402 - after the path to bench/servers
+from inprocess_http import HOST, PEER, measure  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+SERVERS = ("mcp_twisted", "floor_tuned", "floor")
+UPGRADE = (b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Protocol: mcp\r\n\r\n")
+
+
+class Transport(StringTransport):
+    """Autobahn unregisters a producer it never registered when it drops a
+    connection; a real TCP transport allows that."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+def frame(payload: bytes) -> bytes:
+    """A client's text frame; the mask is zero, so the payload is sent as it
+    is, but the server unmasks it all the same."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x81, 0x80 | size))
+    elif size < 1 << 16:
+        head = bytes((0x81, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + size.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+def make_factory(name: str, tree: str | None) -> Any:
+    """The factory that ``bench/servers/`` runs for a server name."""
+    if name == "mcp_twisted":
+        sys.path.insert(0, str(Path(tree).resolve() if tree else BENCH.parent))
+        import mcp_twisted_echo
+
+        return mcp_twisted_echo.make_factory({})
+    import bare_autobahn
+    from autobahn.twisted.websocket import WebSocketServerFactory
+
+    factory = WebSocketServerFactory()
+    tuned = name == "floor_tuned"
+    factory.protocol = bare_autobahn.tuned_protocol() if tuned else bare_autobahn.FloorProtocol
+    factory.setProtocolOptions(webStatus=False)
+    return factory
+
+
+def client(factory: Any, payload: int, batch: int) -> Callable[[int], bytes]:
+    """An initialised connection: a function that sends ``batch`` calls from id ``n`` in one read."""
+    protocol = factory.buildProtocol(PEER)
+    transport = Transport(hostAddress=HOST, peerAddress=PEER)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(UPGRADE)
+    if b" 101 " not in transport.value():
+        raise SystemExit(f"upgrade refused: {transport.value()[:200]!r}")
+    transport.clear()
+    protocol.dataReceived(frame(loadgen.INITIALIZE) + frame(loadgen.INITIALIZED))
+    transport.clear()
+    text = loadgen.payload_text(payload)
+    request = loadgen.call_request("echo", text)
+
+    def call(n: int) -> bytes:
+        protocol.dataReceived(b"".join(frame(request(i)) for i in range(n * batch, (n + 1) * batch)))
+        answer: bytes = transport.value()
+        transport.clear()
+        return answer
+
+    if text.encode() not in call(0):
+        raise SystemExit("the answer does not echo the text")
+    return call
+
+
+def callgrind(name: str, args: argparse.Namespace) -> float:
+    """Instructions per call: two runs under callgrind, ``--calls`` and a quarter of it."""
+    counts = []
+    lengths = (args.calls, args.calls // 4)
+    with tempfile.TemporaryDirectory(prefix="callgrind-") as directory:
+        for calls in lengths:
+            out = os.path.join(directory, f"{calls}.out")
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+                       __file__, "--servers", name, "--rounds", "1", "--calls", str(calls),
+                       "--payload", str(args.payload), "--batch", str(args.batch),
+                       *(["--tree", args.tree] if args.tree else [])]
+            subprocess.run(command, check=True, capture_output=True)
+            with open(out) as f:
+                summary = next(line for line in f if line.startswith("summary:"))
+            counts.append(int(summary.split()[1]))
+    return (counts[0] - counts[1]) / ((lengths[0] - lengths[1]) * args.batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"some of {','.join(SERVERS)}")
+    parser.add_argument("--tree", help="import mcp_twisted/ from this directory (default: the checkout)")
+    parser.add_argument("--payload", type=int, default=100, help="bytes of echo text")
+    parser.add_argument("--batch", type=int, default=1, help="frames per read (calls in flight)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=5000, help="reads per round")
+    parser.add_argument("--profile", action="store_true", help="cProfile mcp_twisted instead")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind")
+    args = parser.parse_args()
+    if args.profile:
+        call = client(make_factory("mcp_twisted", args.tree), args.payload, args.batch)
+        profile = cProfile.Profile()
+        profile.runcall(measure, call, 1, args.calls)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+        return
+    for name in args.servers.split(","):
+        if args.callgrind:
+            print(f"{name:<12} instructions/call: {callgrind(name, args):,.0f}", flush=True)
+            continue
+        call = client(make_factory(name, args.tree), args.payload, args.batch)
+        costs = [cost / args.batch for cost in measure(call, args.rounds, args.calls)]
+        print(f"{name:<12} CPU µs/call: least {min(costs):.2f}, median {statistics.median(costs):.2f} "
+              f"({', '.join(f'{c:.1f}' for c in costs)})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
