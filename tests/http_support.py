@@ -297,6 +297,20 @@ class _Body:
         pass
 
 
+async def agent_request(url: str, method: bytes = b"POST", body: Any = None,
+                        **headers: str) -> tuple[Response, bytes]:
+    """One request with ``Agent`` (JSON body, both Accept types; ``Mcp_Session_Id=``
+    style keywords for headers); the response and its whole body."""
+    all_headers = Headers({"Content-Type": ["application/json"], "Accept": [BOTH]})
+    for name, value in headers.items():
+        all_headers.setRawHeaders(name.replace("_", "-"), [value])
+    producer = _Body(json.dumps(body).encode()) if body is not None else None
+    response = await Agent(reactor).request(method, url.encode(), all_headers, producer)
+    collected = Collect()
+    response.deliverBody(collected)
+    return response, await collected.done.addTimeout(15, reactor)
+
+
 class Collect(protocol.Protocol):
     """Reads a response body as it arrives; ``done`` fires at its end."""
 

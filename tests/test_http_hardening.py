@@ -405,9 +405,10 @@ async def test_idle_connections_are_closed_after_the_site_timeout(attacked):
 @pytest_twisted.ensureDeferred
 async def test_connections_over_the_cap_are_closed_at_once_and_connected_clients_go_on(attacked, events):
     metrics = Metrics()
-    factory, resource, url, _, _ = await attacked(max_connections=2, metrics=metrics)  # 2 sessions: cap 68
+    factory, _, url, _, _ = await attacked(max_connections=2, metrics=metrics)  # 2 sessions: cap 68
     pool = HTTPConnectionPool(reactor, persistent=True)
-    owner = HTTPClient(url, agent=Agent(reactor, pool=pool))  # connected before the flood, keeps its connection
+    # Connected before the flood, it keeps its connection.
+    owner = HTTPClient(url, agent=Agent(reactor, pool=pool))
     await owner.initialize()
     try:
         flood = [await raw_client(url) for _ in range(67)]
@@ -416,7 +417,8 @@ async def test_connections_over_the_cap_are_closed_at_once_and_connected_clients
         await late.done.addTimeout(5, reactor)  # closed without a byte
         assert late.body == b""
         assert len(site_of(factory).connections) == 68
-        assert metrics.registry.get_sample_value("mcp_handshake_refusals_total", {"reason": "connections"}) >= 1
+        refused = metrics.registry.get_sample_value("mcp_handshake_refusals_total", {"reason": "connections"})
+        assert refused >= 1
         assert find(events, "Closed {count} new connection(s): {limit} open already (the connection cap)")
         await polite_call(url, owner)  # the connected client is still served
         flood.pop().transport.loseConnection()

@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -38,20 +37,12 @@ from mcp_twisted.oauth import (
     metadata_urls,
 )
 from tests.http_support import Collect
-from tests.oauth.provider import OpenIDProvider
+from tests.oauth.provider import OTHER_RESOURCE, RESOURCE, OpenIDProvider
 from tests.support import listen, make_app
 
-RESOURCE = "http://127.0.0.1:8000/mcp"
-OTHER_RESOURCE = "http://127.0.0.1:8001/mcp"
+pytest_plugins = ("tests.oauth.servers",)  # the provider
 METADATA_URL = "http://127.0.0.1:8000/.well-known/oauth-protected-resource/mcp"
 SCOPES = ("files:read", "files:write", "mcp")
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[OpenIDProvider]:
-    started = OpenIDProvider(RESOURCE, OTHER_RESOURCE)
-    yield started
-    started.stop()
 
 
 @pytest.fixture

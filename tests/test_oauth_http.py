@@ -7,38 +7,25 @@ serves the protected-resource metadata beside ``/mcp``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.web.client import Agent
-from twisted.web.http_headers import Headers
 
 from mcp_twisted.http import HTTPSettings, MCPHTTPResource, MCPSite
 from mcp_twisted.oauth import OAuthResourceServer, OAuthSettings, ProtectedResourceMetadataResource
 from mcp_twisted.websocket import MCPServerFactory
-from tests.http_support import BOTH, Collect, _Body, call, init_message
-from tests.oauth.provider import OpenIDProvider
+from tests.http_support import agent_request, call, init_message
+from tests.oauth.provider import OTHER_RESOURCE, RESOURCE
 from tests.support import listen, make_app
 
-RESOURCE = "http://127.0.0.1:8000/mcp"  # the audience the provider's tokens name
-OTHER_RESOURCE = "http://127.0.0.1:8001/mcp"
+pytest_plugins = ("tests.oauth.servers",)  # the provider
 METADATA_PATH = "/.well-known/oauth-protected-resource/mcp"
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[OpenIDProvider]:
-    started = OpenIDProvider(RESOURCE, OTHER_RESOURCE)
-    yield started
-    started.stop()
-
-
 @pytest_twisted.async_yield_fixture
-async def protected(provider: OpenIDProvider):
+async def protected(provider):
     """``twistd mcpws``'s HTTP site for an app whose tokens the provider issues;
-    yields (post, get, oauth)."""
+    yields (post, get)."""
     oauth = OAuthResourceServer(OAuthSettings(resource=RESOURCE, issuer=provider.issuer,
                                               scopes_supported=("files:read",)))
     app, _ = make_app()
@@ -49,25 +36,14 @@ async def protected(provider: OpenIDProvider):
                           for path in oauth.metadata.paths})
     port = await listen(site)
     base = f"http://127.0.0.1:{port.getHost().port}"
-    agent = Agent(reactor)
-
-    async def send(method: bytes, path: str, body: Any = None, **headers: str) -> tuple[Any, bytes]:
-        all_headers = Headers({"Content-Type": ["application/json"], "Accept": [BOTH]})
-        for name, value in headers.items():
-            all_headers.setRawHeaders(name.replace("_", "-"), [value])
-        producer = _Body(json.dumps(body).encode()) if body is not None else None
-        response = await agent.request(method, (base + path).encode(), all_headers, producer)
-        collected = Collect()
-        response.deliverBody(collected)
-        return response, await collected.done.addTimeout(10, reactor)
 
     async def post(body: Any, **headers: str) -> tuple[Any, bytes]:
-        return await send(b"POST", "/mcp", body, **headers)
+        return await agent_request(base + "/mcp", b"POST", body, **headers)
 
     async def get(path: str) -> tuple[Any, bytes]:
-        return await send(b"GET", path)
+        return await agent_request(base + path, b"GET")
 
-    yield post, get, oauth
+    yield post, get
     await port.stopListening()
     await oauth.close()
 
@@ -79,7 +55,7 @@ def header(response: Any, name: str) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_a_provider_token_opens_a_session_bound_to_its_subject(provider, protected):
-    post, get, _ = protected
+    post, get = protected
     response, body = await get(METADATA_PATH)
     assert response.code == 200 and json.loads(body)["authorization_servers"] == [provider.issuer]
     # No token: the challenge names the metadata, where the client finds the provider.
@@ -103,7 +79,7 @@ async def test_a_provider_token_opens_a_session_bound_to_its_subject(provider, p
 
 @pytest_twisted.ensureDeferred
 async def test_tokens_for_another_resource_or_forged_are_refused_with_invalid_token(provider, protected):
-    post, _, _ = protected
+    post, _ = protected
     for token in (provider.token(OTHER_RESOURCE), provider.token(RESOURCE)[:-4] + "AAAA"):
         response, _ = await post(init_message(), Authorization=f"Bearer {token}")
         assert response.code == 401 and 'error="invalid_token"' in header(response, "WWW-Authenticate")

@@ -7,30 +7,18 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.web.client import Agent
-from twisted.web.http_headers import Headers
 
-from tests.http_support import BOTH, Collect, _Body, call, init_message, notification
-from tests.oauth.provider import OpenIDProvider
+from tests.http_support import agent_request, call, init_message, notification
+from tests.oauth.provider import RESOURCE
 from tests.support import connect
 from tests.test_tap import twistd  # noqa: F401  # the fixture
 
-RESOURCE = "http://127.0.0.1:8000/mcp"  # the audience the provider's tokens name
-OTHER_RESOURCE = "http://127.0.0.1:8001/mcp"
+pytest_plugins = ("tests.oauth.servers",)  # the provider
 METADATA = "/.well-known/oauth-protected-resource/mcp"
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[OpenIDProvider]:
-    started = OpenIDProvider(RESOURCE, OTHER_RESOURCE)
-    yield started
-    started.stop()
 
 
 @pytest.fixture
@@ -42,15 +30,7 @@ def served(twistd, provider):  # noqa: F811  # the fixture imported above
 
 
 async def send(port: int, method: bytes, path: str, body: Any = None, **headers: str) -> tuple[Any, bytes]:
-    all_headers = Headers({"Content-Type": ["application/json"], "Accept": [BOTH]})
-    for name, value in headers.items():
-        all_headers.setRawHeaders(name.replace("_", "-"), [value])
-    producer = _Body(json.dumps(body).encode()) if body is not None else None
-    response = await Agent(reactor).request(method, f"http://127.0.0.1:{port}{path}".encode(), all_headers,
-                                            producer)
-    collected = Collect()
-    response.deliverBody(collected)
-    return response, await collected.done.addTimeout(15, reactor)
+    return await agent_request(f"http://127.0.0.1:{port}{path}", method, body, **headers)
 
 
 def header(response: Any, name: str) -> str:

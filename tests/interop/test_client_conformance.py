@@ -6,7 +6,7 @@ server, runs the client program with its URL (the scenario's name in
 ``MCP_CONFORMANCE_SCENARIO``) and writes ``checks.json``. Both releases
 installed in ``tests/interop`` run: 0.1.16 (no revision named: the client
 detects the era) and the 0.2 alpha pinned to 2025-11-25 and to 2026-07-28.
-The auth scenarios belong to the authorization work and are not run here.
+The auth scenarios are run by ``test_client_auth_conformance.py``.
 
 Every check must be SUCCESS; INFO only where the suite merely logs traffic.
 One exception, named below: on 2026-07-28 the headers scenario reports its
@@ -15,19 +15,14 @@ One exception, named below: on 2026-07-28 the headers scenario reports its
 
 from __future__ import annotations
 
-import json
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conformance.runner import run_client_scenario
 from tests.interop.test_conformance import TRAFFIC_LOGS, cli_path, conformance  # noqa: F401  # the fixture
 
-HERE = Path(__file__).parent
-CLIENT = HERE.parent / "conformance" / "client.py"
 HANDSHAKE_SCENARIOS = ["initialize", "tools_call", "elicitation-sep1034-client-defaults", "sse-retry"]
 RUNS = [
     *[("0.1.16", None, scenario) for scenario in HANDSHAKE_SCENARIOS],
@@ -44,7 +39,6 @@ NOT_IN_2026 = {("http-standard-headers", "ClientMcpMethodHeader_initialize"),
 # Checks with which the mock servers record what they received and sent.
 TRAFFIC = TRAFFIC_LOGS | {"incoming-request", "outgoing-response", "outgoing-sse-event",
                           "outgoing-stream-close", "server-info"}
-SCENARIO_TIMEOUT = 120.0
 
 
 def verdict(scenario: str, check: dict[str, Any]) -> bool:
@@ -59,18 +53,8 @@ def verdict(scenario: str, check: dict[str, Any]) -> bool:
                          ids=[f"{r}@{v or 'auto'}-{s}" for r, v, s in RUNS])
 def test_client_scenario(conformance: str, tmp_path: Path, release: str,  # noqa: F811  # the imported fixture
                          revision: str | None, scenario: str) -> None:
-    output = tmp_path / "results"
-    command = [conformance, str(cli_path(release)), "client", "--command",
-               shlex.join([sys.executable, str(CLIENT)]), "--scenario", scenario, "-o", str(output)]
-    if revision is not None:
-        command += ["--spec-version", revision]
-    run = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT)
-    transcript = f"conformance exited {run.returncode}:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
-    results = sorted(output.glob("*/checks.json"))
-    assert len(results) == 1, transcript
-    checks = json.loads(results[0].read_text())
-    assert checks, transcript
+    run = run_client_scenario(conformance, cli_path(release), scenario, revision, tmp_path / "results")
     failures = [f"{check['id']} {check.get('name')} {check['status']}: {check.get('errorMessage', '')}"
-                for check in checks if not verdict(scenario, check)]
-    assert not failures, "\n".join(failures) + "\n" + transcript
-    assert run.returncode == 0, transcript
+                for check in run.checks if not verdict(scenario, check)]
+    assert not failures, "\n".join(failures) + "\n" + run.transcript
+    assert run.returncode == 0, run.transcript

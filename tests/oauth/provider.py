@@ -32,6 +32,9 @@ REDIRECT_URI = "http://127.0.0.1/callback"  # mcp-public's; never fetched
 _FORM = re.compile(r'<form[^>]* action="([^"]+)".*?name="prompt" value="(\w+)"', re.DOTALL)
 
 
+RESOURCE = "http://127.0.0.1:8000/mcp"  # a resource URL for tests whose server listens elsewhere
+OTHER_RESOURCE = "http://127.0.0.1:8001/mcp"  # another resource: its tokens are not for RESOURCE
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Redirects are followed by hand, to stop at the client's redirect URI."""
 

@@ -21,9 +21,16 @@ from mcp_twisted import Context, MCPServer
 from mcp_twisted.http import HTTPSettings, MCPHTTPResource, MCPSite
 from mcp_twisted.oauth import OAuthResourceServer, OAuthSettings, ProtectedResourceMetadataResource
 from mcp_twisted.websocket import MCPServerFactory
-from tests.oauth.provider import OpenIDProvider
+from tests.oauth.provider import OTHER_RESOURCE, RESOURCE, OpenIDProvider
 
-OTHER_RESOURCE = "http://127.0.0.1:8001/mcp"
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[OpenIDProvider]:
+    """The provider for ``RESOURCE`` (and ``OTHER_RESOURCE``), for tests that
+    check tokens without a client that compares the URL with the server's."""
+    started = OpenIDProvider(RESOURCE, OTHER_RESOURCE)
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="module")
