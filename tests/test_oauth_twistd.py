@@ -9,12 +9,14 @@ import json
 import socket
 from typing import Any
 
+import jwt
 import pytest
 import pytest_twisted
 
 from tests.http_support import agent_request, call, init_message, notification
-from tests.oauth.provider import RESOURCE
+from tests.oauth.provider import OTHER_RESOURCE, RESOURCE
 from tests.support import connect
+from tests.test_oauth import forged
 from tests.test_tap import twistd  # noqa: F401  # the fixture
 
 pytest_plugins = ("tests.oauth.servers",)  # the provider
@@ -98,3 +100,22 @@ async def test_the_websocket_upgrade_takes_the_same_tokens_and_challenges(provid
     assert reply["result"]["content"][0]["text"] == "mcp-client"
     ws.sendClose(1000)
     await ws.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_the_server_must_not_take_are_refused_by_twistd(provider, served):
+    port = served
+    good = provider.token(RESOURCE, scope="files:read")
+    kid = jwt.get_unverified_header(good)["kid"]
+    refused = {
+        "another resource's": provider.token(OTHER_RESOURCE, scope="files:read"),
+        "unsigned (alg none)": forged(good, {"alg": "none", "typ": "at+jwt", "kid": kid}, lambda data: b""),
+        "tampered": good[:-8] + ("A" * 8 if not good.endswith("A" * 8) else "B" * 8),
+        "not a JWT": "opaque-token-nobody-issued",
+    }
+    for what, token in refused.items():
+        response, _ = await send(port, b"POST", "/mcp", init_message(), Authorization=f"Bearer {token}")
+        assert response.code == 401, what
+        assert 'error="invalid_token"' in header(response, "WWW-Authenticate"), what
+    response, _ = await send(port, b"POST", "/mcp", init_message(), Authorization=f"Bearer {good}")
+    assert response.code == 200
