@@ -23,6 +23,7 @@ from mcp_twisted.websocket import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_OUTPUT_BUFFER,
+    DEFAULT_MAX_SESSIONS,
     MCPServerFactory,
 )
 
@@ -92,8 +93,9 @@ class Options(usage.Options):
         ["max-message-size", None, DEFAULT_MAX_MESSAGE_SIZE,
          "Largest message in bytes (K, M suffixes allowed); larger ones close with 1009.", _size],
         ["max-in-flight", None, 64, "Requests one session may have running at once.", _count(1)],
-        ["max-connections", None, 1000,
-         "MCP sessions (upgraded connections); more get HTTP 503 (0: no limit).", _count(0)],
+        ["max-connections", None, DEFAULT_MAX_SESSIONS,
+         "MCP sessions per process (WebSocket connections, HTTP sessions); more get HTTP 503 "
+         "(0: no limit). Mind the open-file limit (ulimit -n, LimitNOFILE=).", _count(0)],
         ["max-handshakes", None, 256,
          "Connections still in the HTTP handshake; when full, the longest waiting is dropped.", _count(1)],
         ["max-header-size", None, DEFAULT_MAX_HEADER_BYTES,

@@ -4,8 +4,11 @@ over a ``StringTransport``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from mcp_twisted import MCPServer
@@ -32,14 +35,14 @@ def frame(message: dict[str, object]) -> bytes:
     return b"\x81" + size + b"\0\0\0\0" + payload
 
 
-def factory() -> MCPServerFactory:
+def factory(**options: Any) -> MCPServerFactory:
     app = MCPServer("perf")
 
     @app.tool()
     def echo(text: str) -> str:
         return text
 
-    return MCPServerFactory(app)
+    return MCPServerFactory(app, **options)
 
 
 def connect(factory: MCPServerFactory) -> tuple[MCPServerProtocol, Transport]:
@@ -64,18 +67,18 @@ def test_autobahn_options_live_on_the_class_not_on_each_connection():
     assert isinstance(protocol, MCPServerProtocol)
     assert type(protocol).__name__ == MCPServerProtocol.__name__
     assert not set(MCPServerProtocol.CONFIG_ATTRS) & set(vars(protocol))
-    assert protocol.autoPingInterval == served.autoPingInterval == 20
+    assert protocol.openHandshakeTimeout == served.openHandshakeTimeout == 5
     assert protocol.maxMessagePayloadSize == served.host.limits.max_message_size
 
 
 def test_later_options_apply_to_new_connections_only():
     served = factory()
     before, _ = connect(served)
-    served.setProtocolOptions(autoPingInterval=30)
+    served.setProtocolOptions(openHandshakeTimeout=30)
     after, _ = connect(served)
-    assert (before.autoPingInterval, after.autoPingInterval) == (20, 30)
+    assert (before.openHandshakeTimeout, after.openHandshakeTimeout) == (5, 30)
     served.resetProtocolOptions()
-    assert connect(served)[0].autoPingInterval == 0
+    assert connect(served)[0].openHandshakeTimeout == 5
 
 
 def test_a_protocol_class_set_on_the_factory_is_used():
@@ -106,3 +109,71 @@ def test_a_paused_connection_keeps_what_it_read_and_answers_it_on_resume():
     assert transport.value() == b"" and protocol._backlog is not None and len(protocol._backlog) == 1
     protocol.resumeProducing()
     assert b'"id":1' in transport.value() and not protocol._backlog
+
+
+def pong(ping: bytes) -> bytes:
+    """The client's answer to a ping frame the server wrote."""
+    assert ping[0] == 0x89 and ping[1] == len(ping) - 2 < 126
+    return bytes((0x8A, 0x80 | ping[1])) + b"\0\0\0\0" + ping[2:]
+
+
+def test_one_timer_pings_idle_connections_and_keeps_those_that_answer():
+    clock = Clock()
+    served = factory(clock=clock, ping_interval=3, ping_timeout=2)
+    (live, live_out), (dead, dead_out) = connect(served), connect(served)
+    clock.advance(2)
+    assert live_out.value() == dead_out.value() == b""
+    clock.advance(1)  # 3 s idle: both are pinged
+    ping = live_out.value()
+    assert ping.startswith(b"\x89\x0c") and dead_out.value().startswith(b"\x89\x0c")
+    live_out.clear()
+    live.dataReceived(pong(ping))
+    assert live.autoPingPending is None and dead.autoPingPending
+    clock.advance(1)
+    assert not dead_out.disconnecting
+    clock.advance(1)  # 2 s without an answer: dropped, as Autobahn's auto-ping does
+    assert dead.state == dead.STATE_CLOSED or dead_out.disconnecting
+    assert live.state == live.STATE_OPEN and live_out.value() == b""
+    clock.advance(1)  # 3 s after its pong: pinged again
+    assert live_out.value().startswith(b"\x89\x0c")
+    assert len(served.keepalive._due) == 1  # one tick holds the live connection; the dead one is gone
+
+
+def test_traffic_puts_the_ping_off():
+    clock = Clock()
+    served = factory(clock=clock, ping_interval=3, ping_timeout=2)
+    protocol, transport = connect(served)
+    for _ in range(4):
+        clock.advance(2)
+        protocol.dataReceived(frame({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        assert transport.value() == b'\x81${"jsonrpc":"2.0","id":1,"result":{}}'  # no ping among it
+        transport.clear()
+    clock.advance(3)
+    assert transport.value().startswith(b"\x89\x0c")
+
+
+def test_no_timer_without_ping():
+    served = factory(clock=Clock(), ping_interval=0)
+    connect(served)
+    assert served.keepalive is None
+
+
+def test_a_pong_that_comes_with_other_frames_is_read_by_autobahn():
+    clock = Clock()
+    served = factory(clock=clock, ping_interval=3, ping_timeout=2)
+    protocol, transport = connect(served)
+    clock.advance(3)
+    ping = transport.value()
+    transport.clear()
+    protocol.dataReceived(pong(ping) + frame({"jsonrpc": "2.0", "id": 7, "method": "ping"}))
+    assert protocol.autoPingPending is None and b'"id":7' in transport.value()
+    clock.advance(2)
+    assert protocol.state == protocol.STATE_OPEN
+
+
+def test_a_function_option_is_called_as_given():
+    offers: list[object] = []
+    served = factory()
+    served.setProtocolOptions(perMessageCompressionAccept=lambda offered: offers.append(offered))
+    protocol, _ = connect(served)
+    assert protocol.perMessageCompressionAccept([1]) is None and offers == [[1]]
