@@ -76,11 +76,8 @@ def make_factory(name: str, tree: str | None) -> Any:
 
         return mcp_twisted_echo.make_factory({})
     import bare_autobahn
-    from autobahn.twisted.websocket import WebSocketServerFactory
 
-    factory = WebSocketServerFactory()
-    tuned = name == "floor_tuned"
-    factory.protocol = bare_autobahn.tuned_protocol() if tuned else bare_autobahn.FloorProtocol
+    factory = bare_autobahn.make_factory(name == "floor_tuned")
     factory.setProtocolOptions(webStatus=False)
     return factory
 

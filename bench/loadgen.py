@@ -304,10 +304,13 @@ class Connection(WSListener):
             transport.disconnect(graceful=False)
 
 
-async def connect(url: str, ssl_context: ssl.SSLContext | None, *, buffer: int = 16 * 1024) -> Connection:
+async def connect(
+    url: str, ssl_context: ssl.SSLContext | None, *, buffer: int = 16 * 1024, source: str | None = None
+) -> Connection:
     transport, listener = await ws_connect(
         Connection, url,
         ssl_context=ssl_context,
+        **({"local_addr": (source, 0)} if source else {}),
         extra_headers={"Sec-WebSocket-Protocol": "mcp"},
         enable_auto_pong=False,  # answered (and counted) by Connection
         websocket_handshake_timeout=SETUP_TIMEOUT,
@@ -322,7 +325,8 @@ async def connect(url: str, ssl_context: ssl.SSLContext | None, *, buffer: int =
 
 
 async def connect_many(
-    url: str, ssl_context: ssl.SSLContext | None, count: int, concurrency: int, buffer: int = 16 * 1024
+    url: str, ssl_context: ssl.SSLContext | None, count: int, concurrency: int, buffer: int = 16 * 1024,
+    source: str | None = None,
 ) -> tuple[list[Any], list[str]]:
     """``count`` initialised connections (``HTTPConnection`` for an http://
     URL), at most ``concurrency`` being set up at once."""
@@ -333,7 +337,7 @@ async def connect_many(
         if url.startswith("http:"):
             return await httpgen.connect(url, initialize_request(HTTP_PROTOCOL_VERSION), INITIALIZED,
                                          HTTP_PROTOCOL_VERSION, SETUP_TIMEOUT)
-        return await connect(url, ssl_context, buffer=buffer)
+        return await connect(url, ssl_context, buffer=buffer, source=source)
 
     async def one() -> Any:
         async with gate:
@@ -402,7 +406,7 @@ async def run_calls(args: argparse.Namespace, ssl_context: ssl.SSLContext | None
 async def run_idle(args: argparse.Namespace, ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
     # One connection first, so that whatever the server loads or caches on
     # first use is in the baseline and not counted per connection.
-    first = await connect(args.url, ssl_context)
+    first = await connect(args.url, ssl_context, source=args.source)
     await first.ping(1, SETUP_TIMEOUT)
     await first.close()
     await asyncio.sleep(args.settle)
@@ -410,13 +414,20 @@ async def run_idle(args: argparse.Namespace, ssl_context: ssl.SSLContext | None)
 
     opening = time.perf_counter()
     connections, failures = await connect_many(
-        args.url, ssl_context, args.connections, args.concurrency, buffer=4096
+        args.url, ssl_context, args.connections, args.concurrency, buffer=4096, source=args.source
     )
     open_s = time.perf_counter() - opening
+    if args.announce:
+        print(f"OPENED {len(connections)}", flush=True)
     await asyncio.sleep(args.settle)
     after = memory_kib(args.pid)
 
+    # What the server's pings cost while nothing else happens: its CPU over
+    # the wait, by the pings the connections got (each answered at once).
+    pings0, server_cpu0 = sum(c.pings for c in connections), cpu_seconds(args.pid)
     await asyncio.sleep(args.wait)
+    pings = sum(c.pings for c in connections) - pings0
+    server_cpu1 = cpu_seconds(args.pid)
     dropped = sum(1 for c in connections if c.disconnected)
     pinged = sum(1 for c in connections if c.pings)
 
@@ -440,8 +451,13 @@ async def run_idle(args: argparse.Namespace, ssl_context: ssl.SSLContext | None)
         "dropped_during_wait": dropped, "got_server_pings": pinged,
         "answered_ping": sum(answers), "ping_check_s": round(check_s, 2),
         "rss_before_kib": before.get("vmrss"), "rss_after_kib": after.get("vmrss"),
-        "rss_after_wait_kib": after_wait.get("vmrss"),
+        "rss_after_wait_kib": after_wait.get("vmrss"), "pings_during_wait": pings,
     }
+    if server_cpu0 is not None and server_cpu1 is not None:
+        result["server_cpu_during_wait_s"] = round(server_cpu1 - server_cpu0, 3)
+        result["idle_core_share"] = (server_cpu1 - server_cpu0) / args.wait
+        if pings:
+            result["server_cpu_us_per_ping"] = (server_cpu1 - server_cpu0) / pings * 1e6
     if before and after and opened:
         result["rss_kib_per_conn"] = (after["vmrss"] - before["vmrss"]) / opened
         result["rss_kib_per_conn_after_wait"] = (after_wait["vmrss"] - before["vmrss"]) / opened
@@ -520,6 +536,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="idle: connections set up at once")
     parser.add_argument("--wait", type=float, default=20.0, help="idle: seconds idle before the check")
     parser.add_argument("--settle", type=float, default=1.0, help="idle: seconds before reading memory")
+    parser.add_argument("--announce", action="store_true",
+                        help="idle: print OPENED <n> as soon as the connections are open")
+    parser.add_argument("--source", help="idle: local address to connect from (e.g. 127.0.0.2: "
+                                         "each address has its own ephemeral ports)")
     parser.add_argument("--cafile", help="wss://: verify the server against this CA (default: do not verify)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)

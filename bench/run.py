@@ -52,11 +52,15 @@ SERVERS: dict[str, str] = {
     "mcp_twisted": "servers/mcp_twisted_echo.py",
     "sdk_fastmcp": "servers/sdk_fastmcp.py",
     "sdk_lowlevel": "servers/sdk_lowlevel.py",
+    "sdk_fastmcp_fast": "servers/sdk_fastmcp.py",
+    "sdk_lowlevel_fast": "servers/sdk_lowlevel.py",
 }
-SDK = ("sdk_fastmcp", "sdk_lowlevel")
+# The SDK as it comes, and in its fastest configuration (--fast: no jsonschema check per call).
+SDK = ("sdk_fastmcp", "sdk_lowlevel", "sdk_fastmcp_fast", "sdk_lowlevel_fast")
 OURS, FLOOR, TUNED = "mcp_twisted", "floor", "floor_tuned"
 # Options a server name stands for besides its script.
-SERVER_OPTIONS: dict[str, list[str]] = {TUNED: ["--tuned"]}
+SERVER_OPTIONS: dict[str, list[str]] = {TUNED: ["--tuned"], "sdk_fastmcp_fast": ["--fast"],
+                                        "sdk_lowlevel_fast": ["--fast"]}
 # Over Streamable HTTP the same servers run with --http; the floor is another program.
 HTTP_SERVERS: dict[str, str] = {**SERVERS, FLOOR: "servers/bare_twisted_web.py"}
 ANSWERS = ("json", "sse")
@@ -212,7 +216,8 @@ def custom_plan(args: argparse.Namespace) -> Plan:
     """Only the configurations named on the command line."""
     plan = Plan(rounds=args.rounds or 3, warmup=args.warmup or 2.0, duration=args.duration or 6.0)
     servers = args.servers or [TUNED, OURS]
-    for clients in args.clients or [50]:
+    idle_only = args.idle_connections and not (args.clients or args.inflight or args.payload)
+    for clients in [] if idle_only else args.clients or [50]:
         for inflight in args.inflight or [1]:
             for payload in args.payload or [100]:
                 plan.calls.append((CallConfig(clients, inflight, payload), servers))
@@ -392,7 +397,8 @@ def alternate(
 
 
 def run_plan(plan: Plan, runner: Runner) -> Results:
-    results: Results = {"calls": [], "http_calls": [], "handshakes": {}, "tls_calls": {}, "idle": {}}
+    results: Results = {"calls": [], "http_calls": [], "handshakes": {}, "handshakes_plain": {},
+                        "tls_calls": {}, "idle": {}}
     timing = ["--warmup", str(plan.warmup), "--duration", str(plan.duration)]
     for config, servers in plan.calls:
         options = ["--clients", str(config.clients), "--inflight", str(config.inflight),
@@ -410,6 +416,8 @@ def run_plan(plan: Plan, runner: Runner) -> Results:
                                       "points": points})
     if plan.handshakes:
         options = ["--mode", "handshakes", "--clients", str(plan.handshake_clients), *timing]
+        results["handshakes_plain"] = alternate(plan.rounds, plan.handshakes, "ws handshakes",
+                                                lambda s: runner.measure(s, options))
         results["handshakes"] = alternate(plan.rounds, plan.handshakes, "wss handshakes",
                                           lambda s: runner.measure(s, options, tls=True))
     if plan.tls_calls:
@@ -567,17 +575,23 @@ def calls_table(entries: Iterable[dict[str, Any]], *, http: bool = False) -> lis
 
 
 def tls_table(results: Results) -> list[str]:
-    handshakes, calls = results["handshakes"], results["tls_calls"]
+    """New sessions per second over ws:// and wss:// (against the tuned floor), and calls over wss://."""
+    plain, handshakes, calls = results["handshakes_plain"], results["handshakes"], results["tls_calls"]
     rows = []
-    for server in dict.fromkeys([*handshakes, *calls]):
-        h, c = handshakes.get(server, []), calls.get(server, [])
-        rates, call_rates = values(h, "handshakes_per_s"), values(c, "calls_per_s")
-        rows.append([
-            server, fmt(median(rates)) + spread(rates, 0), fmt(median_of(h, "server_cpu_us_per_handshake")),
-            fmt(median_of(h, "p99_us", 1e-3), 1), fmt(median(call_rates)) + spread(call_rates, 0),
-            fmt(median_of(c, "p99_us", 1e-3), 2),
-        ])
-    return table(["server", "handshakes/s (range)", "server CPU µs/handshake", "handshake p99 ms",
+    for server in dict.fromkeys([*plain, *handshakes, *calls]):
+        cells = []
+        for kind in (plain, handshakes):
+            h = kind.get(server, [])
+            rates = values(h, "handshakes_per_s")
+            ratios = paired(h, kind.get(TUNED, []), "handshakes_per_s") if server != TUNED else []
+            cells += [fmt(median(rates)) + spread(rates, 0), fmt(median(ratios), 2),
+                      fmt(median_of(h, "server_cpu_us_per_handshake")), fmt(median_of(h, "p99_us", 1e-3), 1)]
+        c = calls.get(server, [])
+        call_rates = values(c, "calls_per_s")
+        rows.append([server, *cells, fmt(median(call_rates)) + spread(call_rates, 0),
+                     fmt(median_of(c, "p99_us", 1e-3), 2)])
+    return table(["server", "ws sessions/s (range)", "vs floor_tuned", "server CPU µs/session", "p99 ms",
+                  "wss sessions/s (range)", "vs floor_tuned", "server CPU µs/session", "p99 ms",
                   "wss calls/s 50x1 100 B (range)", "wss p99 ms"], rows)
 
 
@@ -585,17 +599,20 @@ def idle_table(results: Results) -> list[str]:
     rows = []
     for server, r in results["idle"].items():
         if "failed" in r:
-            rows.append([server, "failed: " + r["failed"], *[""] * 7])
+            rows.append([server, "failed: " + r["failed"], *[""] * 10])
             continue
         rows.append([
             server, f"{r['opened']:,} of {r['requested']:,}", fmt(r.get("rss_kib_per_conn", math.nan), 1),
             fmt(r.get("pss_kib_per_conn", math.nan), 1),
             fmt(r.get("rss_kib_per_conn_after_wait", math.nan), 1),
-            f"{r['got_server_pings']:,}", f"{r['answered_ping']:,}", str(r["dropped_during_wait"]),
-            f"{r['open_s']:.0f} s",
+            f"{r['got_server_pings']:,}", f"{r.get('pings_during_wait', 0):,}",
+            fmt(r.get("server_cpu_us_per_ping", math.nan), 1),
+            fmt(r.get("idle_core_share", math.nan) * 100, 1) + "%",
+            f"{r['answered_ping']:,}", str(r["dropped_during_wait"]), f"{r['open_s']:.0f} s",
         ])
     return table(["server", "connections", "KiB/conn RSS", "KiB/conn PSS", "RSS after the wait",
-                  "pinged by server", "answered ping", "dropped", "opening took"], rows)
+                  "pinged by server", "pings in the wait", "server CPU µs/ping", "server core in the wait",
+                  "answered ping", "dropped", "opening took"], rows)
 
 
 def baseline_table(results: Results) -> list[str]:
@@ -698,9 +715,9 @@ def report(plan: Plan, results: Results, runner: Runner, elapsed: float) -> str:
                   "notification and the answer (protocol 2025-11-25). The floor is a bare twisted.web "
                   "resource. Answer body: bytes and SSE events per answer, as the generator received them.",
                   "", *calls_table(results["http_calls"], http=True)]
-    if results["handshakes"] or results["tls_calls"]:
-        lines += ["", "## TLS (wss://)", "",
-                  f"A handshake is TCP connect + TLS + WebSocket upgrade + `initialize` + "
+    if results["handshakes"] or results["handshakes_plain"] or results["tls_calls"]:
+        lines += ["", "## New sessions per second, and calls over TLS", "",
+                  f"A new session is TCP connect (+ TLS for wss://) + WebSocket upgrade + `initialize` + "
                   f"`notifications/initialized` + close, {plan.handshake_clients} at a time.", "",
                   *tls_table(results)]
     if results["idle"]:
@@ -786,6 +803,13 @@ def main() -> None:
     (RESULTS / "latest.md").write_text(text)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1))
     print(text)
+    try:
+        import charts  # matplotlib: bench/requirements.txt
+    except ImportError as e:
+        say(f"no charts ({e}): pip install -r bench/requirements.txt")
+    else:
+        for path in charts.write_charts(results, RESULTS / "charts"):
+            say(f"chart: {path}")
 
 
 if __name__ == "__main__":

@@ -84,10 +84,14 @@ def wait_listening(port: int, process: subprocess.Popen[str], log: Path) -> None
 
 
 @contextmanager
-def server(workers: int, endpoint: str, port: int, directory: Path) -> Iterator[list[int]]:
-    """A running ``twistd mcpws`` (with ``--workers`` above 1); yields the pids that serve."""
+def server(
+    workers: int, endpoint: str, port: int, directory: Path,
+    options: tuple[str, ...] = ("--ping-interval", "0"),
+) -> Iterator[list[int]]:
+    """A running ``twistd mcpws`` (with ``--workers`` above 1) with these
+    ``mcpws`` options; yields the pids that serve."""
     log = directory / f"twistd-{workers}-{port}.log"
-    command = [TWISTD, "-n", "--pidfile=", "mcpws", "--endpoint", endpoint, "--ping-interval", "0"]
+    command = [TWISTD, "-n", "--pidfile=", "mcpws", "--endpoint", endpoint, *options]
     if workers > 1:
         command += ["--workers", str(workers)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

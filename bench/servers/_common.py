@@ -36,6 +36,8 @@ def parse_args(
         parser.add_argument("--tuned", action="store_true",
                             help="orjson and mcp-twisted's FastPathMixin (the tuned floor)")
     if sdk:
+        parser.add_argument("--fast", action="store_true",
+                            help="the SDK's fastest configuration: no jsonschema check on every call")
         parser.add_argument("--json-response", action="store_true",
                             help="--http: answer with JSON bodies, not SSE streams (the SDK's json_response)")
     return parser.parse_args()

@@ -6,11 +6,12 @@ minimal result, ``ping`` with ``{}`` and ``tools/call`` by echoing
 is what the wire costs on this stack, the least any framework on it can spend.
 
 Two flavours: by default everything is ``json.loads``/``json.dumps`` and
-Autobahn runs as shipped (the stdlib floor). ``--tuned`` makes the two
-changes mcp-twisted itself makes: orjson, and Autobahn's per-frame debug
-formatting skipped by the same ``FastPathMixin`` (imported from the checkout,
-so that whatever that mixin saves, the tuned floor saves too). The tuned
-floor is the best this stack does with no MCP layer at all.
+Autobahn runs as shipped (the stdlib floor). ``--tuned`` makes the changes
+mcp-twisted itself makes to the stack: orjson, and Autobahn's per-frame and
+per-connection debug formatting skipped by the same ``FastPathMixin`` and
+``FastFactoryMixin`` (imported from the checkout, so that whatever those
+save, the tuned floor saves too). The tuned floor is the best this stack does
+with no MCP layer at all.
 
 Usage: python bench/servers/bare_autobahn.py --port 8080 [--tuned] [--tls CERT KEY] [--ping-interval S]
 """
@@ -59,25 +60,32 @@ class FloorProtocol(WebSocketServerProtocol):
         self.sendMessage(self.dumps(reply))
 
 
-def tuned_protocol() -> type[WebSocketServerProtocol]:
-    """The floor with orjson and mcp-twisted's ``FastPathMixin``."""
+def make_factory(tuned: bool) -> WebSocketServerFactory:
+    """The stdlib floor's factory, or the tuned floor's (orjson and
+    mcp-twisted's ``FastPathMixin`` and ``FastFactoryMixin``)."""
+    if not tuned:
+        factory = WebSocketServerFactory()
+        factory.protocol = FloorProtocol
+        return factory
     sys.path.insert(0, str(CHECKOUT))
     import orjson
 
-    from mcp_twisted._autobahn import FastPathMixin
+    from mcp_twisted._autobahn import FastFactoryMixin, FastPathMixin
 
     class TunedFloorProtocol(FastPathMixin, FloorProtocol):  # type: ignore[misc]
         loads = staticmethod(orjson.loads)
         dumps = staticmethod(orjson.dumps)
 
-    return TunedFloorProtocol
+    class TunedFloorFactory(FastFactoryMixin, WebSocketServerFactory):  # type: ignore[misc]
+        protocol = TunedFloorProtocol
+
+    return TunedFloorFactory()
 
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], default_ping=0.0, tuned=True)
     raise_open_file_limit()
-    factory = WebSocketServerFactory()
-    factory.protocol = tuned_protocol() if args.tuned else FloorProtocol
+    factory = make_factory(args.tuned)
     options: dict[str, Any] = {"webStatus": False}
     if args.ping_interval:
         options["autoPingInterval"] = args.ping_interval

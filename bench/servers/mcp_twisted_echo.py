@@ -51,8 +51,8 @@ def make_factory(settings: dict[str, Any]) -> Any:
         ctx.report_progress(1, 1)
         return text
 
-    # The suite measures capacity (10,000 idle connections), so lift the
-    # production default of 1,000 open connections (--max-connections).
+    # The suite measures capacity (up to what one process may open), so
+    # lift the production cap of sessions (--max-connections).
     settings.setdefault("max_connections", 0)
     return MCPServerFactory(server, **settings)
 

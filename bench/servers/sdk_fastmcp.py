@@ -6,7 +6,14 @@ store; ``--json-response`` for JSON answers instead of SSE streams).
 
 ``echo_progress`` reports progress once, then echoes.
 
-Usage: python bench/servers/sdk_fastmcp.py --port 8080 [--tls CERT KEY] [--ping-interval S]
+By default a ``-> str`` tool gets an output schema, and the SDK checks every
+result against it with ``jsonschema.validate`` (which checks the schema
+itself each time too): about half of the server's CPU per call. ``--fast``
+registers the tools with ``structured_output=False``, as mcp-twisted's
+``-> str`` tools are (no output schema, no ``structuredContent``); the
+arguments are still validated by FastMCP's pydantic model.
+
+Usage: python bench/servers/sdk_fastmcp.py --port 8080 [--fast] [--tls CERT KEY] [--ping-interval S]
        python bench/servers/sdk_fastmcp.py --port 8080 --http [--json-response]
 """
 
@@ -30,12 +37,14 @@ def make_server(args: Namespace) -> FastMCP:
                       event_store=MemoryEventStore(), retry_interval=RETRY_MS,
                       transport_security=LOOPBACK_ONLY)
 
-    @mcp.tool()
+    structured = False if args.fast else None  # None: the SDK's default
+
+    @mcp.tool(structured_output=structured)
     def echo(text: str) -> str:
         """Return the text unchanged."""
         return text
 
-    @mcp.tool()
+    @mcp.tool(structured_output=structured)
     async def echo_progress(text: str, ctx: Context) -> str:  # type: ignore[type-arg]
         """Report progress once, then return the text unchanged."""
         await ctx.report_progress(1, 1)
