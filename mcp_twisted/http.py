@@ -24,6 +24,7 @@ import functools
 import inspect
 import io
 import re
+import resource
 import secrets
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -1088,6 +1089,19 @@ _NO_FORM_PARSING: dict[str, Any] = (
 )
 
 
+def _default_connection_cap(sessions: int) -> int:
+    """Twice the session cap plus some room, but below the process's limit on
+    open files, so that files and connections to other servers (an OAuth
+    provider, the event bus) still open when the listener is full."""
+    if not sessions:
+        return 0
+    cap = 2 * sessions + 64
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, max(soft - 256, 64))
+    return cap
+
+
 class _Channel(http.HTTPChannel):
     """An HTTP/1.1 connection, counted by its site while it serves HTTP."""
 
@@ -1126,7 +1140,7 @@ class MCPSite(server.Site):
             ones count against the session cap from their upgrade on); more
             are closed as soon as they are accepted. By default twice the
             session cap (a client may hold a POST connection and a stream)
-            plus some room; 0 for no limit.
+            plus some room, below the limit on open files; 0 for no limit.
         :param extra: other resources by exact path, served beside MCP (the
             OAuth protected-resource metadata, whose paths admission would
             refuse with 404).
@@ -1147,7 +1161,7 @@ class MCPSite(server.Site):
         host = http.host if http is not None else getattr(getattr(websocket, "_factory", None), "host", None)
         if max_connections is None:
             sessions = host.limits.max_sessions if host is not None else 0
-            max_connections = 2 * sessions + 64 if sessions else 0
+            max_connections = _default_connection_cap(sessions)
         self.max_connections = max_connections
         self.connections: set[_Channel] = set()
         self._metrics = host.metrics if host is not None else None

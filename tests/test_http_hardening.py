@@ -430,3 +430,15 @@ async def test_connections_over_the_cap_are_closed_at_once_and_connected_clients
         assert replies(newcomer)[0].status == 200
     finally:
         await pool.closeCachedConnections()
+
+
+def test_the_default_connection_cap_stays_below_the_open_file_limit(monkeypatch):
+    import resource
+
+    from mcp_twisted.http import _default_connection_cap
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1_000_000, 1_000_000))
+    assert _default_connection_cap(100) == 264  # twice the sessions plus room
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (20_000, 20_000))
+    assert _default_connection_cap(10_000) == 19_744  # room kept for files and outgoing connections
+    assert _default_connection_cap(0) == 0  # no session cap: no connection cap
