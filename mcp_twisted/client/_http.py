@@ -26,7 +26,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
@@ -333,10 +333,11 @@ class HTTPConnection(SessionConnection):
 
         self._stream_request(parser).addCallbacks(resumed, self._failed)
 
-    def _open_get_stream(self, previous: SSEParser | None = None) -> None:
-        """The standalone GET stream, for what the server sends unprompted."""
+    def _open_get_stream(self, previous: SSEParser | None = None) -> Deferred[None]:
+        """The standalone GET stream, for what the server sends unprompted;
+        fires once the server has answered it (or failing to)."""
         if not self.open or self.session_id is None:
-            return
+            return succeed(None)
         parser = SSEParser()
         if previous is not None:
             parser.last_event_id, parser.retry = previous.last_event_id, previous.retry
@@ -351,7 +352,7 @@ class HTTPConnection(SessionConnection):
             elif response.code != 405:  # 405: the server offers no such stream
                 log.info("{url} refused the GET stream: HTTP {status}", url=self.target, status=response.code)
 
-        self._stream_request(parser).addCallbacks(opened, self._failed)
+        return self._stream_request(parser).addCallbacks(opened, self._failed)
 
     def _abort_request(self, request_id: object) -> None:
         posted = self._posts.pop(request_id, None) if jsonrpc.is_request_id(request_id) else None
@@ -364,9 +365,17 @@ class HTTPConnection(SessionConnection):
     # -- lifecycle ----------------------------------------------------------
 
     def _initialized(self, result: dict[str, Any]) -> None:
-        if not self.modern:
-            self._open_get_stream()  # asked for before anything the application sends
-        super()._initialized(result)
+        if self.modern:
+            super()._initialized(result)
+            return
+        # The GET stream goes out on a connection of its own, so a request the
+        # application sends at once would overtake it: the session is ready
+        # when the server has answered the GET (whatever the answer).
+        def ready(_: object) -> None:
+            if self.connection_state is ConnectionState.INITIALIZING:  # not lost meanwhile
+                SessionConnection._initialized(self, result)
+
+        self._open_get_stream().addBoth(ready)
 
     def _stop_streams(self) -> None:
         for timer in self._timers:
