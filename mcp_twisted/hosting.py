@@ -56,9 +56,9 @@ __all__ = [
 
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 # Sessions one process serves at once. An idle WebSocket session costs about
-# 11 KiB and a ping every 20 s (under 1 µs of CPU a second): 10,000 hold about
-# 110 MiB and 1% of a core, half of what one process held in the idle
-# benchmark, and leave room under a 20,000 open-file limit for HTTP
+# 10 KiB and a ping every 20 s (about 35 µs of CPU): 10,000 hold about 100 MiB
+# and under 2% of a core, half of what one process held in the idle
+# benchmark, leaving room under a 20,000 open-file limit for HTTP
 # connections and handshakes (see docs/performance.md).
 DEFAULT_MAX_SESSIONS = 10_000
 
