@@ -89,6 +89,9 @@ class Era(enum.Enum):
     STATELESS = "stateless"  # every request describes itself (2026-07-28)
 
 
+# Module names: an Enum member looked up through its class costs a call on the hot path.
+_HANDSHAKE, _STATELESS = Era.HANDSHAKE, Era.STATELESS
+
 @dataclass(frozen=True)
 class Modern:
     """What a 2026-07-28 request says about itself."""
@@ -157,12 +160,15 @@ class ConnectionEra:
         self.era: Era | None = None
 
     def check(self, message: Request) -> Modern | None:
+        params = message.params
+        if self.era is _HANDSHAKE and type(params) is dict and "_meta" not in params:
+            return None  # the common case, as classify would find it, in one step
         modern = classify(message)
-        era = Era.STATELESS if modern is not None else Era.HANDSHAKE
+        era = _STATELESS if modern is not None else _HANDSHAKE
         if self.era is None:
             self.era = era
         elif era is not self.era:
-            if self.era is Era.STATELESS:
+            if self.era is _STATELESS:
                 raise unsupported_version(_requested(message))
             raise RPCError(INVALID_REQUEST, "This connection is in the handshake era: "
                            "2026-07-28 requests need a connection of their own")

@@ -8,6 +8,7 @@ malformed envelope deserves a precise error rather than a guess.
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard, final
 
@@ -134,8 +135,12 @@ class MessageError(RPCError):
         self.request_id = request_id
 
 
+# The message classes are plain (not frozen) slotted dataclasses: a frozen
+# one's __init__ goes through object.__setattr__ for each field, which made
+# building a Request about 0.4 us (a tenth of the MCP layer's own work on a
+# call). They are values all the same: nothing here changes one once made.
 @final
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Request:
     id: RequestId
     method: str
@@ -143,20 +148,20 @@ class Request:
 
 
 @final
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Notification:
     method: str
     params: Any = None
 
 
 @final
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Response:
     id: RequestId
     result: Any
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ErrorResponse:
     id: RequestId | None
     error: RemoteError
@@ -262,12 +267,7 @@ def error_response(request_id: RequestId | None, error: RPCError) -> dict[str, A
     return {"jsonrpc": "2.0", "id": request_id, "error": error.to_dict()}
 
 
-def encode(message: dict[str, Any] | list[dict[str, Any]]) -> bytes:
-    """Encode a message (or a batch) as UTF-8 JSON text.
-
-    Raises ``TypeError`` when the message holds a value JSON cannot carry.
-    """
-    try:
-        return orjson.dumps(message)
-    except orjson.JSONEncodeError as e:
-        raise TypeError(str(e)) from e
+# Encode a message (or a batch) as UTF-8 JSON text. Raises ``TypeError`` (its
+# subclass ``orjson.JSONEncodeError``) when the message holds a value JSON
+# cannot carry. orjson itself, with no wrapper: it runs once per message.
+encode: Callable[[Any], bytes] = orjson.dumps

@@ -165,6 +165,9 @@ class SessionHandler(Protocol):
         """Answer a request: a result, a Deferred, or a coroutine; raise
         ``RPCError`` for an error response."""
 
+    # Optional: ``quick``, method -> ``QuickHandler`` (see there). A handler
+    # without it has every request go through ``handle_request``.
+
     def handle_notification(self, session: Session, method: str, params: Any) -> None:
         """React to a notification the session does not consume itself."""
 
@@ -173,6 +176,15 @@ class SessionHandler(Protocol):
 
     def session_closed(self, session: Session) -> None:
         """The session ended; drop whatever was kept for it."""
+
+
+# Answers a handshake-era request that has no ``_meta`` from its params and
+# the session alone, without an ``IncomingRequest``: a result dict, a Deferred
+# or coroutine of one (the session then tracks it as any other), or ``SLOW``
+# to have ``handle_request`` take it (it must not have done anything then).
+# It must not raise: what can fail is decided before, or inside the result.
+QuickHandler = Callable[[dict[str, Any], "Session"], Any]
+SLOW: Any = object()
 
 
 class IncomingRequest:
@@ -193,7 +205,6 @@ class IncomingRequest:
         "id",
         "method",
         "modern",
-        "outcome",
         "params",
         "progress_token",
         "rounds",
@@ -223,10 +234,6 @@ class IncomingRequest:
         self.early_result: dict[str, Any] | None = None
         # The app's multi-round state for this request (2026-07-28), if it asked.
         self.rounds: Any = None
-        # What the observer records for an answer that is not an error: the
-        # app above may say more (a tool's isError result is "tool_error")
-        # without the session knowing result shapes.
-        self.outcome = "ok"
         self.deferred: Deferred[Any] | None = None
         self._batch = batch
         self._timer: IDelayedCall | None = None
@@ -380,6 +387,7 @@ class Session:
         self.max_message_size = max_message_size
         self.max_batch_size = max_batch_size
         self.flow = flow
+        self._quick: dict[str, QuickHandler] = getattr(handler, "quick", None) or {}
         # Set by a transport whose requests have streams of their own
         # (Streamable HTTP): ends one request's stream early (SEP-1699).
         self.stream_closer: Callable[[RequestId], object] | None = None
@@ -548,6 +556,10 @@ class Session:
             error = invalid_params("MCP requests take params as an object, not an array")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
+        if modern is None and batch is None:
+            quick = self._quick.get(method)
+            if quick is not None and self._answer_quickly(quick, message):
+                return
         request = IncomingRequest(self, message, batch, modern)
         if self.observer is not None:
             request.started = self.clock.seconds()
@@ -559,6 +571,39 @@ class Session:
         except Exception:
             self._request_failed(Failure(), request)
             return
+        self._track(request, result)
+
+    def _answer_quickly(self, quick: QuickHandler, message: Request) -> bool:
+        """Answer through the handler's quick table; False if it declined.
+
+        A quick handler cannot see the request (no context, no progress
+        token), so nothing needs it in the in-flight table while it runs:
+        the common synchronous call is answered with no ``IncomingRequest``.
+        """
+        started = self.clock.seconds() if self.observer is not None else 0.0
+        try:
+            result = quick(message.params, self)
+        except Exception:
+            result = fail()
+        if result is SLOW:
+            return False
+        if type(result) is not dict:  # a Deferred or a coroutine: tracked as any other
+            request = IncomingRequest(self, message, None)
+            request.started = started
+            self._incoming[message.id] = request
+            self._track(request, result)
+            return True
+        request_id = message.id
+        self._answer(request_id, message.method, None, {"jsonrpc": "2.0", "id": request_id, "result": result})
+        if self.observer is not None:
+            try:
+                self.observer(message.method, _outcome(result), self.clock.seconds() - started)
+            except Exception:
+                log.failure("Request observer raised")
+        return True
+
+    def _track(self, request: IncomingRequest, result: Any) -> None:
+        """Answer ``request`` with what its handler returned, now or when it settles."""
         if not isinstance(result, Deferred) and not hasattr(result, "__await__"):
             self._request_done(result, request)  # the common case: no Deferred needed
             return
@@ -568,7 +613,7 @@ class Session:
                        callbackArgs=(request,), errbackArgs=(request,))
         if request.cancelled:  # cancelled, or the session closed, while the handler ran
             d.cancel()
-        elif self._incoming.get(message.id) is request:
+        elif self._incoming.get(request.id) is request:
             # Still running (possibly "fired" but waiting on a chained Deferred):
             # make it cancellable and bound its time.
             request.deferred = d
@@ -637,9 +682,9 @@ class Session:
         if self._finish(request):
             if request.modern is not None and type(result) is dict and "resultType" not in result:
                 result = {**result, "resultType": "complete"}  # required on every 2026-07-28 result
-            self._answer(request, jsonrpc.response(request.id, result))
+            self._answer(request.id, request.method, request._batch, jsonrpc.response(request.id, result))
             if self.observer is not None:
-                self._observe(request, request.outcome)
+                self._observe(request, _outcome(result))
         elif self.observer is not None:
             self._observe(request, "cancelled")
         if self._idle_waiters:
@@ -692,26 +737,28 @@ class Session:
                 LogLevel.error, method=brief(request.method), request_id=brief(request.id), error_id=error_id,
             )
             error = RPCError(INTERNAL_ERROR, "Internal error", {"errorId": error_id})
-        self._answer(request, jsonrpc.error_response(request.id, error))
+        self._answer(request.id, request.method, request._batch, jsonrpc.error_response(request.id, error))
 
-    def _answer(self, request: IncomingRequest, reply: dict[str, Any]) -> None:
+    def _answer(
+        self, request_id: RequestId, method: str, batch: _Batch | None, reply: dict[str, Any]
+    ) -> None:
         """Send a request's answer, encoded here even inside a batch: an answer
         JSON cannot carry becomes an internal error instead of losing the batch."""
         try:
             encoded = jsonrpc.encode(reply)
         except TypeError:
-            log.failure("Answer to {method} is not JSON", method=brief(request.method))
+            log.failure("Answer to {method} is not JSON", method=brief(method))
             reply = jsonrpc.error_response(
-                request.id, RPCError(INTERNAL_ERROR, "Internal error: result is not JSON")
+                request_id, RPCError(INTERNAL_ERROR, "Internal error: result is not JSON")
             )
             encoded = jsonrpc.encode(reply)
         limit = self.max_message_size
         if limit is not None and len(encoded) > limit:
-            encoded = self._too_large(request.method, request.id, len(encoded))
-        if request._batch is None:
-            self._send(encoded, request.id, True)
+            encoded = self._too_large(method, request_id, len(encoded))
+        if batch is None:
+            self._send(encoded, request_id, True)
         else:
-            request._batch.add(request.id, encoded)
+            batch.add(request_id, encoded)
 
     def _too_large(self, method: object, request_id: RequestId | None, size: int) -> bytes:
         """The encoded error answer that replaces one the transport cannot carry."""
@@ -1043,6 +1090,12 @@ class Session:
             self.handler.session_closed(self)
         except Exception:
             log.failure("session_closed hook raised")
+
+
+def _outcome(result: object) -> str:
+    """What the observer records for an answer that is not an error: a
+    tool's own error (an ``isError`` result) is told apart."""
+    return "tool_error" if type(result) is dict and result.get("isError") is True else "ok"
 
 
 def new_error_id() -> str:

@@ -28,6 +28,7 @@ from mcp_twisted.protocol import (
 )
 from mcp_twisted.server import Context, MCPServer
 from mcp_twisted.session import (
+    SLOW,
     ConnectionLost,
     IncomingRequest,
     RequestTimedOut,
@@ -525,6 +526,107 @@ def test_handler_timeout_cancels_a_coroutine() -> None:
     assert seen == ["cancelled"]
     (reply,) = peer.take()
     assert error_code(reply) == REQUEST_TIMEOUT
+
+
+# -- the quick table (answers without an IncomingRequest) -----------------------------
+
+
+class QuickHandler(FakeHandler):
+    """A FakeHandler whose ``quick`` table answers ``fast`` (and declines ``_meta``)."""
+
+    def __init__(self, quick: Callable[[dict[str, Any], Any], Any]) -> None:
+        super().__init__({"fast": lambda request: {"slow": True}})
+        self.quick = {"fast": quick}
+
+
+def quick_peer(quick: Callable[[dict[str, Any], Any], Any], **options: Any) -> Peer:
+    peer = Peer(QuickHandler(quick), **options)
+    peer.initialize()
+    return peer
+
+
+def test_a_quick_answer_skips_handle_request() -> None:
+    peer = quick_peer(lambda params, session: {"n": params["n"] + 1})
+    peer.request("fast", {"n": 1}, id=1)
+    assert peer.take() == [{"jsonrpc": "2.0", "id": 1, "result": {"n": 2}}]
+    assert peer.handler.requests == []
+    assert peer.session.in_flight == 0
+
+
+def test_a_declined_quick_request_goes_to_handle_request() -> None:
+    peer = quick_peer(lambda params, session: SLOW if params.get("slow") else {"quick": True})
+    peer.request("fast", {"slow": True}, id=1)
+    peer.request("fast", {}, id=2)
+    assert [result(reply) for reply in peer.take()] == [{"slow": True}, {"quick": True}]
+    assert [request.id for request in peer.handler.requests] == [1]
+
+
+def test_quick_handlers_are_not_asked_in_a_batch_or_by_2026_07_28_requests() -> None:
+    asked: list[Any] = []
+
+    def quick(params: dict[str, Any], session: Any) -> Any:
+        asked.append(params)
+        return {"quick": True}
+
+    batched = Peer(QuickHandler(quick))
+    batched.initialize("2025-03-26")  # the one revision with batches
+    batched.send([{"jsonrpc": "2.0", "id": 1, "method": "fast", "params": {}}])
+    assert [result(reply) for reply in batched.take()[0]] == [{"slow": True}]
+    modern = Peer(QuickHandler(quick))
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}
+    modern.request("fast", {"_meta": meta}, id=2)
+    assert result(modern.take()[0]) == {"slow": True, "resultType": "complete"}
+    assert asked == []
+
+
+def test_a_raising_quick_handler_still_answers_once_with_an_internal_error(events: list[Any]) -> None:
+    def broken(params: dict[str, Any], session: Any) -> Any:
+        raise ZeroDivisionError("oops")
+
+    peer = quick_peer(broken)
+    peer.request("fast", {}, id=7)
+    (reply,) = peer.take()
+    assert reply["id"] == 7 and error_code(reply) == -32603
+    assert reply["error"]["data"]["errorId"]
+    assert peer.session.in_flight == 0
+    assert sum(1 for event in events if event.get("log_failure") is not None) == 1
+
+
+def test_a_quick_deferred_is_in_flight_cancellable_and_timed() -> None:
+    cancelled: list[Deferred[Any]] = []
+    pending: list[Deferred[Any]] = []
+
+    def later(params: dict[str, Any], session: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred(cancelled.append)
+        pending.append(d)
+        return d
+
+    peer = quick_peer(later, handler_timeout=5)
+    peer.request("fast", {}, id=1)
+    peer.request("fast", {}, id=2)
+    peer.request("fast", {}, id=3)
+    assert peer.session.in_flight == 3 and peer.take() == []
+    peer.request("fast", {}, id=1)  # its id is taken while it runs
+    assert error_code(peer.take()[0]) == INVALID_REQUEST
+    pending[0].callback({"done": 1})
+    peer.notify("notifications/cancelled", {"requestId": 2})
+    assert cancelled == [pending[1]]
+    peer.clock.advance(5)
+    assert cancelled == [pending[1], pending[2]]
+    first, timed_out = peer.take()
+    assert first == {"jsonrpc": "2.0", "id": 1, "result": {"done": 1}}
+    assert timed_out["id"] == 3 and error_code(timed_out) == REQUEST_TIMEOUT
+    assert peer.session.in_flight == 0
+
+
+def test_the_observer_hears_of_quick_answers_with_their_outcome() -> None:
+    seen: list[tuple[str, str, float]] = []
+    answers = iter([{"content": []}, {"content": [], "isError": True}])
+    peer = quick_peer(lambda params, session: next(answers), observer=lambda *event: seen.append(event))
+    peer.request("fast", {}, id=1)
+    peer.request("fast", {}, id=2)
+    assert seen == [("fast", "ok", 0.0), ("fast", "tool_error", 0.0)]
 
 
 # -- progress ------------------------------------------------------------------------

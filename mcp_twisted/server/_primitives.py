@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -92,6 +92,11 @@ class Tool:
     icons: list[dict[str, Any]] | None = None
     meta: dict[str, Any] | None = None
     scopes: tuple[str, ...] = ()  # OAuth scopes a call needs (step-up when the token lacks one)
+    # Callable without a request: no Context to give, no scopes to check (MCPServer.quick).
+    quick: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.quick = self.signature.context_parameter is None and not self.scopes
 
     @property
     def fn(self) -> Callable[..., Any]:

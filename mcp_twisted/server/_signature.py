@@ -21,6 +21,7 @@ import orjson
 import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import SchemaValidator, core_schema
 from typing_extensions import is_typeddict
 
 from mcp_twisted.jsonrpc import clip
@@ -126,32 +127,54 @@ class Signature:
     input_schema: dict[str, Any]
     output_adapter: TypeAdapter[Any] | None
     output_schema: dict[str, Any] | None
-    # The parameter names in the model's field order, and the compiled
-    # validator, kept here so a call does no lookups through pydantic's Python layer.
-    _names: tuple[str, ...] = ()
-    _validate: Callable[[Any], Any] = dataclasses.field(init=False)
+    # The compiled validator, kept here so a call does no lookups through
+    # pydantic's Python layer (see _arguments_validator).
+    _validate: Callable[[Any], dict[str, Any]] = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self._names = tuple(p.name for p in self.parameters)
-        self._validate = self.model.__pydantic_validator__.validate_python
+        self._validate = _arguments_validator(self.model, [p.name for p in self.parameters])
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Check and convert arguments into keyword arguments for ``fn``."""
         try:
-            values = self._validate(arguments).__dict__
+            return self._validate(arguments)
         except ValidationError as e:
             raise ArgumentError(_describe_errors(e)) from None
         except RecursionError:  # from a Python validator walking a deeply nested value
             raise ArgumentError("Invalid arguments: nested too deeply") from None
-        # The validated model holds every field (defaults filled in), in the
-        # order the fields were declared: the parameters' order (p0, p1, ...).
-        return dict(zip(self._names, values.values(), strict=True))
 
     def bind(self, arguments: Mapping[str, Any], context: Context | None) -> dict[str, Any]:
         kwargs = self.validate(arguments)
         if self.context_parameter is not None:
             kwargs[self.context_parameter] = context
         return kwargs
+
+
+def _arguments_validator(
+    model: type[pydantic.BaseModel], names: list[str]
+) -> Callable[[Any], dict[str, Any]]:
+    """The model's checks, answering a dict of keyword arguments.
+
+    The model's own field schemas (and definitions, and config: extra
+    arguments are refused) under a typed-dict schema keyed by parameter name,
+    each field read through the model's alias: the same validation without
+    building a model instance and renaming its fields (p0, p1...) back, which
+    took two thirds of a validated call's time.
+    """
+    schema: Any = model.__pydantic_core_schema__
+    definitions = None
+    if schema["type"] == "definitions":
+        definitions, schema = schema["definitions"], schema["schema"]
+    fields = schema["schema"]["fields"].values()  # model -> model-fields, in declaration order
+    arguments: core_schema.CoreSchema = core_schema.typed_dict_schema(
+        {name: core_schema.typed_dict_field(field["schema"], required=field["schema"]["type"] != "default",
+                                            validation_alias=field.get("validation_alias"))
+         for name, field in zip(names, fields, strict=True)},
+        extra_behavior="forbid",
+    )
+    if definitions is not None:
+        arguments = core_schema.definitions_schema(arguments, definitions)
+    return SchemaValidator(arguments, schema.get("config")).validate_python
 
 
 # Errors listed in an ArgumentError; a list of a million bad items has a million.
