@@ -35,11 +35,13 @@ __all__ = [
     "Response",
     "brief",
     "clip",
+    "decode",
     "encode",
     "error_response",
     "is_request_id",
     "notification",
     "parse",
+    "parse_error",
     "request",
     "response",
 ]
@@ -231,7 +233,17 @@ def parse(text: bytes | str) -> Message | list[BatchItem]:
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise MessageError(PARSE_ERROR, "Parse error: invalid JSON") from None
+        raise parse_error() from None
+    return decode(obj)
+
+
+def parse_error() -> MessageError:
+    """The error for a text that is not JSON at all."""
+    return MessageError(PARSE_ERROR, "Parse error: invalid JSON")
+
+
+def decode(obj: object) -> Message | list[BatchItem]:
+    """``parse`` of a text already loaded as JSON."""
     if isinstance(obj, list):
         if not obj:
             raise MessageError(INVALID_REQUEST, "Invalid Request: empty batch")

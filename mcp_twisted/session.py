@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
+import orjson
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -103,6 +104,7 @@ _OPEN_STATES = (State.NEW, State.INITIALIZING, State.READY, State.DRAINING)
 # Python 3.11 ``State.READY`` goes through ``EnumType.__getattr__`` (about
 # 150 ns), and a call compares the state half a dozen times.
 _NEW, _READY, _DRAINING, _CLOSED = State.NEW, State.READY, State.DRAINING, State.CLOSED
+_HANDSHAKE = Era.HANDSHAKE
 
 # The whole lifecycle, for both roles: every state change goes through this
 # table (Session._advance), so an event in the wrong state fails in one place.
@@ -178,11 +180,13 @@ class SessionHandler(Protocol):
         """The session ended; drop whatever was kept for it."""
 
 
-# Answers a handshake-era request that has no ``_meta`` from its params and
-# the session alone, without an ``IncomingRequest``: a result dict, a Deferred
-# or coroutine of one (the session then tracks it as any other), or ``SLOW``
-# to have ``handle_request`` take it (it must not have done anything then).
-# It must not raise: what can fail is decided before, or inside the result.
+# Answers a request from its params (an object without ``_meta``: no progress
+# token) and the session alone, without an ``IncomingRequest``: a result dict,
+# a Deferred or coroutine of one (the session then tracks it as any other), or
+# ``SLOW`` to have ``handle_request`` take it (it must not have done anything
+# then). Asked only for handshake-era requests outside batches, once the
+# session's own checks passed. It should not raise (an exception becomes an
+# internal error): what can fail is decided before, or inside the result.
 QuickHandler = Callable[[dict[str, Any], "Session"], Any]
 SLOW: Any = object()
 
@@ -387,7 +391,7 @@ class Session:
         self.max_message_size = max_message_size
         self.max_batch_size = max_batch_size
         self.flow = flow
-        self._quick: dict[str, QuickHandler] = getattr(handler, "quick", None) or {}
+        self._quick: dict[str, QuickHandler] = (getattr(handler, "quick", None) or {}) if self._server else {}
         # Set by a transport whose requests have streams of their own
         # (Streamable HTTP): ends one request's stream early (SEP-1699).
         self.stream_closer: Callable[[RequestId], object] | None = None
@@ -447,10 +451,29 @@ class Session:
 
     def receive(self, text: bytes | str) -> None:
         """Handle one JSON text from the peer (a message or a batch)."""
-        if self.state is _CLOSED:
+        state = self.state
+        if state is _CLOSED:
             return
         try:
-            message = jsonrpc.parse(text)
+            try:
+                obj = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise jsonrpc.parse_error() from None
+            if type(obj) is dict and state is _READY and self._quick and self._era.era is _HANDSHAKE:
+                # The common request in one step: a well-formed handshake-era
+                # request (as decode and _on_request would find it) that the
+                # quick table takes, with its id free and a slot for it.
+                # Anything else, refusals included, goes the long way below.
+                method: Any = obj.get("method")
+                request_id, params = obj.get("id"), obj.get("params")
+                quick = self._quick.get(method) if type(method) is str else None
+                if (quick is not None and type(params) is dict and "_meta" not in params
+                        and (type(request_id) is int or type(request_id) is str)
+                        and obj.get("jsonrpc") == "2.0" and request_id not in self._incoming
+                        and len(self._incoming) + self._held < self.max_in_flight
+                        and self._answer_quickly(quick, request_id, method, params)):
+                    return
+            message = jsonrpc.decode(obj)
         except MessageError as e:
             log.debug("Refused message: {error}", error=e.message)
             self._write(jsonrpc.error_response(e.request_id, e), e.request_id, answer=True)
@@ -556,9 +579,10 @@ class Session:
             error = invalid_params("MCP requests take params as an object, not an array")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
-        if modern is None and batch is None:
+        params = message.params
+        if modern is None and batch is None and type(params) is dict and "_meta" not in params:
             quick = self._quick.get(method)
-            if quick is not None and self._answer_quickly(quick, message):
+            if quick is not None and self._answer_quickly(quick, message.id, method, params):
                 return
         request = IncomingRequest(self, message, batch, modern)
         if self.observer is not None:
@@ -573,7 +597,7 @@ class Session:
             return
         self._track(request, result)
 
-    def _answer_quickly(self, quick: QuickHandler, message: Request) -> bool:
+    def _answer_quickly(self, quick: QuickHandler, request_id: RequestId, method: str, params: Any) -> bool:
         """Answer through the handler's quick table; False if it declined.
 
         A quick handler cannot see the request (no context, no progress
@@ -582,22 +606,21 @@ class Session:
         """
         started = self.clock.seconds() if self.observer is not None else 0.0
         try:
-            result = quick(message.params, self)
+            result = quick(params, self)
         except Exception:
             result = fail()
         if result is SLOW:
             return False
         if type(result) is not dict:  # a Deferred or a coroutine: tracked as any other
-            request = IncomingRequest(self, message, None)
+            request = IncomingRequest(self, Request(request_id, method, params), None)
             request.started = started
-            self._incoming[message.id] = request
+            self._incoming[request_id] = request
             self._track(request, result)
             return True
-        request_id = message.id
-        self._answer(request_id, message.method, None, {"jsonrpc": "2.0", "id": request_id, "result": result})
+        self._answer(request_id, method, None, {"jsonrpc": "2.0", "id": request_id, "result": result})
         if self.observer is not None:
             try:
-                self.observer(message.method, _outcome(result), self.clock.seconds() - started)
+                self.observer(method, _outcome(result), self.clock.seconds() - started)
             except Exception:
                 log.failure("Request observer raised")
         return True

@@ -580,6 +580,21 @@ def test_quick_handlers_are_not_asked_in_a_batch_or_by_2026_07_28_requests() -> 
     assert asked == []
 
 
+def test_the_quick_path_leaves_every_check_to_the_long_way() -> None:
+    peer = quick_peer(lambda params, session: Deferred(), max_in_flight=1)
+    peer.send({"jsonrpc": "2.0", "id": 1, "method": "fast", "params": {"_meta": {"progressToken": 1}}})
+    assert result(peer.take()[0]) == {"slow": True}  # _meta: handle_request
+    peer.send({"jsonrpc": "1.0", "id": 2, "method": "fast", "params": {}})
+    peer.send({"jsonrpc": "2.0", "id": True, "method": "fast", "params": {}})
+    peer.send({"jsonrpc": "2.0", "id": 3, "method": "fast", "params": [1]})
+    assert [error_code(reply) for reply in peer.take()] == [INVALID_REQUEST, INVALID_REQUEST, INVALID_PARAMS]
+    peer.send({"jsonrpc": "2.0", "id": 4, "method": "fast", "params": {}})  # takes the one slot
+    peer.send({"jsonrpc": "2.0", "id": 5, "method": "fast", "params": {}})
+    (busy,) = peer.take()
+    assert busy["id"] == 5 and error_code(busy) == SERVER_BUSY
+    assert [request.id for request in peer.handler.requests] == [1]
+
+
 def test_a_raising_quick_handler_still_answers_once_with_an_internal_error(events: list[Any]) -> None:
     def broken(params: dict[str, Any], session: Any) -> Any:
         raise ZeroDivisionError("oops")

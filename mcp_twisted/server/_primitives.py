@@ -125,6 +125,8 @@ class Tool:
             # must reach the session as a failed Deferred, not as a result.
             outcome = self._failed(Failure(e))
             return fail(outcome) if isinstance(outcome, Failure) else outcome
+        if type(result) is str and self.signature.output_adapter is None:
+            return {"content": [{"type": "text", "text": result}]}  # the commonest result, in one step
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
             d = as_deferred(result)
             return d.addCallbacks(self._shape, self._failed, (version,))

@@ -539,12 +539,10 @@ class MCPServer:
         context = self._context(request, tool.signature.context_parameter)
         return tool.call(arguments, context, request.protocol_version)
 
-    def _quick_call_tool(self, params: dict[str, Any] | None, session: Session) -> Any:
-        """``tools/call`` of a tool that needs no context and no scopes, with
-        no ``_meta``: what ``_call_tool`` does for it, minus the request.
-        Anything else, errors included, goes the long way."""
-        if params is None or "_meta" in params:
-            return SLOW
+    def _quick_call_tool(self, params: dict[str, Any], session: Session) -> Any:
+        """``tools/call`` of a tool that needs no context and no scopes: what
+        ``_call_tool`` does for it, minus the request. Anything else, errors
+        included, goes the long way."""
         name = params.get("name")
         tool = self._tools.get(name) if type(name) is str else None
         if tool is None or not tool.quick:
