@@ -17,7 +17,10 @@ over ``--rounds`` rounds of ``--calls`` calls each. ``--callgrind`` runs
 each server under ``valgrind --tool=callgrind`` twice, with ``--calls`` and
 with a quarter of it, and prints the difference of the instruction counts
 divided by the difference of the calls: start-up cancels out, and the count
-is the same on every run whatever else the machine does.
+is the same on every run whatever else the machine does (a fixed
+``PYTHONHASHSEED``, and one run without valgrind first so that no module is
+compiled inside a counted run: that had added up to ~3,000 instructions a
+call to the first measurement after an edit).
 """
 
 from __future__ import annotations
@@ -111,14 +114,21 @@ def callgrind(name: str, args: argparse.Namespace) -> float:
     """Instructions per call: two runs under callgrind, ``--calls`` and a quarter of it."""
     counts = []
     lengths = (args.calls, args.calls // 4)
+    script = [sys.executable, __file__, "--servers", name, "--rounds", "1", "--payload", str(args.payload),
+              "--batch", str(args.batch), *(["--tree", args.tree] if args.tree else [])]
+    # One fixed hash seed: str hashes (and so dict and set probing) are the
+    # same in both runs and from one invocation to the next.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    # Once without valgrind first, so that no module is compiled (and its
+    # .pyc written) inside a counted run: a file changed since the last run
+    # would add its compilation to the first run's count only.
+    subprocess.run([*script, "--calls", "1"], check=True, capture_output=True, env=env)
     with tempfile.TemporaryDirectory(prefix="callgrind-") as directory:
         for calls in lengths:
             out = os.path.join(directory, f"{calls}.out")
-            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-                       __file__, "--servers", name, "--rounds", "1", "--calls", str(calls),
-                       "--payload", str(args.payload), "--batch", str(args.batch),
-                       *(["--tree", args.tree] if args.tree else [])]
-            subprocess.run(command, check=True, capture_output=True)
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *script,
+                       "--calls", str(calls)]
+            subprocess.run(command, check=True, capture_output=True, env=env)
             with open(out) as f:
                 summary = next(line for line in f if line.startswith("summary:"))
             counts.append(int(summary.split()[1]))

@@ -95,6 +95,11 @@ DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
 log = Logger()
 
+# Autobahn's connection states, as module names: a class attribute costs a
+# lookup through the class and its bases on every read and send.
+_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSED = WebSocketProtocol.STATE_CLOSED
+
 def tls_failure_text(error: SSL.Error) -> str:
     """``"http request"`` from ``[('SSL routines', '', 'http request')]``."""
     reasons = error.args[0] if error.args and isinstance(error.args[0], list) else []
@@ -310,7 +315,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
                 return
         if self._head is not None:
             self._read_head(data)
-        elif self.state != WebSocketProtocol.STATE_CLOSED:
+        elif self.state != _CLOSED:
             self._dataReceived(data)
         # Closed (refused, or after the close handshake): Autobahn would keep
         # appending what the peer sends until the TCP connection ends.
@@ -484,21 +489,25 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
     def onSessionReady(self) -> None:
         """The MCP handshake finished; override to react (call ``super()``)."""
 
-    def onMessageBegin(self, isBinary: bool) -> None:
-        super().onMessageBegin(isBinary)
-        self._fragments = 0
-
-    def onMessageFrameBegin(self, length: int) -> None:
+    def _onMessageFrameBegin(self, length: int) -> None:
+        # Autobahn's Twisted adapter calls this for each data frame and it
+        # calls onMessageFrameBegin: counting here instead of in overrides of
+        # onMessageBegin and onMessageFrameBegin (and their super() calls)
+        # costs no call of its own. A message's first frame has its type as
+        # opcode, the frames after it have 0 (continuation).
         # Every fragment counts, even an empty one: each costs memory to keep
         # until the message is complete, whatever its payload size.
-        self._fragments += 1
-        if self._fragments > self.factory.max_fragments and not self.failedByMe:
+        if self.current_frame.opcode:
+            self._fragments = fragments = 1
+        else:
+            self._fragments = fragments = self._fragments + 1
+        if fragments > self.factory.max_fragments and not self.failedByMe:
             log.info("Closing {peer}: message in over {limit} fragments", peer=self.peer,
                      limit=self.factory.max_fragments)
             # Autobahn's own path for limits: close frame, then ignore the rest.
             self._fail_connection(CLOSE_MESSAGE_TOO_BIG, "message in too many fragments")
             return
-        super().onMessageFrameBegin(length)
+        self.onMessageFrameBegin(length)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -512,13 +521,23 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
                 self._backlog = deque()
             self._backlog.append(payload)
             return
-        self._receive(payload)
+        # What _receive does, without a call of its own.
+        session = self.session
+        assert session is not None  # made in onOpen, before any message
+        session.receive(payload)
+        if not self._ready_announced:
+            self._check_ready(session)
 
     def _receive(self, payload: bytes) -> None:
         session = self.session
         assert session is not None  # made in onOpen, before any message
         session.receive(payload)
-        if not self._ready_announced and session.state is State.READY:
+        if not self._ready_announced:
+            self._check_ready(session)
+
+    def _check_ready(self, session: Session) -> None:
+        """Announce the session ready (once) when it has become so."""
+        if session.state is State.READY:
             self._ready_announced = True
             if self._init_timer is not None:
                 self._init_timer.cancel()
@@ -533,7 +552,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         # One connection is one stream: which request a message belongs to
         # does not matter here. A handler may finish after the peer started
         # closing; drop the answer then.
-        if self.state == WebSocketProtocol.STATE_OPEN:
+        if self.state == _OPEN:
             self.sendMessage(data)
             if self._metrics is not None:
                 self._metrics.messages_sent.inc()

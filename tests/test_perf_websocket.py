@@ -177,3 +177,78 @@ def test_a_function_option_is_called_as_given():
     served.setProtocolOptions(perMessageCompressionAccept=lambda offered: offers.append(offered))
     protocol, _ = connect(served)
     assert protocol.perMessageCompressionAccept([1]) is None and offers == [[1]]
+
+
+def fragments(payload: bytes, sizes: list[int]) -> list[bytes]:
+    """A text message cut into masked frames (mask zero) of these sizes."""
+    assert sum(sizes) == len(payload) and max(sizes) < 126
+    out, start = [], 0
+    for n, size in enumerate(sizes):
+        head = (0x80 if n == len(sizes) - 1 else 0) | (0x1 if n == 0 else 0x0)
+        out.append(bytes((head, 0x80 | size)) + b"\0\0\0\0" + payload[start:start + size])
+        start += size
+    return out
+
+
+def close_code(written: bytes) -> int | None:
+    """The code of the close frame the server wrote, if any."""
+    at = written.find(b"\x88")
+    return int.from_bytes(written[at + 2:at + 4], "big") if at >= 0 else None
+
+
+PING = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+PONG = b'\x81${"jsonrpc":"2.0","id":1,"result":{}}'
+
+
+def test_fragments_are_counted_per_message_up_to_the_limit():
+    protocol, transport = connect(factory(max_fragments=4))
+    # Four fragments (one empty): fine, and the count starts again with each message.
+    for _ in range(3):
+        protocol.dataReceived(b"".join(fragments(PING, [5, 0, 10, len(PING) - 15])))
+        assert transport.value() == PONG
+        transport.clear()
+    # Nor is a WebSocket ping between them a fragment.
+    first, *rest = fragments(PING, [5, 0, 10, len(PING) - 15])
+    protocol.dataReceived(first + b"\x89\x80\0\0\0\0" + b"".join(rest))
+    assert transport.value() == b"\x8a\x00" + PONG
+    transport.clear()
+    # A fifth one, even empty, closes with 1009 and the message is dropped.
+    protocol.dataReceived(b"".join(fragments(PING, [5, 0, 10, 0, len(PING) - 15])))
+    assert close_code(transport.value()) == 1009 and b'"result"' not in transport.value()
+
+
+def test_a_fragment_limit_of_zero_refuses_every_message():
+    protocol = factory(max_fragments=0).buildProtocol(PEER)
+    transport = Transport(hostAddress=HOST, peerAddress=PEER)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(UPGRADE)
+    transport.clear()
+    protocol.dataReceived(frame({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+    assert close_code(transport.value()) == 1009 and b'"result"' not in transport.value()
+
+
+def test_subclass_hooks_for_messages_fragments_and_readiness_are_called():
+    seen: list[object] = []
+
+    class Custom(MCPServerProtocol):
+        def onMessageBegin(self, isBinary: bool) -> None:
+            seen.append(("begin", isBinary))
+            super().onMessageBegin(isBinary)
+
+        def onMessageFrameBegin(self, length: int) -> None:
+            seen.append(length)
+            super().onMessageFrameBegin(length)
+
+        def onSessionReady(self) -> None:
+            seen.append("ready")
+            super().onSessionReady()
+
+    served = factory(max_fragments=2)
+    served.protocol = Custom
+    protocol, transport = connect(served)
+    assert seen.count("ready") == 1 and seen[-1] == "ready"
+    seen.clear()
+    protocol.dataReceived(b"".join(fragments(PING, [5, len(PING) - 5])))
+    assert seen == [("begin", False), 5, len(PING) - 5] and transport.value() == PONG
+    protocol.dataReceived(frame({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+    assert "ready" not in seen  # announced once
