@@ -1233,18 +1233,63 @@ def _default_connection_cap(sessions: int) -> int:
 
 
 class _Channel(http.HTTPChannel):
-    """An HTTP/1.1 connection, counted by its site while it serves HTTP."""
+    """An HTTP/1.1 connection, counted by its site while it serves HTTP.
+
+    Its idle timeout (``timeOut``, the site's ``timeout``) is one timer that
+    checks a deadline when it fires and is armed again for what is left:
+    Twisted's ``TimeoutMixin`` cancels its timer as each request begins and
+    makes a new one as it ends, two reactor calls a request.
+    """
 
     site: MCPSite  # set by Site.buildProtocol before the connection is made
     on_loopback: bool | None = None  # whether the listener's address is a loopback one (admission)
+    _idle_call: IDelayedCall | None = None
+    _idle_deadline = 0.0
 
     def connectionMade(self) -> None:
+        self._clock: IReactorTime = self.site.reactor  # whose callLater HTTPFactory.buildProtocol gave
         super().connectionMade()  # type: ignore[no-untyped-call]  # mypy#16653
         self.site.connections.add(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # Twisted's own is untyped
         self.site.connections.discard(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # mypy#16653
+        self.stop_idle_timer()
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """``TimeoutMixin.setTimeout``: None while a request is handled (the
+        timer then lapses unanswered), the idle timeout again after it."""
+        previous = self.timeOut
+        self.timeOut = period  # type: ignore[assignment]  # seconds, as MCPSite's timeout: a float
+        if period is not None:
+            self._idle_deadline = deadline = self._clock.seconds() + period
+            call = self._idle_call
+            if call is None:
+                self._idle_call = self.callLater(period, self._idle_expired)  # type: ignore[no-untyped-call]
+            elif call.getTime() > deadline:
+                call.reset(period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self._idle_call is not None and self.timeOut is not None:
+            self._idle_deadline = self._clock.seconds() + self.timeOut
+
+    def _idle_expired(self) -> None:
+        self._idle_call = None
+        if self.timeOut is None:
+            return  # a request is being handled; setTimeout arms the timer again after it
+        left = self._idle_deadline - self._clock.seconds()
+        if left > 0:
+            self._idle_call = self.callLater(left, self._idle_expired)  # type: ignore[no-untyped-call]
+        else:
+            self.timeoutConnection()  # type: ignore[no-untyped-call]  # mypy#16653
+
+    def stop_idle_timer(self) -> None:
+        """No idle timeout any more (the connection is gone, or is not HTTP's any more)."""
+        self.timeOut = None
+        call, self._idle_call = self._idle_call, None
+        if call is not None and call.active():
+            call.cancel()
 
 
 class MCPSite(server.Site):
@@ -1346,6 +1391,7 @@ class _Dispatcher(Resource):
             channel = request.channel
             if channel.transport is None and isinstance(channel, _Channel):
                 channel.site.connections.discard(channel)  # a WebSocket session now, under the session cap
+                channel.stop_idle_timer()
             return answer  # type: ignore[no-any-return]
         if self.http is not None:
             return self.http.render(request)
