@@ -749,8 +749,42 @@ class BoundedRequest(server.Request):
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self.refused:
+        if self.refused:
+            return
+        if getattr(self, "_parsePOSTFormSubmission", True):
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # mypy#16653
+            return
+        # http.Request.requestReceived without form parsing (MCPSite's): the
+        # body's length and Content-Type it looks up serve only that.
+        assert self.content is not None  # gotLength made it
+        self.content.seek(0, 0)
+        self.args = {}
+        self.method, self.uri = command, path
+        self.clientproto = version
+        parts = path.split(b"?", 1)
+        if len(parts) == 1:
+            self.path = path
+        else:
+            self.path, query = parts
+            self.args = http.parse_qs(query, 1)
+        self.process()
+
+    # server.Request.process sets postpath, which only resource traversal
+    # reads: the dispatcher is a leaf, so it is made when first asked for.
+    _postpath: list[bytes] | None = None
+    _postpath_due = False
+
+    @property
+    def postpath(self) -> list[bytes] | None:
+        if self._postpath_due:
+            self._postpath_due = False
+            self._postpath = list(map(unquote, self.path[1:].split(b"/")))
+        return self._postpath
+
+    @postpath.setter
+    def postpath(self, value: list[bytes] | None) -> None:
+        self._postpath_due = False
+        self._postpath = value
 
     def process(self) -> None:
         """``server.Request.process`` with this server's name in the Server
@@ -764,7 +798,7 @@ class BoundedRequest(server.Request):
         raw[_SERVER] = [SERVER_NAME]
         raw[_DATE] = [_Date.now()]
         self.prepath = []
-        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        self._postpath_due = True
         try:
             found = site.getResourceFor(self)
             if web_resource._IEncodingResource.providedBy(found):
