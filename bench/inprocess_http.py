@@ -9,19 +9,28 @@ measures the whole.
     python bench/inprocess_http.py --tool echo_progress   # SSE answers
     python bench/inprocess_http.py --tree /tmp/patched    # mcp_twisted/ from another copy
     python bench/inprocess_http.py --profile              # cProfile of mcp-twisted, by own time
+    python bench/inprocess_http.py --callgrind            # instructions per request (valgrind)
 
 Prints CPU µs per request (``time.process_time``), the least and the median
-over ``--rounds`` rounds of ``--requests`` requests each.
+over ``--rounds`` rounds of ``--requests`` requests each. ``--callgrind``
+runs each server under ``valgrind --tool=callgrind`` twice, with
+``--requests`` and with a quarter of it, and prints the difference of the
+instruction counts divided by the difference of the requests: start-up
+cancels out, and with a fixed hash seed the count is the same on every run
+(within a few hundred) whatever else the machine does.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +98,25 @@ def measure(call: Callable[[int], bytes], rounds: int, requests: int) -> list[fl
     return costs
 
 
+def callgrind(name: str, args: argparse.Namespace) -> float:
+    """Instructions per request: two runs under callgrind, ``--requests`` and a quarter of it."""
+    counts = []
+    lengths = (args.requests, args.requests // 4)
+    with tempfile.TemporaryDirectory(prefix="callgrind-") as directory:
+        for requests in lengths:
+            out = os.path.join(directory, f"{requests}.out")
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+                       __file__, "--servers", name, "--tool", args.tool, "--rounds", "1",
+                       "--requests", str(requests), *(["--tree", args.tree] if args.tree else [])]
+            # A fixed hash seed: dict and set layouts, and so the count, the same on every run.
+            subprocess.run(command, check=True, capture_output=True,
+                           env={**os.environ, "PYTHONHASHSEED": "0"})
+            with open(out) as f:
+                summary = next(line for line in f if line.startswith("summary:"))
+            counts.append(int(summary.split()[1]))
+    return (counts[0] - counts[1]) / (lengths[0] - lengths[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,6 +126,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=5000, help="per round")
     parser.add_argument("--profile", action="store_true", help="cProfile mcp-twisted instead")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind")
     args = parser.parse_args()
     if args.profile:
         call = client(make_site("mcp_twisted", args.tree), args.tool)
@@ -106,6 +135,10 @@ def main() -> None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(40)
         return
     for name in args.servers.split(","):
+        if args.callgrind:
+            count = callgrind(name, args)
+            print(f"{name:<12} {args.tool:<14} instructions/request: {count:,.0f}", flush=True)
+            continue
         costs = measure(client(make_site(name, args.tree), args.tool), args.rounds, args.requests)
         print(f"{name:<12} {args.tool:<14} CPU µs/request: least {min(costs):.1f}, "
               f"median {statistics.median(costs):.1f} ({', '.join(f'{c:.1f}' for c in costs)})")

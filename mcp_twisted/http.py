@@ -26,10 +26,12 @@ import io
 import re
 import resource
 import secrets
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
@@ -37,6 +39,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web import resource as web_resource
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
@@ -78,13 +82,80 @@ log = Logger()
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
-_SESSION, _VERSION = SESSION_HEADER.lower().encode(), VERSION_HEADER.lower().encode()  # _Head keys
 # Priming events (an id and empty data, so the client has something to
 # resume from at once) came with 2025-11-25; older clients may choke on them.
 PRIMING_SINCE = "2025-11-25"
 STANDALONE = "0"  # the stream id of the GET stream
+SERVER_NAME = b"mcp-twisted"  # the Server header, not Twisted's name and version
 # What ends the POST of a request its client cancelled (LSP's RequestCancelled).
 REQUEST_CANCELLED = -32800
+
+
+# -- twisted.web's header store, used directly on the hot path -----------------
+#
+# Each Request.setHeader encodes and canonicalises the name and sanitises the
+# value, and each getRawHeaders encodes the name again: about six times a
+# request for names and values this module makes itself (constants, session
+# ids, lengths). Headers keeps every name under one key, whatever its case
+# (Header-Case in recent Twisted releases, lower case in old ones): that key is
+# learnt once per name from Headers itself, and the dict is used directly if
+# setting a header through the API and storing it under that key leave the
+# same state. Anything a client sent (an Origin echoed back, a refusal's
+# headers) still goes through setHeader.
+
+def _header_key(name: bytes) -> bytes | None:
+    """The key ``Headers`` stores ``name`` under in any case, or None if it
+    stores them otherwise than as one key holding the list of values."""
+    keys: set[bytes] = set()
+    for variant in (name.lower(), name.upper(), name.title()):
+        for add in (False, True):
+            headers = Headers()
+            if add:
+                headers.addRawHeader(variant, b"v")
+            else:
+                headers.setRawHeaders(variant, [b"v"])
+            raw = getattr(headers, "_rawHeaders", None)
+            if type(raw) is not dict or len(raw) != 1 or list(raw.values()) != [[b"v"]]:
+                return None
+            keys.update(raw)
+    return keys.pop() if len(keys) == 1 else None
+
+
+_NAMES = (b"accept", b"access-control-request-headers", b"authorization", b"cache-control", b"content-length",
+          b"content-type", b"date", b"host", b"last-event-id", b"mcp-protocol-version", b"mcp-session-id",
+          b"origin", b"server", b"x-accel-buffering")
+_KEYS = {name: _header_key(name) for name in _NAMES}
+_RAW = None not in _KEYS.values()  # else: Headers' API, and _Head by lower-case names
+if not _RAW:
+    _KEYS = {name: name for name in _NAMES}
+_ACCEPT, _AC_REQUEST_HEADERS, _AUTHORIZATION, _CACHE_CONTROL, _CONTENT_LENGTH, _CONTENT_TYPE, _DATE, _HOST, \
+    _LAST_EVENT_ID, _VERSION, _SESSION, _ORIGIN, _SERVER, _X_ACCEL_BUFFERING = (
+        cast(bytes, _KEYS[name]) for name in _NAMES)
+
+
+def _put(request: server.Request, key: bytes, value: bytes) -> None:
+    """``request.setHeader`` for a name of ``_NAMES`` (by its key) and a value
+    made here, which needs no sanitising (no line breaks)."""
+    if _RAW:
+        request.responseHeaders._rawHeaders[key] = [value]
+    else:
+        request.setHeader(key, value)
+
+
+class _Date:
+    """The Date header, made once a second (as ``http.datetimeToString()``,
+    whose time.gmtime and formatting cost more than the rest of a header)."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def now(cls) -> bytes:
+        second = int(time.time())
+        if second != cls.second:
+            cls.value = http.datetimeToString(second)
+            cls.second = second
+        return cls.value
 
 
 @dataclass
@@ -149,12 +220,14 @@ class EventStore:
 
     def add(self, stream: str, data: bytes) -> str:
         """Keep an event; returns its id."""
-        self._sequence += 1
-        self._events.append((self._sequence, stream, data, self.clock.seconds()))
-        self._bytes += len(data)
-        self.budget.used += len(data)
-        self._trim()
-        return f"{stream}.{self._sequence}"
+        self._sequence = sequence = self._sequence + 1
+        now = self.clock.seconds()
+        size = len(data)
+        self._events.append((sequence, stream, data, now))
+        self._bytes += size
+        self.budget.used += size
+        self._trim(now)
+        return f"{stream}.{sequence}"
 
     def reserve(self, stream: str) -> str:
         """An id for an event that is not kept (a priming event: replaying it
@@ -162,11 +235,13 @@ class EventStore:
         self._sequence += 1
         return f"{stream}.{self._sequence}"
 
-    def _trim(self) -> None:
+    def _trim(self, now: float | None = None) -> None:
         events = self._events
-        now = self.clock.seconds()
+        if now is None:
+            now = self.clock.seconds()
+        budget = self.budget
         while events and (len(events) > self.max_events or self._bytes > self.max_bytes
-                          or events[0][3] <= now - self.ttl or self.budget.over):
+                          or events[0][3] <= now - self.ttl or budget.used > budget.limit):
             sequence, _, data, _ = events.popleft()
             self._dropped_upto = sequence
             size = len(data)
@@ -204,14 +279,16 @@ class EventStore:
         return stream, [(f"{s}.{n}", data) for n, s, data, _ in self._events if s == stream and n > sequence]
 
 
-def _sse_head(request: server.Request, session_id: str) -> None:
-    request.setHeader(b"Content-Type", b"text/event-stream")
-    request.setHeader(b"Cache-Control", b"no-cache, no-transform")
-    request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: do not buffer the stream
-    request.setHeader(b"Mcp-Session-Id", session_id.encode())
+def _sse_head(request: server.Request, session_id: bytes) -> None:
+    _put(request, _CONTENT_TYPE, b"text/event-stream")
+    _put(request, _CACHE_CONTROL, b"no-cache, no-transform")
+    _put(request, _X_ACCEL_BUFFERING, b"no")  # nginx: do not buffer the stream
+    _put(request, _SESSION, session_id)
 
 
 def _event(event_id: str | None, data: bytes, retry_ms: int | None = None) -> bytes:
+    if retry_ms is None and event_id is not None:  # the usual event
+        return b"id: %s\ndata: %s\n\n" % (event_id.encode(), data)
     lines = []
     if event_id is not None:
         lines.append(b"id: " + event_id.encode())
@@ -232,7 +309,7 @@ class SSEStream:
         self.open = True
         self.paused = False
         self._stalled: IDelayedCall | None = None
-        _sse_head(request, http_session.id)
+        _sse_head(request, http_session.id_header)
         request.registerProducer(self, True)
         request.write(b"")  # the head now: a stream with nothing to say yet is still open
         self._keepalive: LoopingCall | None = None
@@ -352,6 +429,7 @@ class HTTPSession:
     def __init__(self, resource: MCPHTTPResource, identity: Any, peer: str) -> None:
         self.resource = resource
         self.id = secrets.token_hex(16)  # 128 random bits, visible ASCII
+        self.id_header = self.id.encode()
         self.identity = identity
         settings = resource.settings
         clock = resource.host.clock
@@ -390,15 +468,15 @@ class HTTPSession:
                 exchange.sse.finish()
             elif exchange.pending is not None and exchange.request is not None:
                 # The whole stream within render(): one body, no chunking.
-                _sse_head(exchange.request, self.id)
+                _sse_head(exchange.request, self.id_header)
                 exchange.sync_body = b"".join(exchange.pending)
             self._touch()  # its client may have left: nothing else restarts the timer
 
     def _answer_json(self, exchange: Exchange, data: bytes) -> None:
         request = exchange.request
         assert request is not None
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Mcp-Session-Id", self.id.encode())
+        _put(request, _CONTENT_TYPE, b"application/json")
+        _put(request, _SESSION, self.id_header)
         if exchange.sync_body is None and not request.startedWriting:
             if getattr(request, "_rendering", False):
                 exchange.sync_body = data  # render() returns it
@@ -473,7 +551,10 @@ class HTTPSession:
         exchange = Exchange(request, ids, str(self._stream_numbers), batch)
         for request_id in exchange.ids:
             self.exchanges[request_id] = exchange
-        self._touch()  # a running request holds the session open
+        # A running request holds the session open (_check_idle), and its end
+        # notes the activity (route): the timer only needs to be armed.
+        if self._expiry is None:
+            self._touch()
         return exchange
 
     def watch_open(self, exchange: Exchange) -> None:
@@ -646,15 +727,11 @@ class BoundedRequest(server.Request):
 
     refused = False
 
-    @property
-    def _limit(self) -> int:
-        site: MCPSite = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
-        return site.max_body_size
-
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()
         self._received = 0
-        limit = self._limit
+        site: MCPSite = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
+        self._limit = limit = site.max_body_size
         if length is not None and length > limit:
             # Twisted answers "Expect: 100-continue" after this call: drop the
             # header, or "100 Continue" would follow the 413 on the wire.
@@ -664,16 +741,73 @@ class BoundedRequest(server.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self.refused:
             return
-        self._received += len(data)
-        if self._received > self._limit:
+        self._received = received = self._received + len(data)
+        if received > self._limit:
             self._refuse(self._limit)
             return
         assert self.content is not None  # gotLength made it
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self.refused:
+        if self.refused:
+            return
+        if getattr(self, "_parsePOSTFormSubmission", True):
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # mypy#16653
+            return
+        # http.Request.requestReceived without form parsing (MCPSite's): the
+        # body's length and Content-Type it looks up serve only that.
+        assert self.content is not None  # gotLength made it
+        self.content.seek(0, 0)
+        self.args = {}
+        self.method, self.uri = command, path
+        self.clientproto = version
+        parts = path.split(b"?", 1)
+        if len(parts) == 1:
+            self.path = path
+        else:
+            self.path, query = parts
+            self.args = http.parse_qs(query, 1)
+        self.process()
+
+    # server.Request.process sets postpath, which only resource traversal
+    # reads: the dispatcher is a leaf, so it is made when first asked for.
+    _postpath: list[bytes] | None = None
+    _postpath_due = False
+
+    @property
+    def postpath(self) -> list[bytes] | None:
+        if self._postpath_due:
+            self._postpath_due = False
+            self._postpath = list(map(unquote, self.path[1:].split(b"/")))
+        return self._postpath
+
+    @postpath.setter
+    def postpath(self, value: list[bytes] | None) -> None:
+        self._postpath_due = False
+        self._postpath = value
+
+    def process(self) -> None:
+        """``server.Request.process`` with this server's name in the Server
+        header at once (not Twisted's, replaced later) and the Date of this
+        second (made once a second)."""
+        if not _RAW or self.path == b"*":
+            super().process()  # type: ignore[no-untyped-call]  # mypy#16653
+            return
+        self.site = site = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
+        raw = self.responseHeaders._rawHeaders
+        raw[_SERVER] = [SERVER_NAME]
+        raw[_DATE] = [_Date.now()]
+        self.prepath = []
+        self._postpath_due = True
+        try:
+            found = site.getResourceFor(self)
+            if web_resource._IEncodingResource.providedBy(found):
+                encoder = found.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(found)  # type: ignore[no-untyped-call]  # mypy#16653
+        except BaseException:
+            self.processingFailed(Failure())  # type: ignore[no-untyped-call]  # mypy#16653
 
     def _refuse(self, limit: int) -> None:
         self.refused = True
@@ -689,13 +823,18 @@ class BoundedRequest(server.Request):
 
 
 class _Head:
-    """A request's headers, read once: each lookup through twisted.web's
-    ``Headers`` encodes the name again, and a POST needs about ten."""
+    """A request's headers by their ``Headers`` keys (``_KEYS``): each lookup
+    through twisted.web's API encodes the name again, and a POST needs about
+    ten."""
 
     __slots__ = ("_values",)
 
     def __init__(self, request: server.Request) -> None:
-        self._values = {name.lower(): values for name, values in request.requestHeaders.getAllRawHeaders()}
+        if _RAW:
+            self._values: Mapping[bytes, list[bytes]] = request.requestHeaders._rawHeaders
+        else:
+            self._values = {name.lower(): list(values)
+                            for name, values in request.requestHeaders.getAllRawHeaders()}
 
     def __call__(self, name: bytes) -> str | None:
         """The last value of a header (as ``Request.getHeader``), or None."""
@@ -847,7 +986,7 @@ class MCPHTTPResource(Resource):
     def _render_admitted(
         self, request: server.Request, handler: Any, head: _Head, identity: Any
     ) -> bytes | int:
-        origin = head(b"origin")
+        origin = head(_ORIGIN)
         if origin is not None:
             _allow_origin(request, origin)
         request._rendering = True  # type: ignore[attr-defined]
@@ -857,9 +996,9 @@ class MCPHTTPResource(Resource):
             request._rendering = False  # type: ignore[attr-defined]
 
     def _refused(self, request: server.Request, head: _Head, refusal: Refusal) -> bytes:
-        origin = head(b"origin")
+        origin = head(_ORIGIN)
         log.info("Refused {peer} ({reason}): HTTP {code}", peer=self._peer(request), reason=refusal.reason,
-                 code=refusal.status, host=head(b"host"), origin=origin, path=request.path.decode("latin-1"))
+                 code=refusal.status, host=head(_HOST), origin=origin, path=request.path.decode("latin-1"))
         if origin is not None and refusal.reason in _AFTER_ORIGIN:  # the Origin passed: the page may read why
             _allow_origin(request, origin)
         return _plain(request, refusal.status, refusal.text, refusal.headers)
@@ -880,13 +1019,19 @@ class MCPHTTPResource(Resource):
         _finish_with(request, self._refused(request, head, refusal))
 
     def _admission_request(self, request: server.Request, head: _Head, credentials: bool) -> AdmissionRequest:
+        channel = request.channel
+        on_loopback = getattr(channel, "on_loopback", None)  # the listener's, known from the first request
+        if on_loopback is None:
+            on_loopback = listener_is_loopback(request.getHost())
+            if isinstance(channel, _Channel):
+                channel.on_loopback = on_loopback
         return AdmissionRequest(
             path=request.path.decode("latin-1"),
-            host=head(b"host") or "",
-            origin=head(b"origin"),
-            authorization=head(b"authorization"),
-            on_loopback=listener_is_loopback(request.getHost()),
-            tls_transport=request.channel.transport,
+            host=head(_HOST) or "",
+            origin=head(_ORIGIN),
+            authorization=head(_AUTHORIZATION),
+            on_loopback=on_loopback,
+            tls_transport=channel.transport,
             opens_session=request.method == b"POST" and not head(_SESSION),
             credentials=credentials,
         )
@@ -895,8 +1040,8 @@ class MCPHTTPResource(Resource):
         """OPTIONS: the CORS preflight of a browser page on an admitted origin
         (a web-based MCP client), or a plain list of the methods."""
         request.setHeader(b"Allow", _ALLOW)
-        if head(b"origin") is not None:
-            asked = head.joined(b"access-control-request-headers").lower().split(",")
+        if head(_ORIGIN) is not None:
+            asked = head.joined(_AC_REQUEST_HEADERS).lower().split(",")
             # Mcp-Param-* names depend on the tools (2026-07-28 routing headers).
             params = {name.strip() for name in asked if _PARAM_HEADER.fullmatch(name.strip())}
             request.setHeader(b"Access-Control-Allow-Methods", _CORS_METHODS)
@@ -905,9 +1050,11 @@ class MCPHTTPResource(Resource):
         request.setResponseCode(204)
         return b""
 
-    def _session(self, request: server.Request, identity: Any, head: _Head) -> HTTPSession | bytes:
-        """The request's session, or the error body to answer with."""
-        session_id = head(_SESSION)
+    def _session(
+        self, request: server.Request, identity: Any, session_id: str | None, version: str | None
+    ) -> HTTPSession | bytes:
+        """The session of a request with these ``Mcp-Session-Id`` and
+        ``MCP-Protocol-Version`` headers, or the error body to answer with."""
         if not session_id:
             return _error_body(request, 400, INVALID_REQUEST,
                                "Bad Request: Mcp-Session-Id header is required")
@@ -915,7 +1062,6 @@ class MCPHTTPResource(Resource):
         # Another identity's session is as good as unknown: 404, not 403.
         if http_session is None or http_session.identity != identity:
             return _error_body(request, 404, INVALID_REQUEST, "Session not found")
-        version = head(_VERSION)
         if version is not None and version not in SUPPORTED_PROTOCOL_VERSIONS:
             return _error_body(request, 400, INVALID_REQUEST,
                                f"Unsupported MCP-Protocol-Version: {jsonrpc.clip(version)}")
@@ -924,9 +1070,9 @@ class MCPHTTPResource(Resource):
     # -- POST ---------------------------------------------------------------
 
     def _post(self, request: server.Request, identity: Any, head: _Head) -> bytes | int:
-        if not _is_json(head(b"content-type")):
+        if not _is_json(head(_CONTENT_TYPE)):
             return _plain(request, 415, "Unsupported Media Type: send application/json")
-        if not _accepts(head.joined(b"accept"), _POST_TYPES):
+        if not _accepts(head.joined(_ACCEPT), _POST_TYPES):
             return _error_body(request, 406, INVALID_REQUEST,
                                "Not Acceptable: Accept must include application/json and text/event-stream")
         try:
@@ -938,37 +1084,55 @@ class MCPHTTPResource(Resource):
             refusal = self._scopes.refusal(identity, message)
             if refusal is not None:
                 return self._refused(request, head, refusal)
-        has_session = head(_SESSION) is not None
-        if not has_session:
+        session_id = head(_SESSION)
+        if session_id is None:
             stateless = self._stateless(request, identity, message, head(_VERSION))
             if stateless is not None:
                 return stateless
-        items = message if isinstance(message, list) else [message]
-        initialize = [m for m in items if type(m) is Request and m.method == Method.INITIALIZE]
-        if initialize and not has_session:
-            if isinstance(message, list):
+        # One message, as nearly every POST carries, goes without the lists a batch needs.
+        batch = message if isinstance(message, list) else None
+        initialize: Request | None = None
+        if batch is not None:
+            initialize = next(
+                (m for m in batch if type(m) is Request and m.method == Method.INITIALIZE), None)
+        elif type(message) is Request and message.method == Method.INITIALIZE:
+            initialize = message
+        if initialize is not None and session_id is None:
+            if batch is not None:
                 return _error_body(request, 400, INVALID_REQUEST, "initialize must be sent alone")
-            return self._initialize(request, identity, initialize[0])
-        found = self._session(request, identity, head)
+            return self._initialize(request, identity, initialize)
+        found = self._session(request, identity, session_id, head(_VERSION))
         if isinstance(found, bytes):
             return found
         http_session = found
         # The same subject's newer token (a refresh, a step-up) holds the scopes that count now.
         http_session.session.attributes["identity"] = identity
-        if isinstance(message, list) and http_session.session.protocol_version not in BATCHING_VERSIONS:
+        if batch is not None and http_session.session.protocol_version not in BATCHING_VERSIONS:
             # Refused here: the session's answer would belong to no request
             # (a batch of notifications) and go to the GET stream.
             return _error_body(request, 400, INVALID_REQUEST,
                                "Batches are not accepted in this protocol revision")
-        ids = [m.id for m in items if type(m) is Request]
-        if any(request_id in http_session.exchanges for request_id in ids):
+        exchanges = http_session.exchanges
+        ids: list[RequestId]
+        if batch is not None:
+            ids = [m.id for m in batch if type(m) is Request]
+            in_use = any(request_id in exchanges for request_id in ids)
+        elif type(message) is Request:
+            ids = [message.id]
+            in_use = message.id in exchanges
+        else:
+            ids, in_use = [], False
+        if in_use:
             # The session would refuse it too, but its answer would be filed
             # under the running request's POST, which would then never end.
             return _error_body(request, 400, INVALID_REQUEST,
                                "Request id is already in use by a request in flight")
-        exchange = http_session.new_exchange(request, ids, isinstance(message, list)) if ids else None
+        exchange = http_session.new_exchange(request, ids, batch is not None) if ids else None
         http_session.session.dispatch(message)
-        http_session.end_cancelled(items)
+        if batch is not None:
+            http_session.end_cancelled(batch)
+        elif not isinstance(message, (list, Request)):  # a request cancels nothing
+            http_session.end_cancelled((message,))
         if exchange is None:
             http_session._touch()
             request.setResponseCode(202)
@@ -1034,14 +1198,14 @@ class MCPHTTPResource(Resource):
     # -- GET and DELETE -------------------------------------------------------
 
     def _get(self, request: server.Request, identity: Any, head: _Head) -> bytes | int:
-        if not _accepts(head.joined(b"accept"), _GET_TYPES):
+        if not _accepts(head.joined(_ACCEPT), _GET_TYPES):
             return _error_body(request, 406, INVALID_REQUEST,
                                "Not Acceptable: Accept must include text/event-stream")
-        found = self._session(request, identity, head)
+        found = self._session(request, identity, head(_SESSION), head(_VERSION))
         if isinstance(found, bytes):
             return found
         http_session = found
-        last_event_id = head(b"last-event-id") or ""
+        last_event_id = head(_LAST_EVENT_ID) or ""
         # An id this session cannot resume opens its stream afresh.
         stream_id = http_session.resumable(last_event_id) if last_event_id else None
         if stream_id in (None, STANDALONE) and http_session.standalone is not None:
@@ -1054,7 +1218,7 @@ class MCPHTTPResource(Resource):
         return server.NOT_DONE_YET
 
     def _delete(self, request: server.Request, identity: Any, head: _Head) -> bytes | int:
-        found = self._session(request, identity, head)
+        found = self._session(request, identity, head(_SESSION), head(_VERSION))
         if isinstance(found, bytes):
             return found
         log.info("Session {session} ended by its client", session=found.id[:8])
@@ -1103,17 +1267,63 @@ def _default_connection_cap(sessions: int) -> int:
 
 
 class _Channel(http.HTTPChannel):
-    """An HTTP/1.1 connection, counted by its site while it serves HTTP."""
+    """An HTTP/1.1 connection, counted by its site while it serves HTTP.
+
+    Its idle timeout (``timeOut``, the site's ``timeout``) is one timer that
+    checks a deadline when it fires and is armed again for what is left:
+    Twisted's ``TimeoutMixin`` cancels its timer as each request begins and
+    makes a new one as it ends, two reactor calls a request.
+    """
 
     site: MCPSite  # set by Site.buildProtocol before the connection is made
+    on_loopback: bool | None = None  # whether the listener's address is a loopback one (admission)
+    _idle_call: IDelayedCall | None = None
+    _idle_deadline = 0.0
 
     def connectionMade(self) -> None:
+        self._clock: IReactorTime = self.site.reactor  # whose callLater HTTPFactory.buildProtocol gave
         super().connectionMade()  # type: ignore[no-untyped-call]  # mypy#16653
         self.site.connections.add(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # Twisted's own is untyped
         self.site.connections.discard(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # mypy#16653
+        self.stop_idle_timer()
+
+    def setTimeout(self, period: float | None) -> float | None:
+        """``TimeoutMixin.setTimeout``: None while a request is handled (the
+        timer then lapses unanswered), the idle timeout again after it."""
+        previous = self.timeOut
+        self.timeOut = period  # type: ignore[assignment]  # seconds, as MCPSite's timeout: a float
+        if period is not None:
+            self._idle_deadline = deadline = self._clock.seconds() + period
+            call = self._idle_call
+            if call is None:
+                self._idle_call = self.callLater(period, self._idle_expired)  # type: ignore[no-untyped-call]
+            elif call.getTime() > deadline:
+                call.reset(period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self._idle_call is not None and self.timeOut is not None:
+            self._idle_deadline = self._clock.seconds() + self.timeOut
+
+    def _idle_expired(self) -> None:
+        self._idle_call = None
+        if self.timeOut is None:
+            return  # a request is being handled; setTimeout arms the timer again after it
+        left = self._idle_deadline - self._clock.seconds()
+        if left > 0:
+            self._idle_call = self.callLater(left, self._idle_expired)  # type: ignore[no-untyped-call]
+        else:
+            self.timeoutConnection()  # type: ignore[no-untyped-call]  # mypy#16653
+
+    def stop_idle_timer(self) -> None:
+        """No idle timeout any more (the connection is gone, or is not HTTP's any more)."""
+        self.timeOut = None
+        call, self._idle_call = self._idle_call, None
+        if call is not None and call.active():
+            call.cancel()
 
 
 class MCPSite(server.Site):
@@ -1183,7 +1393,7 @@ class MCPSite(server.Site):
         are logged with their fields instead (see docs/operations.md)."""
 
     def getResourceFor(self, request: server.Request) -> Any:
-        request.setHeader(b"Server", b"mcp-twisted")  # not Twisted's name and version
+        _put(request, _SERVER, SERVER_NAME)  # not Twisted's name and version
         # The dispatcher is a leaf that answers every path (admission refuses
         # the wrong ones): no resource traversal.
         request.site = self
@@ -1215,6 +1425,7 @@ class _Dispatcher(Resource):
             channel = request.channel
             if channel.transport is None and isinstance(channel, _Channel):
                 channel.site.connections.discard(channel)  # a WebSocket session now, under the session cap
+                channel.stop_idle_timer()
             return answer  # type: ignore[no-any-return]
         if self.http is not None:
             return self.http.render(request)
