@@ -21,7 +21,6 @@ does).
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import io
 import re
@@ -1267,26 +1266,6 @@ def _default_connection_cap(sessions: int) -> int:
     return cap
 
 
-def _header_parsing_source() -> str | None:
-    """A digest of twisted.web's header parsing, as far as ``_Channel.headerReceived`` copies it."""
-    try:
-        from twisted.web.http_headers import _NameEncoder, _sanitizeLinearWhitespace
-
-        parts = (http.HTTPChannel.headerReceived, Headers.addRawHeader, _NameEncoder.encode,
-                 _sanitizeLinearWhitespace)
-        return hashlib.sha256("".join(inspect.getsource(part) for part in parts).encode()).hexdigest()
-    except (ImportError, AttributeError, OSError, TypeError):
-        return None
-
-
-# The twisted.web header parsing that _Channel.headerReceived is a copy of
-# (Twisted 26.10): with any other, Twisted's own is used.
-_COPIED_HEADER_PARSING = frozenset({"875c9a4ca539903fca3080ead675272f27c6d9056114862253964c0b97cff14d"})
-_HEADERS_AS_TWISTED = _RAW and _header_parsing_source() in _COPIED_HEADER_PARSING
-if _HEADERS_AS_TWISTED:
-    from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
-
-
 class _Channel(http.HTTPChannel):
     """An HTTP/1.1 connection, counted by its site while it serves HTTP.
 
@@ -1310,38 +1289,6 @@ class _Channel(http.HTTPChannel):
         self.site.connections.discard(self)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # mypy#16653
         self.stop_idle_timer()
-
-    if _HEADERS_AS_TWISTED:
-
-        def headerReceived(self, line: bytes) -> bool:
-            """``HTTPChannel.headerReceived``, line for line, but for the last
-            step: the header is stored as ``Headers.addRawHeader`` would
-            store it, without encoding the name that was just encoded again
-            and replacing line breaks in a value that was just checked to
-            have none (about 3k instructions a header)."""
-            try:
-                header, data = line.split(b":", 1)
-            except ValueError:
-                self._respondToBadRequestAndDisconnect()  # type: ignore[no-untyped-call]  # mypy#16653
-                return False
-            try:
-                header = _nameEncoder.encode(header)
-            except InvalidHeaderName:
-                self._respondToBadRequestAndDisconnect()  # type: ignore[no-untyped-call]  # mypy#16653
-                return False
-            data = data.strip(b" \t")
-            # A header value must not contain NUL, CR, or LF (RFC 9110 section 5.5).
-            if len(data.translate(None, b"\x00\r\n")) != len(data):
-                self._respondToBadRequestAndDisconnect()  # type: ignore[no-untyped-call]  # mypy#16653
-                return False
-            if not self._maybeChooseTransferDecoder(header, data):  # type: ignore[no-untyped-call]  # mypy#16653
-                return False
-            self.requests[-1].requestHeaders._rawHeaders.setdefault(header, []).append(data)
-            self._receivedHeaderCount += 1
-            if self._receivedHeaderCount > self.maxHeaders:
-                self._respondToBadRequestAndDisconnect()  # type: ignore[no-untyped-call]  # mypy#16653
-                return False
-            return True
 
     def setTimeout(self, period: float | None) -> float | None:
         """``TimeoutMixin.setTimeout``: None while a request is handled (the
