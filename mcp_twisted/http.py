@@ -39,7 +39,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
-from twisted.web import resource as web_resource
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
@@ -749,25 +748,8 @@ class BoundedRequest(server.Request):
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self.refused:
-            return
-        if getattr(self, "_parsePOSTFormSubmission", True):
+        if not self.refused:
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # mypy#16653
-            return
-        # http.Request.requestReceived without form parsing (MCPSite's): the
-        # body's length and Content-Type it looks up serve only that.
-        assert self.content is not None  # gotLength made it
-        self.content.seek(0, 0)
-        self.args = {}
-        self.method, self.uri = command, path
-        self.clientproto = version
-        parts = path.split(b"?", 1)
-        if len(parts) == 1:
-            self.path = path
-        else:
-            self.path, query = parts
-            self.args = http.parse_qs(query, 1)
-        self.process()
 
     # server.Request.process sets postpath, which only resource traversal
     # reads: the dispatcher is a leaf, so it is made when first asked for.
@@ -787,25 +769,22 @@ class BoundedRequest(server.Request):
         self._postpath = value
 
     def process(self) -> None:
-        """``server.Request.process`` with this server's name in the Server
-        header at once (not Twisted's, replaced later) and the Date of this
-        second (made once a second)."""
+        """Hand the request to the site's dispatcher with this server's name
+        in the Server header and the Date of this second (made once a second)
+        set once: twisted.web sets both on every request, and the Server
+        header again when mcp-twisted replaces its name."""
         if not _RAW or self.path == b"*":
             super().process()  # type: ignore[no-untyped-call]  # mypy#16653
             return
-        self.site = site = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
         raw = self.responseHeaders._rawHeaders
         raw[_SERVER] = [SERVER_NAME]
         raw[_DATE] = [_Date.now()]
         self.prepath = []
         self._postpath_due = True
         try:
-            found = site.getResourceFor(self)
-            if web_resource._IEncodingResource.providedBy(found):
-                encoder = found.getEncoder(self)
-                if encoder is not None:
-                    self._encoder = encoder
-            self.render(found)  # type: ignore[no-untyped-call]  # mypy#16653
+            # MCPSite.getResourceFor gives its dispatcher: a leaf, not an encoding resource.
+            site: MCPSite = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
+            self.render(site.getResourceFor(self))  # type: ignore[no-untyped-call]  # mypy#16653
         except BaseException:
             self.processingFailed(Failure())  # type: ignore[no-untyped-call]  # mypy#16653
 
