@@ -92,6 +92,7 @@ class Era(enum.Enum):
 # Module names: an Enum member looked up through its class costs a call on the hot path.
 _HANDSHAKE, _STATELESS = Era.HANDSHAKE, Era.STATELESS
 
+
 @dataclass(frozen=True)
 class Modern:
     """What a 2026-07-28 request says about itself."""

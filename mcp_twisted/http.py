@@ -1110,7 +1110,7 @@ class MCPHTTPResource(Resource):
         http_session.session.dispatch(message)
         if batch is not None:
             http_session.end_cancelled(batch)
-        elif not isinstance(message, (list, Request)):  # a request cancels nothing
+        elif not isinstance(message, (list, Request)):  # a request cancels nothing (list: for mypy)
             http_session.end_cancelled((message,))
         if exchange is None:
             http_session._touch()

@@ -470,8 +470,10 @@ class Session:
                 if (quick is not None and type(params) is dict and "_meta" not in params
                         and (type(request_id) is int or type(request_id) is str)
                         and obj.get("jsonrpc") == "2.0" and request_id not in self._incoming
-                        and len(self._incoming) + self._held < self.max_in_flight
-                        and self._answer_quickly(quick, request_id, method, params)):
+                        and len(self._incoming) + self._held < self.max_in_flight):
+                    if not self._answer_quickly(quick, request_id, method, params):
+                        # Declined: every check of _on_request has passed already.
+                        self._start(Request(request_id, method, params), None, None)
                     return
             message = jsonrpc.decode(obj)
         except MessageError as e:
@@ -584,6 +586,10 @@ class Session:
             quick = self._quick.get(method)
             if quick is not None and self._answer_quickly(quick, message.id, method, params):
                 return
+        self._start(message, batch, modern)
+
+    def _start(self, message: Request, batch: _Batch | None, modern: Modern | None) -> None:
+        """Run the handler on a request that passed every check."""
         request = IncomingRequest(self, message, batch, modern)
         if self.observer is not None:
             request.started = self.clock.seconds()
@@ -619,10 +625,7 @@ class Session:
             return True
         self._answer(request_id, method, None, {"jsonrpc": "2.0", "id": request_id, "result": result})
         if self.observer is not None:
-            try:
-                self.observer(method, _outcome(result), self.clock.seconds() - started)
-            except Exception:
-                log.failure("Request observer raised")
+            self._observe(method, _outcome(result), started)
         return True
 
     def _track(self, request: IncomingRequest, result: Any) -> None:
@@ -707,9 +710,9 @@ class Session:
                 result = {**result, "resultType": "complete"}  # required on every 2026-07-28 result
             self._answer(request.id, request.method, request._batch, jsonrpc.response(request.id, result))
             if self.observer is not None:
-                self._observe(request, _outcome(result))
+                self._observe(request.method, _outcome(result), request.started)
         elif self.observer is not None:
-            self._observe(request, "cancelled")
+            self._observe(request.method, "cancelled", request.started)
         if self._idle_waiters:
             self._notify_if_idle()
 
@@ -720,16 +723,16 @@ class Session:
         if self._finish(request):
             self._answer_failure(failure, request)
             if self.observer is not None:
-                self._observe(request, "timeout" if request.timed_out else "error")
+                self._observe(request.method, "timeout" if request.timed_out else "error", request.started)
         elif self.observer is not None:
-            self._observe(request, "cancelled")
+            self._observe(request.method, "cancelled", request.started)
         if self._idle_waiters:
             self._notify_if_idle()
 
-    def _observe(self, request: IncomingRequest, outcome: str) -> None:
+    def _observe(self, method: str, outcome: str, started: float) -> None:
         assert self.observer is not None  # only called when there is one
         try:
-            self.observer(request.method, outcome, self.clock.seconds() - request.started)
+            self.observer(method, outcome, self.clock.seconds() - started)
         except Exception:
             log.failure("Request observer raised")
 

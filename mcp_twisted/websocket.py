@@ -100,6 +100,7 @@ log = Logger()
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
 
+
 def tls_failure_text(error: SSL.Error) -> str:
     """``"http request"`` from ``[('SSL routines', '', 'http request')]``."""
     reasons = error.args[0] if error.args and isinstance(error.args[0], list) else []

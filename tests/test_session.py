@@ -16,6 +16,7 @@ from mcp_twisted.jsonrpc import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     LocalProtocolError,
+    Request,
     RPCError,
 )
 from mcp_twisted.protocol import (
@@ -553,12 +554,22 @@ def test_a_quick_answer_skips_handle_request() -> None:
     assert peer.session.in_flight == 0
 
 
-def test_a_declined_quick_request_goes_to_handle_request() -> None:
-    peer = quick_peer(lambda params, session: SLOW if params.get("slow") else {"quick": True})
+def test_a_declined_quick_request_goes_to_handle_request_once_asked() -> None:
+    asked: list[Any] = []
+
+    def quick(params: dict[str, Any], session: Any) -> Any:
+        asked.append(params)
+        return SLOW if params.get("slow") else {"quick": True}
+
+    peer = quick_peer(quick)
     peer.request("fast", {"slow": True}, id=1)
     peer.request("fast", {}, id=2)
     assert [result(reply) for reply in peer.take()] == [{"slow": True}, {"quick": True}]
     assert [request.id for request in peer.handler.requests] == [1]
+    assert asked == [{"slow": True}, {}]  # the declined one was not asked a second time
+    peer.session.dispatch(Request(3, "fast", {"slow": True}))  # a transport that parsed it (HTTP)
+    assert result(peer.take()[0]) == {"slow": True}
+    assert len(asked) == 3
 
 
 def test_quick_handlers_are_not_asked_in_a_batch_or_by_2026_07_28_requests() -> None:
