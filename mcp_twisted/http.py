@@ -222,10 +222,16 @@ class EventStore:
         self._sequence = sequence = self._sequence + 1
         now = self.clock.seconds()
         size = len(data)
-        self._events.append((sequence, stream, data, now))
+        events = self._events
+        events.append((sequence, stream, data, now))
         self._bytes += size
-        self.budget.used += size
-        self._trim(now)
+        budget = self.budget
+        budget.used += size
+        # Over a limit, or no aging timer yet: trim. The age limit is otherwise
+        # the timer's (_aged), and a replay trims first (after).
+        if (self._aging is None or len(events) > self.max_events or self._bytes > self.max_bytes
+                or budget.used > budget.limit):
+            self._trim(now)
         return f"{stream}.{sequence}"
 
     def reserve(self, stream: str) -> str:
@@ -285,16 +291,11 @@ def _sse_head(request: server.Request, session_id: bytes) -> None:
     _put(request, _SESSION, session_id)
 
 
-def _event(event_id: str | None, data: bytes, retry_ms: int | None = None) -> bytes:
-    if retry_ms is None and event_id is not None:  # the usual event
+def _event(event_id: str, data: bytes, retry_ms: int | None = None) -> bytes:
+    """One SSE event; orjson output holds no newline, so ``data`` is one line."""
+    if retry_ms is None:
         return b"id: %s\ndata: %s\n\n" % (event_id.encode(), data)
-    lines = []
-    if event_id is not None:
-        lines.append(b"id: " + event_id.encode())
-    if retry_ms is not None:
-        lines.append(b"retry: %d" % retry_ms)
-    lines.append(b"data: " + data)  # orjson output holds no newline
-    return b"\n".join(lines) + b"\n\n"
+    return b"id: %s\nretry: %d\ndata: %s\n\n" % (event_id.encode(), retry_ms, data)
 
 
 @implementer(IPushProducer)
@@ -643,11 +644,14 @@ class HTTPSession:
     # -- OutputFlow -------------------------------------------------------
 
     def when_writable(self) -> Deferred[None]:
-        if not any(stream.paused for stream in self.streams):
+        # Most answers are written inside render(), with no stream open.
+        if not self.streams or not any(stream.paused for stream in self.streams):
             return succeed(None)
         return self._writable_waiters.wait()
 
     def congested(self) -> bool:
+        if not self.streams:
+            return False
         limit = self.resource.settings.max_output_buffer
         return any(stream.paused and stream.buffered() > limit for stream in self.streams)
 
