@@ -11,6 +11,7 @@ the whole.
     python bench/inprocess_ws.py --tree /tmp/patched      # mcp_twisted/ from another copy
     python bench/inprocess_ws.py --profile                # cProfile of mcp_twisted, by own time
     python bench/inprocess_ws.py --callgrind              # instructions per call (valgrind)
+    python bench/inprocess_ws.py --ablate --rounds 60 --calls 1000   # what each piece costs in time
 
 Prints CPU µs per call (``time.process_time``), the least and the median
 over ``--rounds`` rounds of ``--calls`` calls each. ``--callgrind`` runs
@@ -21,6 +22,13 @@ is the same on every run whatever else the machine does (a fixed
 ``PYTHONHASHSEED``, and one run without valgrind first so that no module is
 compiled inside a counted run: that had added up to ~3,000 instructions a
 call to the first measurement after an edit).
+
+``--ablate`` times mcp-twisted, then the same connection with one piece of
+its path after another replaced by the tuned floor's code (the tool step,
+the answer step, the outlet, the whole session), then the tuned floor, in
+turns within one process, and prints the 10th percentile of each (the
+least disturbed rounds of a noisy machine) and the step between neighbours:
+time, which instruction counts do not give.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +50,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH / "servers"))
 
 import loadgen  # noqa: E402 - after the path to bench/servers
+import orjson  # noqa: E402
 from inprocess_http import HOST, PEER, measure  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
@@ -85,8 +95,12 @@ def make_factory(name: str, tree: str | None) -> Any:
     return factory
 
 
-def client(factory: Any, payload: int, batch: int) -> Callable[[int], bytes]:
-    """An initialised connection: a function that sends ``batch`` calls from id ``n`` in one read."""
+def client(
+    factory: Any, payload: int, batch: int, adjust: Callable[[Any], object] | None = None
+) -> Callable[[int], bytes]:
+    """An initialised connection: a function that sends ``batch`` calls from
+    id ``n`` in one read. ``adjust`` gets the protocol once it is initialised
+    (``--ablate``)."""
     protocol = factory.buildProtocol(PEER)
     transport = Transport(hostAddress=HOST, peerAddress=PEER)
     protocol.makeConnection(transport)
@@ -96,6 +110,8 @@ def client(factory: Any, payload: int, batch: int) -> Callable[[int], bytes]:
     transport.clear()
     protocol.dataReceived(frame(loadgen.INITIALIZE) + frame(loadgen.INITIALIZED))
     transport.clear()
+    if adjust is not None:
+        adjust(protocol)
     text = loadgen.payload_text(payload)
     request = loadgen.call_request("echo", text)
 
@@ -108,6 +124,78 @@ def client(factory: Any, payload: int, batch: int) -> Callable[[int], bytes]:
     if text.encode() not in call(0):
         raise SystemExit("the answer does not echo the text")
     return call
+
+
+def _echo_result(params: Any) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": params["arguments"]["text"]}]}
+
+
+def _tool_answered_from_params(protocol: Any) -> None:
+    """The quick table's ``tools/call`` answers from the params: no tool
+    look-up, no argument validation, no tool call."""
+    protocol.session._quick = {"tools/call": lambda params, session: _echo_result(params)}
+
+
+def _answered_through_outlet(protocol: Any) -> None:
+    """... and the answer is encoded and handed to the session's outlet at
+    once (no ``_answer_quickly``, ``_answer``, size check)."""
+    session = protocol.session
+
+    def answer(quick: Any, request_id: Any, method: str, params: Any) -> bool:
+        reply = {"jsonrpc": "2.0", "id": request_id, "result": _echo_result(params)}
+        session._send(orjson.dumps(reply), request_id, True)
+        return True
+
+    session._answer_quickly = answer
+
+
+def _answered_by_send_message(protocol: Any) -> None:
+    """... and handed to Autobahn's ``sendMessage`` (no outlet)."""
+
+    def answer(quick: Any, request_id: Any, method: str, params: Any) -> bool:
+        reply = {"jsonrpc": "2.0", "id": request_id, "result": _echo_result(params)}
+        protocol.sendMessage(orjson.dumps(reply))
+        return True
+
+    protocol.session._answer_quickly = answer
+
+
+def _floor_handler(protocol: Any) -> None:
+    """mcp-twisted's protocol with the tuned floor's ``onMessage``: no session at all."""
+    import bare_autobahn
+
+    protocol.loads, protocol.dumps = orjson.loads, orjson.dumps
+    protocol.onMessage = types.MethodType(bare_autobahn.FloorProtocol.onMessage, protocol)
+
+
+# mcp-twisted, then one piece of its path after another replaced by what the
+# tuned floor does instead, then the tuned floor: the differences between
+# neighbours are what each piece costs in time.
+ABLATION: tuple[tuple[str, str, Callable[[Any], object] | None], ...] = (
+    ("mcp_twisted", "mcp-twisted", None),
+    ("mcp_twisted", "- tool step", _tool_answered_from_params),
+    ("mcp_twisted", "- answer step", _answered_through_outlet),
+    ("mcp_twisted", "- outlet", _answered_by_send_message),
+    ("mcp_twisted", "- session", _floor_handler),
+    ("floor_tuned", "tuned floor", None),
+)
+
+
+def ablate(args: argparse.Namespace) -> None:
+    """Time each ``ABLATION`` step in turns, in one process, and print what each piece costs."""
+    calls = [(label, client(make_factory(name, args.tree), args.payload, args.batch, adjust))
+             for name, label, adjust in ABLATION]
+    costs: dict[str, list[float]] = {label: [] for label, _ in calls}
+    for _ in range(args.rounds):
+        for label, call in calls:
+            costs[label].extend(cost / args.batch for cost in measure(call, 1, args.calls))
+    previous = None
+    print(f"{'':<14} {'p10 µs/call':>12} {'median':>8} {'step (p10)':>11}")
+    for label, values in costs.items():
+        low = sorted(values)[len(values) // 10]
+        step = f"{previous - low:+.2f}" if previous is not None else ""
+        print(f"{label:<14} {low:>12.2f} {statistics.median(values):>8.2f} {step:>11}")
+        previous = low
 
 
 def callgrind(name: str, args: argparse.Namespace) -> float:
@@ -146,7 +234,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000, help="reads per round")
     parser.add_argument("--profile", action="store_true", help="cProfile mcp_twisted instead")
     parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind")
+    parser.add_argument("--ablate", action="store_true",
+                        help="time mcp-twisted with one piece after another replaced by the floor's code")
     args = parser.parse_args()
+    if args.ablate:
+        ablate(args)
+        return
     if args.profile:
         call = client(make_factory("mcp_twisted", args.tree), args.payload, args.batch)
         profile = cProfile.Profile()
