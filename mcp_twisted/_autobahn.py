@@ -78,6 +78,17 @@ class FastPathMixin(_TwistedWebSocketProtocol):
     def dataReceived(self, data: bytes) -> None:
         self._dataReceived(data)
 
+    def onMessageEnd(self) -> None:
+        # After onMessage, Autobahn fires its "message" event for listeners
+        # added with .on("message", ...): a Deferred, a gather and a callback
+        # for every message, listeners or not. With none, deliver only.
+        if self._listeners is not None or self.trackedTimings:
+            super().onMessageEnd()
+            return
+        if not self.failedByMe:
+            self._onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None
+
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]  # Autobahn copies logOctets from the factory in _connectionMade
             super().sendData(data, sync, chopsize)

@@ -252,3 +252,32 @@ def test_subclass_hooks_for_messages_fragments_and_readiness_are_called():
     assert seen == [("begin", False), 5, len(PING) - 5] and transport.value() == PONG
     protocol.dataReceived(frame({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
     assert "ready" not in seen  # announced once
+
+
+def _call(request_id: int) -> bytes:
+    return frame({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                  "params": {"name": "echo", "arguments": {"text": f"call {request_id}"}}})
+
+
+def test_a_message_is_delivered_without_autobahn_event_machinery():
+    """No listener for Autobahn's "message" event: the message reaches the
+    session once, and no event is fired (no Deferred per message)."""
+    protocol, transport = connect(factory())
+    fired: list[str] = []
+    protocol.fire = lambda event, *args, **kwargs: fired.append(event)  # type: ignore[method-assign]
+    protocol.dataReceived(_call(1) + _call(2))
+    assert fired == []
+    assert transport.value().count(b'"text":"call 1"') == transport.value().count(b'"text":"call 2"') == 1
+    assert protocol.message_data is None  # the message's frames are let go
+
+
+def test_listeners_of_the_message_event_still_hear_every_message():
+    """``protocol.on("message", ...)`` takes Autobahn's own way: the session
+    answers and the listener is told, as Autobahn does it."""
+    protocol, transport = connect(factory())
+    heard: list[tuple[bytes, bool]] = []
+    protocol.on("message", lambda payload, is_binary: heard.append((payload, is_binary)))
+    protocol.dataReceived(_call(3))
+    assert heard == [(orjson.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                                    "params": {"name": "echo", "arguments": {"text": "call 3"}}}), False)]
+    assert b'"text":"call 3"' in transport.value()
