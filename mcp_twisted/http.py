@@ -227,10 +227,12 @@ class EventStore:
         self._bytes += size
         budget = self.budget
         budget.used += size
-        # Over a limit, or no aging timer yet: trim. The age limit is otherwise
-        # the timer's (_aged), and a replay trims first (after).
-        if (self._aging is None or len(events) > self.max_events or self._bytes > self.max_bytes
-                or budget.used > budget.limit):
+        if len(events) > self.max_events:
+            # A full store, the steady state of a busy session: one in, one out.
+            self._drop_oldest()
+        # Over a size limit, or no aging timer yet: trim. The age limit is
+        # otherwise the timer's (_aged), and a replay trims first (after).
+        if self._aging is None or self._bytes > self.max_bytes or budget.used > budget.limit:
             self._trim(now)
         return f"{stream}.{sequence}"
 
@@ -247,13 +249,16 @@ class EventStore:
         budget = self.budget
         while events and (len(events) > self.max_events or self._bytes > self.max_bytes
                           or events[0][3] <= now - self.ttl or budget.used > budget.limit):
-            sequence, _, data, _ = events.popleft()
-            self._dropped_upto = sequence
-            size = len(data)
-            self._bytes -= size
-            self.budget.used -= size
+            self._drop_oldest()
         if events and self._aging is None and self.ttl:
             self._aging = self.clock.callLater(events[0][3] + self.ttl - now, self._aged)
+
+    def _drop_oldest(self) -> None:
+        sequence, _, data, _ = self._events.popleft()
+        self._dropped_upto = sequence
+        size = len(data)
+        self._bytes -= size
+        self.budget.used -= size
 
     def _aged(self) -> None:
         self._aging = None

@@ -337,7 +337,13 @@ class _Batch:
             self.session._write_batch(self.replies, self.related)
 
 
-_NO_TIMEOUT: Any = object()
+class _Default(enum.Enum):
+    """A typed "not given" (None means "no timeout")."""
+
+    TIMEOUT = enum.auto()
+
+
+_NO_TIMEOUT = _Default.TIMEOUT
 
 # What a session reports at most once per interval, with a count (Session._report).
 _REPORTS = {
@@ -957,7 +963,7 @@ class Session:
         method: str,
         params: dict[str, Any] | None = None,
         *,
-        timeout: float | None = _NO_TIMEOUT,
+        timeout: float | _Default | None = _NO_TIMEOUT,
         on_progress: Callable[[float, float | None, str | None], object] | None = None,
         related: RequestId | None = None,
     ) -> Deferred[Any]:
