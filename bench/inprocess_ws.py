@@ -136,6 +136,8 @@ def _tool_answered_from_params(protocol: Any) -> None:
     protocol.session._quick = {"tools/call": lambda params, session: _echo_result(params)}
 
 
+# The two replacements below are written out in full, not through a shared
+# helper: a helper's extra call per message would be timed with them.
 def _answered_through_outlet(protocol: Any) -> None:
     """... and the answer is encoded and handed to the session's outlet at
     once (no ``_answer_quickly``, ``_answer``, size check)."""
