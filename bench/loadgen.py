@@ -90,14 +90,21 @@ def call_request(tool: str, text: str) -> Callable[[int], bytes]:
 
 # -- the server process, from /proc ---------------------------------------
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """utime + stime of a process, in seconds (None without a pid)."""
+def cpu_times(pid: int | None) -> tuple[float, float] | None:
+    """utime and stime of a process (its own code, the kernel's work for it),
+    in seconds (None without a pid)."""
     if pid is None:
         return None
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     # After the command name: state is field 3, utime 14 and stime 15 (1-based).
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """utime + stime of a process, in seconds (None without a pid)."""
+    times = cpu_times(pid)
+    return None if times is None else sum(times)
 
 
 def core_times() -> dict[str, list[int]]:
@@ -368,13 +375,13 @@ async def run_calls(args: argparse.Namespace, ssl_context: ssl.SSLContext | None
         c.start_calls(stats, args.inflight)
     await asyncio.sleep(args.warmup)
 
-    server_cpu0, own_cpu0, cores0 = cpu_seconds(args.pid), time.process_time(), core_times()
+    server_cpu0, own_cpu0, cores0 = cpu_times(args.pid), time.process_time(), core_times()
     started = time.perf_counter()
     stats.recording = True
     await asyncio.sleep(args.duration)
     stats.recording = False
     elapsed = time.perf_counter() - started
-    server_cpu1, own_cpu1, cores1 = cpu_seconds(args.pid), time.process_time(), core_times()
+    server_cpu1, own_cpu1, cores1 = cpu_times(args.pid), time.process_time(), core_times()
 
     stats.stopping = True
     await asyncio.wait([c.drained for c in connections if c.drained is not None], timeout=10)  # type: ignore[misc]
@@ -397,9 +404,12 @@ async def run_calls(args: argparse.Namespace, ssl_context: ssl.SSLContext | None
         for key in ("response_bytes", "events", "priming", "progress"):
             result[f"{key}_per_call"] = getattr(stats, key) / stats.completed
     if server_cpu0 is not None and server_cpu1 is not None:
-        spent = server_cpu1 - server_cpu0
-        result["server_cpu_util"] = spent / elapsed
-        result["server_cpu_us_per_call"] = spent / stats.completed * 1e6 if stats.completed else None
+        user, system = (after - before for after, before in zip(server_cpu1, server_cpu0, strict=True))
+        result["server_cpu_util"] = (user + system) / elapsed
+        if stats.completed:
+            result["server_cpu_us_per_call"] = (user + system) / stats.completed * 1e6
+            # The kernel's part apart (system calls, loopback TCP): the rest is the server's own code.
+            result["server_sys_us_per_call"] = system / stats.completed * 1e6
     return result
 
 

@@ -568,11 +568,12 @@ def calls_table(entries: Iterable[dict[str, Any]], *, http: bool = False) -> lis
             rows.append([
                 entry["label"], server, fmt(median(rates)) + spread(rates, 0),
                 fmt(median_of(points, "p50_us", 1e-3), 2), fmt(median_of(points, "p99_us", 1e-3), 2),
-                fmt(median_of(points, "server_cpu_us_per_call"), 1),
+                f"{fmt(median_of(points, 'server_cpu_us_per_call'), 1)}"
+                f" ({fmt(median_of(points, 'server_sys_us_per_call'), 1)})",
                 fmt(median_of(points, "server_cpu_util", 100)) + "%",
                 fmt(max(values(points, "loadgen_cpu_util"), default=math.nan) * 100) + "%", *answer, errors,
             ])
-    return table(["config", "server", "calls/s (range)", "p50 ms", "p99 ms", "server CPU µs/call",
+    return table(["config", "server", "calls/s (range)", "p50 ms", "p99 ms", "server CPU µs/call (kernel)",
                   "server core", "loadgen core (max)", *(["answer body"] if http else []), "errors"], rows)
 
 
