@@ -98,3 +98,27 @@ def test_a_connection_locks_the_era_of_its_first_request():
     with pytest.raises(RPCError) as raised:
         legacy.check(request(meta=MODERN_META))
     assert raised.value.code == INVALID_REQUEST
+
+
+@pytest.mark.parametrize("meta", [
+    None, {"progressToken": 3}, {"progressToken": "a", "custom/key": [1]}, [], "x", 7,
+    {META_CLIENT_CAPABILITIES: {}}, {META_PROTOCOL_VERSION: "2026-07-28"}, MODERN_META,
+])
+def test_a_handshake_connection_answers_each_request_as_classify_decides(meta):
+    # Its one-step check for the common case (no _meta) must agree with
+    # classify: handshake traffic passes (a progress token too), any sign of
+    # an envelope is refused, with classify's own code where it has one.
+    connection = ConnectionEra()
+    connection.check(request("initialize", protocolVersion="2025-11-25"))
+    message = request("tools/call", name="t") if meta is None else request("tools/call", name="t", meta=meta)
+    try:
+        expected: int | None = None if classify(message) is None else INVALID_REQUEST
+    except RPCError as refused:
+        expected = refused.code
+    if expected is None:
+        assert connection.check(message) is None
+    else:
+        with pytest.raises(RPCError) as raised:
+            connection.check(message)
+        assert raised.value.code == expected
+    assert connection.era is Era.HANDSHAKE
