@@ -10,6 +10,7 @@ measures the whole.
     python bench/inprocess_http.py --tree /tmp/patched    # mcp_twisted/ from another copy
     python bench/inprocess_http.py --profile              # cProfile of mcp-twisted, by own time
     python bench/inprocess_http.py --callgrind            # instructions per request (valgrind)
+    python bench/inprocess_http.py --opcodes              # Python opcodes per request, by function
 
 Prints CPU µs per request (``time.process_time``), the least and the median
 over ``--rounds`` rounds of ``--requests`` requests each. ``--callgrind``
@@ -17,12 +18,16 @@ runs each server under ``valgrind --tool=callgrind`` twice, with
 ``--requests`` and with a quarter of it, and prints the difference of the
 instruction counts divided by the difference of the requests: start-up
 cancels out, and with a fixed hash seed the count is the same on every run
-(within a few hundred) whatever else the machine does.
+(within a few hundred) whatever else the machine does. ``--opcodes`` counts
+the Python bytecode instructions one request runs, by function
+(``sys.settrace``): where two servers' instruction counts differ, it tells
+more Python run from dearer C work.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import os
 import pstats
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +104,36 @@ def measure(call: Callable[[int], bytes], rounds: int, requests: int) -> list[fl
     return costs
 
 
+def opcodes(call: Callable[[int], object], requests: int, per: int = 1, top: int = 25) -> None:
+    """Print the Python opcodes a call runs (``requests`` calls of ``per``
+    requests each), in all and for the functions that run the most."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    def tracer(frame: types.FrameType, event: str, arg: object) -> Callable[..., object]:
+        frame.f_trace_opcodes, frame.f_trace_lines = True, False
+        code = frame.f_code
+        name = f"{'/'.join(Path(code.co_filename).parts[-2:])}:{code.co_firstlineno}({code.co_name})"
+
+        def local(frame: types.FrameType, event: str, arg: object) -> Callable[..., object]:
+            if event == "opcode":
+                counts[name] += 1
+            return local
+        return local
+
+    for n in range(2, 102):  # warm: first-call work is not a request's
+        call(n)
+    sys.settrace(tracer)
+    try:
+        for n in range(102, 102 + requests):
+            call(n)
+    finally:
+        sys.settrace(None)
+    scale = requests * per
+    print(f"  Python opcodes per request: {sum(counts.values()) / scale:,.0f}")
+    for name, count in counts.most_common(top):
+        print(f"  {count / scale:8.1f}  {name}")
+
+
 def callgrind(name: str, args: argparse.Namespace) -> float:
     """Instructions per request: two runs under callgrind, ``--requests`` and a quarter of it."""
     counts = []
@@ -127,6 +163,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000, help="per round")
     parser.add_argument("--profile", action="store_true", help="cProfile mcp-twisted instead")
     parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind")
+    parser.add_argument("--opcodes", action="store_true", help="count Python opcodes by function")
     args = parser.parse_args()
     if args.profile:
         call = client(make_site("mcp_twisted", args.tree), args.tool)
@@ -138,6 +175,10 @@ def main() -> None:
         if args.callgrind:
             count = callgrind(name, args)
             print(f"{name:<12} {args.tool:<14} instructions/request: {count:,.0f}", flush=True)
+            continue
+        if args.opcodes:
+            print(f"{name:<12} {args.tool}")
+            opcodes(client(make_site(name, args.tree), args.tool), min(args.requests, 1000))
             continue
         costs = measure(client(make_site(name, args.tree), args.tool), args.rounds, args.requests)
         print(f"{name:<12} {args.tool:<14} CPU µs/request: least {min(costs):.1f}, "

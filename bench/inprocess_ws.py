@@ -11,6 +11,7 @@ the whole.
     python bench/inprocess_ws.py --tree /tmp/patched      # mcp_twisted/ from another copy
     python bench/inprocess_ws.py --profile                # cProfile of mcp_twisted, by own time
     python bench/inprocess_ws.py --callgrind              # instructions per call (valgrind)
+    python bench/inprocess_ws.py --opcodes                # Python opcodes per call, by function
     python bench/inprocess_ws.py --ablate --rounds 60 --calls 1000   # what each piece costs in time
 
 Prints CPU µs per call (``time.process_time``), the least and the median
@@ -51,7 +52,7 @@ sys.path.insert(0, str(BENCH / "servers"))
 
 import loadgen  # noqa: E402 - after the path to bench/servers
 import orjson  # noqa: E402
-from inprocess_http import HOST, PEER, measure  # noqa: E402
+from inprocess_http import HOST, PEER, measure, opcodes  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
 SERVERS = ("mcp_twisted", "floor_tuned", "floor")
@@ -236,6 +237,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000, help="reads per round")
     parser.add_argument("--profile", action="store_true", help="cProfile mcp_twisted instead")
     parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind")
+    parser.add_argument("--opcodes", action="store_true", help="count Python opcodes by function")
     parser.add_argument("--ablate", action="store_true",
                         help="time mcp-twisted with one piece after another replaced by the floor's code")
     args = parser.parse_args()
@@ -251,6 +253,11 @@ def main() -> None:
     for name in args.servers.split(","):
         if args.callgrind:
             print(f"{name:<12} instructions/call: {callgrind(name, args):,.0f}", flush=True)
+            continue
+        if args.opcodes:
+            print(name)
+            opcodes(client(make_factory(name, args.tree), args.payload, args.batch), min(args.calls, 1000),
+                    args.batch)
             continue
         call = client(make_factory(name, args.tree), args.payload, args.batch)
         costs = [cost / args.batch for cost in measure(call, args.rounds, args.calls)]
