@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcp_twisted.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Request, RPCError, brief
+from mcp_twisted.jsonrpc import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    Request,
+    RPCError,
+    brief,
+    clip,
+)
 from mcp_twisted.protocol import LOG_LEVEL_RANK, SUPPORTED_PROTOCOL_VERSIONS, Method
 
 __all__ = [
@@ -104,8 +112,17 @@ class Modern:
 
 
 def unsupported_version(requested: object) -> RPCError:
+    # data.requested echoes the peer's value: a string clipped, a JSON scalar
+    # as it is, anything else (a list nested past what JSON encoding allows)
+    # as a short text, so the answer is small and can always be sent.
+    if isinstance(requested, str):
+        echoed: object = clip(requested)
+    elif requested is None or isinstance(requested, (bool, int, float)):
+        echoed = requested
+    else:
+        echoed = brief(requested)
     return RPCError(UNSUPPORTED_PROTOCOL_VERSION, f"Unsupported protocol version {brief(requested)}",
-                    {"supported": list(MODERN_VERSIONS), "requested": requested})
+                    {"supported": list(MODERN_VERSIONS), "requested": echoed})
 
 
 def classify(message: Request, header_version: str | None = None) -> Modern | None:

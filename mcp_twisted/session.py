@@ -878,9 +878,25 @@ class Session:
     def _write(self, message: dict[str, Any], related: RequestId | None = None, answer: bool = False) -> None:
         if self.state is _CLOSED:
             return
-        encoded = self._fit(message, jsonrpc.encode(message))
+        encoded = self._encoded(message)
         if encoded is not None:
             self._send(encoded, related, answer)
+
+    def _encoded(self, message: dict[str, Any]) -> bytes | None:
+        """``message`` as JSON, fitted to the message limit (``_fit``). One
+        JSON cannot carry (a value not of a JSON type, or nested past the
+        encoder's depth) must not end the session: an answer becomes an
+        internal error, a notification or request is dropped."""
+        try:
+            encoded = jsonrpc.encode(message)
+        except TypeError:
+            log.failure("Could not send {what}: not JSON", level=LogLevel.error,
+                        what=brief(message.get("method", "an answer")))
+            if "method" in message:
+                return None
+            encoded = jsonrpc.encode(jsonrpc.error_response(
+                message.get("id"), RPCError(INTERNAL_ERROR, "Internal error: answer is not JSON")))
+        return self._fit(message, encoded)
 
     def _fit(self, message: dict[str, Any], encoded: bytes) -> bytes | None:
         """``encoded``, or what replaces it when it is over the message limit:
@@ -921,7 +937,7 @@ class Session:
         if batch is None:
             self._write(message, message.get("id"), answer=True)
         else:
-            batch.add(message.get("id"), self._fit(message, jsonrpc.encode(message)))
+            batch.add(message.get("id"), self._encoded(message))
 
     def notify(
         self, method: str, params: dict[str, Any] | None = None, *, droppable: bool = False,
@@ -1063,6 +1079,11 @@ class Session:
     def in_flight(self) -> int:
         """Requests from the peer that are still running here."""
         return len(self._incoming)
+
+    def running(self, request_id: RequestId) -> bool:
+        """Whether the peer's request ``request_id`` is running here (not yet
+        answered, cancelled or timed out)."""
+        return request_id in self._incoming
 
     @property
     def waiting(self) -> int:

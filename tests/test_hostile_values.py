@@ -18,8 +18,9 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from typing_extensions import TypedDict
 
+from mcp_twisted.eras import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcp_twisted.jsonrpc import BRIEF_LENGTH, brief, clip
-from mcp_twisted.server import MCPServer
+from mcp_twisted.server import Context, MCPServer
 from mcp_twisted.testing import Peer
 from tests.support import initialized, text_of
 
@@ -314,3 +315,56 @@ def test_reading_through_a_template_has_the_uri_length_limit():
     error = client.error("resources/read", {"uri": "users://" + "9" * 2**20 + "/profile"})
     assert error["code"] == -32602 and error["data"] == {"limit": 50}
     assert client.error("resources/read", {"uri": "users://7/other"})["code"] == -32002
+
+
+# -- values echoed back, and answers JSON cannot carry ------------------------
+
+MODERN = {META_PROTOCOL_VERSION: "2026-07-28", META_CLIENT_CAPABILITIES: {"elicitation": {}}}
+
+
+@pytest.mark.parametrize("version", [DEEP_LIST, json.dumps(BIG)], ids=["deep-list", "huge"])
+def test_an_unsupported_revision_is_echoed_briefly(version, logged):
+    # -32022 echoes the requested revision in data.requested: a list nested
+    # past orjson's encoding depth once made that answer impossible to write,
+    # which ended the connection (a stdio server's process).
+    client = Peer(hostile_server())
+    answer = ask(client, "tools/list", {"_meta": {META_PROTOCOL_VERSION: HOLE, META_CLIENT_CAPABILITIES: {}}},
+                 version)
+    assert answer["error"]["code"] == -32022
+    requested = answer["error"]["data"]["requested"]
+    assert isinstance(requested, str) and len(requested) <= BRIEF_LENGTH
+    assert len(json.dumps(answer)) < 4 * BRIEF_LENGTH
+    assert client.result("ping") == {}  # the connection goes on
+    assert_logs_are_short(logged)
+
+
+def test_a_notification_json_cannot_carry_is_dropped_and_logged(logged):
+    client = initialized(hostile_server())
+    client.session.notify("notifications/message", {"level": "info", "data": {1, 2}})
+    assert client.notifications("notifications/message") == []
+    [event] = [e for e in logged if e["log_format"].startswith("Could not send")]
+    assert event["log_level"] is LogLevel.error
+    assert client.result("ping") == {}
+
+
+def test_deeply_nested_input_responses_are_invalid_params(logged):
+    # They are sealed into requestState when the round ends, in a timer: one
+    # orjson cannot write left the request unanswered, holding its slot.
+    server = hostile_server()
+
+    @server.tool()
+    async def book(city: str, ctx: Context) -> str:
+        answer = await ctx.elicit("Which date?", {"type": "object", "properties": {}}, key="date")
+        return f"{city} on {answer['content']}"
+
+    client = Peer(server)
+    answer = ask(client, "tools/call", {"_meta": MODERN, "name": "book", "arguments": {"city": "Oslo"},
+                                        "inputResponses": {"junk": HOLE}}, DEEP_LIST)
+    assert answer["error"]["code"] == -32602
+    assert answer["error"]["message"] == "inputResponses are nested too deeply"
+    assert client.session.in_flight == 0
+    # A plain first round still asks its question (the round ends a turn later).
+    client.session.receive(json.dumps({"jsonrpc": "2.0", "id": "plain", "method": "tools/call", "params": {
+        "_meta": MODERN, "name": "book", "arguments": {"city": "Oslo"}}}))
+    client.clock.advance(0)
+    assert client.answer("plain")["result"]["resultType"] == "input_required"

@@ -21,6 +21,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from twisted.internet.defer import Deferred, succeed
 
 from mcp_twisted.eras import META_SUBSCRIPTION_ID, MISSING_CLIENT_CAPABILITY
@@ -79,6 +80,13 @@ class Rounds:
         self.answers: dict[str, Any] = sealer.open(state, self.bound_to, now) if state is not None else {}
         responses = request.params.get("inputResponses")
         if isinstance(responses, dict):  # anything else answers nothing: the questions come again
+            # The answers are sealed again when the round ends, in a timer:
+            # one orjson cannot write (nested past its depth) would leave the
+            # request unanswered there, so it is refused here.
+            try:
+                orjson.dumps(responses)
+            except TypeError:
+                raise invalid_params("inputResponses are nested too deeply") from None
             self.answers.update(responses)
         self.questions: dict[str, dict[str, Any]] = {}
         self._numbers = itertools.count(1)
