@@ -354,6 +354,10 @@ _REPORTS = {
                  "sent an error instead ({count} since the last report)",
 }
 
+# The answer to a request whose id is too large to send back.
+_ID_TOO_LARGE = jsonrpc.encode(jsonrpc.error_response(None, RPCError(
+    INTERNAL_ERROR, "Answer too large to send: the request's id alone is over the message limit")))
+
 # Progress notifications restart a request's timeout, up to this many times its
 # length in all: a peer that reports progress forever still gets cut off.
 MAX_TIMEOUT_RESETS = 10
@@ -901,13 +905,17 @@ class Session:
     def _fit(self, message: dict[str, Any], encoded: bytes) -> bytes | None:
         """``encoded``, or what replaces it when it is over the message limit:
         an answer becomes a "too large" error (every request gets one answer),
-        a notification or request is dropped, as is an error that still does
-        not fit (its id is that large)."""
+        a notification or request is dropped. An answer whose id alone is too
+        large to carry is answered all the same, by an error without it (the
+        transport still knows which request it ends); only a limit too small
+        for that drops it."""
         limit = self.max_message_size
         if limit is None or len(encoded) <= limit:
             return encoded
         if "method" not in message:
             encoded = self._too_large("an answer", message.get("id"), len(encoded))
+            if len(encoded) > limit:
+                encoded = _ID_TOO_LARGE
             if len(encoded) <= limit:
                 return encoded
         log.warn("Dropped {method}: {size} bytes, over the {limit}-byte message limit",

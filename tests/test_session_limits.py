@@ -94,6 +94,26 @@ def test_an_answer_over_the_message_limit_becomes_an_error_answer(asynchronous: 
     assert result(peer.take()[0]) == {"small": True}
 
 
+def test_a_request_whose_id_is_too_large_to_send_back_is_answered_without_it(events) -> None:
+    # Every request gets one answer: over HTTP a POST left without one stays
+    # open and pins its session.
+    routed: list[tuple[Any, bool]] = []
+    peer = Peer(FakeHandler(), max_message_size=1000)
+    send = peer.session._send
+    peer.session._send = lambda text, related=None, answer=False: (  # type: ignore[method-assign]
+        routed.append((related, answer)), send(text, related, answer))
+    peer.initialize()
+    huge_id = "i" * 990
+    # Refused (params as an array), with an error that would repeat the id.
+    peer.send({"jsonrpc": "2.0", "id": huge_id, "method": "echo", "params": []})
+    (reply,) = peer.take()
+    assert reply["id"] is None and error_code(reply) == INTERNAL_ERROR
+    assert "id alone" in reply["error"]["message"]
+    assert routed[-1] == (huge_id, True)  # the transport still knows which request it ends
+    peer.request("echo", {"small": True}, id=2)
+    assert result(peer.take()[0]) == {"small": True}
+
+
 def test_a_batch_too_large_in_all_loses_only_its_largest_answers() -> None:
     sizes = {1: 600, 2: 10, 3: 700, 4: 20}
     peer = batch_peer(FakeHandler({"make": lambda request: "y" * sizes[request.id]}), max_message_size=1000)
