@@ -317,7 +317,8 @@ class _Batch:
 
     Each answer is kept encoded, with its request id (for the "too large"
     error that may replace it). An answer waiting here holds an in-flight
-    slot of the session (``Session._held``) until the batch is sent.
+    slot of the session, and its id (``Session._held``), until the batch is
+    sent: for the client that request is still unanswered.
     """
 
     __slots__ = ("pending", "related", "replies", "session")
@@ -331,7 +332,7 @@ class _Batch:
     def add(self, request_id: RequestId | None, reply: bytes | None) -> None:
         if reply is not None:
             self.replies.append((request_id, reply))
-            self.session._held += 1
+            self.session._held.append(request_id)
         self.pending -= 1
         if self.pending == 0 and self.replies:
             self.session._write_batch(self.replies, self.related)
@@ -417,8 +418,9 @@ class Session:
         self._incoming: dict[RequestId, IncomingRequest] = {}
         self._outgoing: dict[RequestId, OutgoingRequest] = {}
         self._next_id = 0
-        # Answers waiting in unfinished batches: they hold in-flight slots.
-        self._held = 0
+        # The ids of answers waiting in unfinished batches: they hold in-flight
+        # slots, and their ids are still in use.
+        self._held: list[RequestId | None] = []
         # Server role: the era this connection speaks, fixed by its first request.
         self._era = ConnectionEra()
         # Keyed notifications held while the peer is behind (see notify).
@@ -480,7 +482,8 @@ class Session:
                 if (quick is not None and type(params) is dict and "_meta" not in params
                         and (type(request_id) is int or type(request_id) is str)
                         and obj.get("jsonrpc") == "2.0" and request_id not in self._incoming
-                        and len(self._incoming) + self._held < self.max_in_flight):
+                        and request_id not in self._held
+                        and len(self._incoming) + len(self._held) < self.max_in_flight):
                     if not self._answer_quickly(quick, request_id, method, params):
                         # Declined: every check of _on_request has passed already.
                         self._start(Request(request_id, method, params), None, None)
@@ -526,7 +529,7 @@ class Session:
         batch = _Batch(self, requests, related) if requests else None
         # A batch counts against the in-flight limit as a whole: answers of
         # quick handlers wait in the batch, so they hold their slots too.
-        slots = self.max_in_flight - len(self._incoming) - self._held
+        slots = self.max_in_flight - len(self._incoming) - len(self._held)
         refused = 0
         for item in items:
             if type(item) is Request:
@@ -577,11 +580,11 @@ class Session:
         if (self.state is not _READY or method == Method.INITIALIZE) and not self._lifecycle_allows(
                 message, batch, modern):
             return
-        if message.id in self._incoming:
+        if message.id in self._incoming or message.id in self._held:
             error = RPCError(INVALID_REQUEST, "Request id is already in use by a request in flight")
             self._reply(batch, jsonrpc.error_response(message.id, error))
             return
-        if len(self._incoming) + self._held >= self.max_in_flight:
+        if len(self._incoming) + len(self._held) >= self.max_in_flight:
             if batch is None:
                 self._report("busy", limit=self.max_in_flight)
             self._refuse_busy(message, batch)
@@ -925,9 +928,10 @@ class Session:
     def _write_batch(self, replies: list[tuple[RequestId | None, bytes]], related: RequestId | None) -> None:
         """Send a batch's answers; if together they are too large, the largest
         become "too large" errors until the rest fits."""
-        self._held -= len(replies)
         if self.state is State.CLOSED:
-            return
+            return  # close() let go of every held answer
+        for request_id, _ in replies:
+            self._held.remove(request_id)
         parts = [reply for _, reply in replies]
         limit = self.max_message_size
         total = sum(map(len, parts)) + len(parts) + 1
@@ -1131,7 +1135,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self._advance(Event.CLOSE)
-        self._held = 0
+        self._held = []
         incoming, self._incoming = self._incoming, {}
         for request in incoming.values():
             request.cancelled = True

@@ -55,6 +55,25 @@ def test_a_batch_counts_against_the_in_flight_limit_and_logs_its_refusals_once(e
     assert line["count"] == 90
 
 
+def test_an_id_whose_answer_waits_in_a_batch_is_still_in_use() -> None:
+    # The client has no answer to it yet: a request reusing the id, in the
+    # same batch or after it, would get a second answer under one id.
+    route, deferreds = waiting_route()
+    peer = batch_peer(FakeHandler({"wait": route}))
+    peer.send([{"jsonrpc": "2.0", "id": 5, "method": "echo", "params": {"n": 1}},
+               {"jsonrpc": "2.0", "id": 5, "method": "echo", "params": {"n": 2}},
+               {"jsonrpc": "2.0", "id": 6, "method": "wait"}])
+    peer.request("echo", {"n": 3}, id=5)
+    (refused,) = peer.take()
+    assert (refused["id"], error_code(refused)) == (5, INVALID_REQUEST)
+    deferreds[0].callback("done")
+    (replies,) = peer.take()
+    assert [(r["id"], "error" in r) for r in replies] == [(5, False), (5, True), (6, False)]
+    assert result(replies[0]) == {"n": 1}
+    peer.request("echo", {"n": 4}, id=5)  # answered: the id is free again
+    assert result(peer.take()[0]) == {"n": 4}
+
+
 def test_refusals_at_the_in_flight_limit_are_logged_once_per_interval(events) -> None:
     route, _ = waiting_route()
     peer = Peer(FakeHandler({"wait": route}), max_in_flight=2)
