@@ -511,6 +511,11 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         self.onMessageFrameBegin(length)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != _OPEN:
+            # Behind our close frame (a refusal, a timeout, the drain's 1001):
+            # the peer may still be sending, but nothing more is run, answered
+            # or logged.
+            return
         if isBinary:
             log.info("Closing {peer}: binary frame", peer=self.peer)
             self.sendCloseFrame(CLOSE_UNSUPPORTED_DATA, b"MCP messages must be text frames")

@@ -64,6 +64,24 @@ async def test_binary_frame_closes_1003_and_spares_other_connections(server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_messages_behind_a_close_run_nothing_and_are_logged_once(server, events):
+    # Once the server has sent its close frame, requests still arriving must
+    # not run their handlers (their answers could not be sent), and a flood
+    # of binary frames is one log line, not one each.
+    _, port, state = server
+    client = await connect(port)
+    await client.initialize()
+    client.sendMessage(b"\x00", isBinary=True)
+    for i in range(3):
+        client.send_json({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "hang"}})
+    for _ in range(50):
+        client.sendMessage(b"\x01", isBinary=True)
+    assert (await client.closed)[1] == 1003
+    assert state["gates"] == []
+    assert len(find(events, "Closing {peer}: binary frame")) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_invalid_utf8_closes_1007(server):
     _, port, _ = server
     client = await connect(port)
