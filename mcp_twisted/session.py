@@ -353,6 +353,7 @@ _REPORTS = {
     "batch_refused": "Refused a batch of over {limit} messages ({count} since the last report)",
     "too_large": "Answer to {method} is {size} bytes, over the {limit}-byte message limit: "
                  "sent an error instead ({count} since the last report)",
+    "peer_error": "Peer reported an error ({count} since the last report): {error}",
 }
 
 # The answer to a request whose id is too large to send back.
@@ -871,7 +872,7 @@ class Session:
         outgoing = self._outgoing.pop(message.id, None) if message.id is not None else None
         if outgoing is None:
             if type(message) is jsonrpc.ErrorResponse:
-                log.warn("Peer reported an error: {error}", error=clip(str(message.error)))
+                self._report("peer_error", error=clip(str(message.error)))
             return  # a late answer to a request we gave up on
         if outgoing.timer is not None and outgoing.timer.active():
             outgoing.timer.cancel()

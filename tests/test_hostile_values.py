@@ -308,6 +308,23 @@ def test_subscription_uris_have_a_length_limit(logged):
     assert len(formatEvent(refusal)) < SHORT
 
 
+def test_refused_subscriptions_are_logged_once_per_interval(logged):
+    server = hostile_server(max_subscriptions=1, max_uri_length=50)
+    client = initialized(server, "2025-03-26")  # the revision with batches
+    client.result("resources/subscribe", {"uri": "config://0"})
+    client.send([{"jsonrpc": "2.0", "id": f"s{n}", "method": "resources/subscribe",
+                  "params": {"uri": f"config://{n}" if n % 2 else "config://" + "x" * 100}}
+                 for n in range(1, 65)])
+    (replies,) = client.take()[-1:]
+    assert len(replies) == 64 and all(r["error"]["code"] == -32602 for r in replies)
+    refusals = [e for e in logged if e["log_format"].startswith("Subscription refused")]
+    assert len(refusals) == 1 and refusals[0]["count"] == 1
+    client.clock.advance(10)
+    refusals = [e for e in logged if e["log_format"].startswith("Subscription refused")]
+    assert [e["count"] for e in refusals] == [1, 63]
+    assert_logs_are_short(logged)
+
+
 def test_reading_through_a_template_has_the_uri_length_limit():
     server = hostile_server(max_uri_length=50)
     client = initialized(server)

@@ -91,6 +91,20 @@ def test_refusals_at_the_in_flight_limit_are_logged_once_per_interval(events) ->
     assert [line["count"] for line in find(events, "Refused {count} request")] == [1, 497, 1]
 
 
+def test_error_responses_from_the_peer_are_logged_once_per_interval(events) -> None:
+    # Error responses to no request of ours get no answer; a flood of them
+    # (in one batch or one by one) is one line per interval, with a count.
+    peer = batch_peer()
+    error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": "no"}}
+    peer.send([error] * 64)
+    for _ in range(1000):
+        peer.send(error)
+    assert peer.take() == []
+    assert [line["count"] for line in find(events, "Peer reported an error")] == [1]
+    peer.clock.advance(10)
+    assert [line["count"] for line in find(events, "Peer reported an error")] == [1, 1063]
+
+
 # -- answers too large to send ---------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mcp_twisted._lograte import RepeatedEventLog
 from mcp_twisted.bus import AppChannel, IEventBus
 from mcp_twisted.eras import META_SERVER_INFO, MODERN_VERSIONS
 from mcp_twisted.jsonrpc import (
@@ -53,6 +54,14 @@ class _SessionState:
 
     log_level: str
     subscriptions: set[str] = field(default_factory=set)
+    # Refused subscriptions, one log line per interval (made on the first).
+    refusals: RepeatedEventLog | None = None
+
+    def refused(self, session: Session, reason: str) -> None:
+        if self.refusals is None:
+            self.refusals = RepeatedEventLog(
+                log, session.clock, "Subscription refused ({count} since the last report): {reason}")
+        self.refusals(reason=reason)
 
 
 class MCPServer:
@@ -599,15 +608,16 @@ class MCPServer:
 
     def _subscribe(self, request: IncomingRequest) -> dict[str, Any]:
         uri = _required_string(request.params, "uri")
-        subscriptions = self._state_for(request.session).subscriptions
+        state = self._state_for(request.session)
+        subscriptions = state.subscriptions
         if len(uri) > self.max_uri_length:
-            log.info("Subscription refused: a URI of {length} characters (limit {limit}): {uri}",
-                     length=len(uri), limit=self.max_uri_length, uri=brief(uri))
+            state.refused(request.session,
+                          f"a URI of {len(uri)} characters (limit {self.max_uri_length}): {brief(uri)}")
             raise invalid_params(f"URI too long to subscribe to: {len(uri)} characters "
                                  f"(limit {self.max_uri_length})", {"limit": self.max_uri_length})
         if uri not in subscriptions and len(subscriptions) >= self.max_subscriptions:
-            log.info("Subscription refused: {limit} subscriptions already (URI {uri})",
-                     limit=self.max_subscriptions, uri=brief(uri))
+            state.refused(request.session,
+                          f"{self.max_subscriptions} subscriptions already (URI {brief(uri)})")
             raise invalid_params(f"Too many subscriptions (limit {self.max_subscriptions}); "
                                  "unsubscribe from one first", {"limit": self.max_subscriptions})
         subscriptions.add(uri)
