@@ -136,10 +136,11 @@ class StdioServerProtocol(Protocol):
         self._buffer += data
         self._take_lines()
 
-    def _take_lines(self) -> None:
-        """Hand every complete line to the session, unless paused or closing."""
+    def _take_lines(self, held: bool = False) -> None:
+        """Hand every complete line to the session, unless paused (``held``:
+        paused or not, at shutdown) or closing."""
         buffer = self._buffer
-        while not self.paused and not self._closing:
+        while (held or not self.paused) and not self._closing:
             end = buffer.find(b"\n", self._scanned)
             if end < 0:
                 if self._discarding:
@@ -229,13 +230,17 @@ class StdioServerProtocol(Protocol):
         self._end()
 
     def shut_down(self) -> Deferred[None]:
-        """Stop serving (at SIGTERM): every running request is answered with
-        ``-32003`` and its handler cancelled, then output is flushed. Fires
-        once it was, or after ``flush_timeout``."""
+        """Stop serving (at SIGTERM), as the network services drain: listen
+        streams end with their result, requests read but not handled yet
+        (held while the client was behind) and those still running are
+        answered with ``-32003``, then output is flushed. Fires once it was,
+        or after ``flush_timeout``."""
         if self._ended:
             return succeed(None)
         session = self.session
         if session is not None and session.state is not State.CLOSED:
+            self.host.drain()  # the wait for running requests is not taken: they are cancelled below
+            self._take_lines(held=True)
             shutting_down = RPCError(SERVER_SHUTTING_DOWN, "Server shutting down before the request finished")
             aborted = session.abort_running(shutting_down)
             if aborted:

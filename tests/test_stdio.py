@@ -25,6 +25,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from mcp_twisted import Context, MCPServer
+from mcp_twisted.eras import META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION
 from mcp_twisted.stdio import StdioServerProtocol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,6 +254,32 @@ def test_shut_down_answers_running_requests_then_closes():
     assert parse(transport) == []
     protocol.connectionLost(Failure(Exception("closed")))
     assert done.called and protocol.shut_down().called
+
+
+def test_shut_down_answers_requests_held_while_the_client_was_behind():
+    # Read in one chunk while stdout was full: every request gets its answer.
+    protocol, transport = initialized()
+    protocol.pauseProducing()
+    held = line(call(1, "echo", text="a")) + line(request(2, "ping"))
+    protocol.dataReceived(held + b'{"jsonrpc": "2.0", "id": 3')  # and the start of a line
+    protocol.shut_down()
+    refused, pong = parse(transport)
+    assert (refused["id"], refused["error"]["code"]) == (1, -32003)
+    assert pong == {"jsonrpc": "2.0", "id": 2, "result": {}}  # a ping is answered even then
+
+
+def test_shut_down_ends_listen_streams_with_their_result():
+    # As the network services drain: a 2026-07-28 listen stream gets its
+    # result and notifications/cancelled, not an error.
+    protocol, transport = connect()
+    envelope = {META_PROTOCOL_VERSION: "2026-07-28", META_CLIENT_CAPABILITIES: {}}
+    protocol.dataReceived(line(request("listen", "subscriptions/listen", {
+        "_meta": envelope, "notifications": {"toolsListChanged": True}})))
+    parse(transport)  # the acknowledgement
+    protocol.shut_down()
+    cancelled, answer = parse(transport)
+    assert cancelled["method"] == "notifications/cancelled" and cancelled["params"]["requestId"] == "listen"
+    assert answer["id"] == "listen" and answer["result"]["resultType"] == "complete"
 
 
 def test_stdout_closed_ends_the_session_at_once():
