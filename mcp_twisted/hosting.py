@@ -20,14 +20,14 @@ from __future__ import annotations
 import functools
 import ipaddress
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from mcp_twisted.auth import certificate_subject
@@ -46,6 +46,7 @@ __all__ = [
     "OriginPolicy",
     "Refusal",
     "SessionHost",
+    "StallLimit",
     "WriteWaiters",
     "is_ip_literal",
     "is_loopback_host",
@@ -67,8 +68,15 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def _split_host(host: str) -> tuple[str, int | None]:
-    """``"[::1]:8080"`` -> ``("::1", 8080)``; a missing port is ``None``."""
-    parsed = urlsplit("//" + host)
+    """``"[::1]:8080"`` -> ``("::1", 8080)``; a missing port is ``None``.
+
+    What is not a host at all (an unclosed ``[``, text that NFKC turns into a
+    delimiter) is ``("", -1)``: no name, no port, so it matches nothing.
+    """
+    try:
+        parsed = urlsplit("//" + host)
+    except ValueError:
+        return "", -1
     try:
         port = parsed.port
     except ValueError:
@@ -99,16 +107,24 @@ def is_ip_literal(host: str) -> bool:
 
 
 def normalize_origin(origin: str) -> str:
-    """``scheme://host[:port]`` lower-cased, default ports dropped."""
-    parts = urlsplit(origin.strip())
+    """``scheme://host[:port]`` lower-cased, default ports dropped; an origin
+    that cannot be parsed is kept as sent."""
+    normalized = _normalized_origin(origin)
+    return origin if normalized is None else normalized
+
+
+def _normalized_origin(origin: str) -> str | None:
+    """``normalize_origin``, or None for what no browser sends as an origin
+    (an unclosed ``[``, a port out of range)."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:
         host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        return origin
     if port is None or port == _DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
@@ -177,6 +193,48 @@ class WriteWaiters:
         return len(self._waiters) if self._waiters is not None else 0
 
 
+class StallLimit:
+    """A stream's stall limit: ``expired`` is called (to drop the connection)
+    once its client has stayed over ``limit`` unsent bytes for ``timeout``
+    seconds (0: never).
+
+    As over WebSocket, the clock runs from the first write that finds the
+    client over the limit while the transport is paused, not from the pause:
+    a stream may sit paused below the limit for any time. The transport
+    resuming stops the clock, and a client that caught up by its end is kept.
+    """
+
+    __slots__ = ("_call", "_clock", "_expired", "_limit", "_timeout", "_unsent")
+
+    def __init__(
+        self, clock: IReactorTime, limit: int, timeout: float, unsent: Callable[[], int],
+        expired: Callable[[], None],
+    ) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._timeout = timeout
+        self._unsent = unsent
+        self._expired = expired
+        self._call: IDelayedCall | None = None
+
+    def wrote(self) -> None:
+        """After a write to the paused transport: start the clock if the client is over the limit."""
+        if self._call is None and self._timeout and self._unsent() > self._limit:
+            self._call = self._clock.callLater(self._timeout, self._end)
+
+    def stop(self) -> None:
+        """The transport resumed, or the stream ended: no clock."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _end(self) -> None:
+        self._call = None
+        # Under the limit again: kept, and the next write over it starts a new clock.
+        if self._unsent() > self._limit:
+            self._expired()
+
+
 class OriginPolicy:
     """Which browser origins may open a connection.
 
@@ -214,7 +272,9 @@ class OriginPolicy:
             return True
         if origin == "null":
             return self.allow_null
-        normalized = normalize_origin(origin)
+        normalized = _normalized_origin(origin)
+        if normalized is None:
+            return False  # not an origin: no browser sent it, nothing may match it
         if normalized in self.exact:
             return True
         scheme, _, netloc = normalized.partition("://")
@@ -299,10 +359,8 @@ class Admission:
             raise Refusal(404, "path", "Not Found")
         # A live session's requests still reach it while draining (it answers
         # new ones -32003; running handlers hear the client's answers).
-        if host.draining and request.opens_session:
-            raise Refusal(503, "draining", "Service Unavailable: shutting down")
-        if request.opens_session and host.at_capacity:
-            raise Refusal(503, "capacity", "Service Unavailable: too many connections")
+        if request.opens_session:
+            host.check_room()
         loopback_host = is_loopback_host(request.host)
         host_trusted = loopback_host or is_ip_literal(request.host) or self.is_allowed_host(request.host)
         if request.on_loopback and not (loopback_host or self.is_allowed_host(request.host)):
@@ -368,6 +426,14 @@ class SessionHost:
         maximum = self.limits.max_sessions
         return bool(maximum) and len(self.sessions) >= maximum
 
+    def check_room(self) -> None:
+        """Raise the 503 ``Refusal`` of a host that takes no new session now
+        (draining, or at the session cap)."""
+        if self.draining:
+            raise Refusal(503, "draining", "Service Unavailable: shutting down")
+        if self.at_capacity:
+            raise Refusal(503, "capacity", "Service Unavailable: too many connections")
+
     def admit(self, request: AdmissionRequest) -> Any:
         """``Admission.admit`` against this host (the identity, or a Deferred
         of it); refusals are counted, those that come later too."""
@@ -377,7 +443,14 @@ class SessionHost:
             self._count_refusal(refusal)
             raise
         if isinstance(identity, Deferred):
+            if request.opens_session:
+                # The drain may have begun, or the cap filled, while the token was checked.
+                identity.addCallback(self._room_left)
             identity.addErrback(self._count_late_refusal)
+        return identity
+
+    def _room_left(self, identity: Any) -> Any:
+        self.check_room()
         return identity
 
     def _count_refusal(self, refusal: Refusal) -> None:

@@ -45,11 +45,12 @@ from zope.interface import implementer
 
 from mcp_twisted import jsonrpc
 from mcp_twisted._lograte import RepeatedEventLog
-from mcp_twisted.eras import classify, http_status
+from mcp_twisted.eras import MODERN_VERSIONS, classify, http_status
 from mcp_twisted.hosting import (
     AdmissionRequest,
     Refusal,
     SessionHost,
+    StallLimit,
     WriteWaiters,
     listener_is_loopback,
     unsent_bytes,
@@ -276,17 +277,30 @@ class EventStore:
     def gap_after(self, event_id: str) -> bool:
         """Whether events after ``event_id`` may have been given up (to the
         count, size or age limits) before a client came back for them."""
-        return int(event_id.rpartition(".")[2]) < self._dropped_upto
+        parsed = _parse_event_id(event_id)
+        return parsed is not None and parsed[1] < self._dropped_upto
 
     def after(self, event_id: str) -> tuple[str, list[tuple[str, bytes]]] | None:
         """The stream an event id names and the kept events after it on that
         stream, or None for an id this store never gave."""
-        stream, _, number = event_id.rpartition(".")
-        if not stream or not number.isdigit() or int(number) > self._sequence:
+        parsed = _parse_event_id(event_id)
+        if parsed is None or parsed[1] > self._sequence:
             return None
         self._trim()
-        sequence = int(number)
+        stream, sequence = parsed
         return stream, [(f"{s}.{n}", data) for n, s, data, _ in self._events if s == stream and n > sequence]
+
+
+# An event id as EventStore gives them: a stream, a dot, a sequence number in
+# ASCII digits (str.isdigit takes "²", which int() refuses) and of no more
+# digits than a session could count to (int() refuses thousands).
+_EVENT_ID = re.compile(r"(.+)\.([0-9]{1,18})")
+
+
+def _parse_event_id(event_id: str) -> tuple[str, int] | None:
+    """The stream and sequence number of an event id, or None for what no store gives."""
+    found = _EVENT_ID.fullmatch(event_id)
+    return (found[1], int(found[2])) if found is not None else None
 
 
 def _sse_head(request: server.Request, session_id: bytes) -> None:
@@ -313,7 +327,9 @@ class SSEStream:
         self.http_session = http_session
         self.open = True
         self.paused = False
-        self._stalled: IDelayedCall | None = None
+        settings = http_session.resource.settings
+        self._stall = StallLimit(http_session.resource.host.clock, settings.max_output_buffer,
+                                 settings.output_stall_timeout, self.buffered, self._drop)
         _sse_head(request, http_session.id_header)
         request.registerProducer(self, True)
         request.write(b"")  # the head now: a stream with nothing to say yet is still open
@@ -337,13 +353,8 @@ class SSEStream:
         """Write an encoded event (or comment), watching the client keep up."""
         if self.open:
             self.request.write(data)
-            # As over WebSocket: the stall clock runs from the first write
-            # that finds the client over the limit.
-            settings = self.http_session.resource.settings
-            if (self.paused and self._stalled is None and settings.output_stall_timeout
-                    and self.buffered() > settings.max_output_buffer):
-                self._stalled = self.http_session.resource.host.clock.callLater(
-                    settings.output_stall_timeout, self._stall_expired)
+            if self.paused:
+                self._stall.wrote()
 
     def finish(self) -> None:
         """End the response (the client has every event)."""
@@ -362,19 +373,16 @@ class SSEStream:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if self._stalled is not None and self._stalled.active():
-            self._stalled.cancel()
-        self._stalled = None
+        self._stall.stop()
         self.http_session.stream_writable()
 
     def stopProducing(self) -> None:
         self.open = False
 
-    def _stall_expired(self) -> None:
+    def _drop(self) -> None:
         """The client stayed over the output limit for the whole stall timeout."""
-        self._stalled = None
-        if not self.open or self.buffered() <= self.http_session.resource.settings.max_output_buffer:
-            return  # it caught up; the next write over the limit starts a new timer
+        if not self.open:
+            return
         log.info("Dropping an SSE stream of session {session}: its client stopped reading",
                  session=self.http_session.id[:8])
         metrics = self.http_session.resource.host.metrics
@@ -391,9 +399,7 @@ class SSEStream:
     def _stop(self) -> None:
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
-        if self._stalled is not None and self._stalled.active():
-            self._stalled.cancel()
-        self._stalled = None
+        self._stall.stop()
 
 
 # What an exchange buffers inside render() before its stream opens for real.
@@ -447,6 +453,7 @@ class HTTPSession:
         self._writable_waiters = WriteWaiters()
         self._expiry: IDelayedCall | None = None
         self._active_at = 0.0
+        self._unowned: Exchange | None = None  # see dispatch_unowned
         self.session: Session = resource.host.open_session(  # counted once its initialize succeeds
             self.route, transport="http", identity=identity, peer=peer, flow=self, counted=False)
         self.session.stream_closer = self.close_stream
@@ -454,7 +461,8 @@ class HTTPSession:
     # -- routing what the session sends ---------------------------------
 
     def route(self, data: bytes, related: RequestId | None, answer: bool) -> None:
-        exchange = self.exchanges.get(related) if related is not None else None
+        # An answer under no request id is one to a batch with no request (dispatch_unowned).
+        exchange = self.exchanges.get(related) if related is not None else self._unowned if answer else None
         if exchange is None:
             event_id = self.events.add(STANDALONE, data)
             if self.standalone is not None:
@@ -562,6 +570,25 @@ class HTTPSession:
             self._touch()
         return exchange
 
+    def dispatch_unowned(self, request: server.Request, batch: list[jsonrpc.BatchItem]) -> Exchange | None:
+        """Dispatch a batch with no well-formed request; the exchange its
+        answer went to, or None when it was owed none.
+
+        What the session owes it (errors for its malformed items, or for its
+        size) it sends at once and under no request id. That answers this
+        POST, not the GET stream: 200 and JSON-RPC's array of errors, as a
+        batch with a request gets its errors (a 400 would carry one error
+        with no id, where each malformed item has its own).
+        """
+        exchange = Exchange(request, (), "", batch=True)  # answered within render(): no stream, no id
+        exchange.json_only = True
+        self._unowned = exchange
+        try:
+            self.session.dispatch(batch)
+        finally:
+            self._unowned = None
+        return exchange if exchange.sync_body is not None else None
+
     def watch_open(self, exchange: Exchange) -> None:
         """After render(): notice its client leaving an exchange still open
         (one answered within render() needs no Deferred)."""
@@ -585,13 +612,15 @@ class HTTPSession:
 
         The session sends nothing for a cancelled request, as the spec asks,
         but its POST must still end, or the client's connection hangs: it
-        gets an error answer, as the official Python SDK sends.
+        gets an error answer, as the official Python SDK sends. A request
+        the session still runs was not cancelled (in a batch, its cancel came
+        before it and was ignored): its own answer ends its POST.
         """
         for item in items:
             if type(item) is not Notification or item.method != Notify.CANCELLED:
                 continue
             request_id = item.params.get("requestId") if isinstance(item.params, dict) else None
-            if not jsonrpc.is_request_id(request_id):
+            if not jsonrpc.is_request_id(request_id) or self.session.running(request_id):
                 continue
             exchange = self.exchanges.get(request_id)
             if exchange is None:
@@ -910,6 +939,11 @@ def _error_body(request: server.Request, status: int, code: int, message: str) -
     return jsonrpc.encode(jsonrpc.error_response(None, RPCError(code, message)))
 
 
+def _unsupported_version(request: server.Request, version: str) -> bytes:
+    return _error_body(request, 400, INVALID_REQUEST,
+                       f"Unsupported MCP-Protocol-Version: {jsonrpc.clip(version)}")
+
+
 def _plain(request: server.Request, status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
     request.setResponseCode(status, _REASONS.get(status))
     request.setHeader("Content-Type", "text/plain; charset=utf-8")
@@ -1051,8 +1085,7 @@ class MCPHTTPResource(Resource):
         if http_session is None or http_session.identity != identity:
             return _error_body(request, 404, INVALID_REQUEST, "Session not found")
         if version is not None and version not in SUPPORTED_PROTOCOL_VERSIONS:
-            return _error_body(request, 400, INVALID_REQUEST,
-                               f"Unsupported MCP-Protocol-Version: {jsonrpc.clip(version)}")
+            return _unsupported_version(request, version)
         return http_session
 
     # -- POST ---------------------------------------------------------------
@@ -1115,8 +1148,14 @@ class MCPHTTPResource(Resource):
             # under the running request's POST, which would then never end.
             return _error_body(request, 400, INVALID_REQUEST,
                                "Request id is already in use by a request in flight")
-        exchange = http_session.new_exchange(request, ids, batch is not None) if ids else None
-        http_session.session.dispatch(message)
+        exchange: Exchange | None = None
+        if ids:
+            exchange = http_session.new_exchange(request, ids, batch is not None)
+            http_session.session.dispatch(message)
+        elif batch is not None:
+            exchange = http_session.dispatch_unowned(request, batch)
+        else:
+            http_session.session.dispatch(message)
         if batch is not None:
             http_session.end_cancelled(batch)
         elif not isinstance(message, (list, Request)):  # a request cancels nothing (list: for mypy)
@@ -1135,10 +1174,11 @@ class MCPHTTPResource(Resource):
         handshake-era traffic. That revision has no batches and no responses
         from clients; its notifications are accepted and dropped. ``header``:
         the request's ``MCP-Protocol-Version``."""
-        modern_header = header is not None and header not in SUPPORTED_PROTOCOL_VERSIONS
         if type(message) is not Request:
-            if not modern_header:
+            if header is None or header in SUPPORTED_PROTOCOL_VERSIONS:
                 return None
+            if header not in MODERN_VERSIONS:
+                return _unsupported_version(request, header)
             if type(message) is Notification:
                 request.setResponseCode(202)
                 return b""

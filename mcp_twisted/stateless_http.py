@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import server
@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from mcp_twisted import jsonrpc
 from mcp_twisted.eras import HEADER_MISMATCH, http_status
-from mcp_twisted.hosting import WriteWaiters, unsent_bytes
+from mcp_twisted.hosting import StallLimit, WriteWaiters, unsent_bytes
 from mcp_twisted.jsonrpc import Request, RequestId, RPCError
 from mcp_twisted.protocol import Method
 
@@ -49,7 +49,9 @@ log = Logger()
 # Requests whose Mcp-Name header names their target, and where the body has it.
 _NAMED = {Method.TOOLS_CALL: "name", Method.PROMPTS_GET: "name", Method.RESOURCES_READ: "uri"}
 _BASE64_VALUE = re.compile(r"=\?base64\?(.*)\?=\Z", re.DOTALL)
-_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)\Z")
+# An integer header: no argument holds more than 20 digits (orjson reads
+# longer JSON numbers as floats), and int() refuses thousands of them.
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,19})\Z")
 _CODE = re.compile(rb"-?[0-9]+")
 
 
@@ -69,13 +71,17 @@ def _header_value(raw: str) -> str:
 
 
 def _header(request: server.Request, name: str) -> str | None:
-    """A routing header as text: strict UTF-8 (else ``-32020``), and decoded
-    from its ``=?base64?...?=`` form, which may carry any value."""
+    """A routing header as text: sent once and strict UTF-8 (else
+    ``-32020``), and decoded from its ``=?base64?...?=`` form, which may
+    carry any value."""
     raw = request.requestHeaders.getRawHeaders(name.encode())
     if not raw:
         return None
+    if len(raw) > 1:
+        # Intermediaries may route or authorize on another of the values than the one checked here.
+        raise _mismatch(f"{name} header is sent more than once")
     try:
-        text = raw[-1].decode("utf-8").strip()
+        text = raw[0].decode("utf-8").strip()
     except UnicodeDecodeError:
         raise _mismatch(f"{name} header is not UTF-8 text") from None
     return _header_value(text)
@@ -131,7 +137,7 @@ class _Exchange:
         self.paused = False
         self.sync_body: bytes | None = None
         self._keepalive: LoopingCall | None = None
-        self._stalled: IDelayedCall | None = None
+        self._stall: StallLimit | None = None  # made with the stream: most answers are JSON
         self._writers = WriteWaiters()
 
     def route(self, data: bytes, related: RequestId | None, answer: bool) -> None:
@@ -145,7 +151,7 @@ class _Exchange:
             return
         if not self.streaming:
             self._start_stream()
-        self.request.write(b"data: " + data + b"\n\n")
+        self._write(b"data: " + data + b"\n\n")
         if answer:
             self._end()
 
@@ -174,12 +180,23 @@ class _Exchange:
         request.setHeader("Content-Type", "text/event-stream")
         request.setHeader("Cache-Control", "no-cache, no-transform")
         request.setHeader("X-Accel-Buffering", "no")
+        settings = self.resource.settings
+        self._stall = StallLimit(self.resource.host.clock, settings.max_output_buffer,
+                                 settings.output_stall_timeout, self._unsent, self._drop)
         request.registerProducer(self, True)
-        interval = self.resource.settings.keepalive_interval
+        interval = settings.keepalive_interval
         if interval:
-            self._keepalive = LoopingCall(request.write, b": keep-alive\n\n")
+            self._keepalive = LoopingCall(self._write, b": keep-alive\n\n")
             self._keepalive.clock = self.resource.host.clock
             self._keepalive.start(interval, now=False)
+
+    def _write(self, data: bytes) -> None:
+        self.request.write(data)
+        if self.paused and self._stall is not None:
+            self._stall.wrote()
+
+    def _unsent(self) -> int:
+        return unsent_bytes(self.request.channel.transport)
 
     def _end(self) -> None:
         self.stop()
@@ -192,8 +209,8 @@ class _Exchange:
         self.finished = True
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
-        if self._stalled is not None and self._stalled.active():
-            self._stalled.cancel()
+        if self._stall is not None:
+            self._stall.stop()
         self._writers.release()
 
     # OutputFlow, for the session: handlers that await progress or log
@@ -203,28 +220,24 @@ class _Exchange:
 
     def congested(self) -> bool:
         limit = self.resource.settings.max_output_buffer
-        return self.paused and unsent_bytes(self.request.channel.transport) > limit
+        return self.paused and self._unsent() > limit
 
     # IPushProducer, driven by the channel's write buffer.
     def pauseProducing(self) -> None:
         self.paused = True
-        timeout = self.resource.settings.output_stall_timeout
-        if self._stalled is None and timeout:
-            self._stalled = self.resource.host.clock.callLater(timeout, self._stall_expired)
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if self._stalled is not None and self._stalled.active():
-            self._stalled.cancel()
-        self._stalled = None
+        if self._stall is not None:
+            self._stall.stop()
         self._writers.release()
 
     def stopProducing(self) -> None:
         self.stop()
 
-    def _stall_expired(self) -> None:
-        self._stalled = None
-        if self.paused and not self.finished:
+    def _drop(self) -> None:
+        """The client stayed over the output limit for the whole stall timeout."""
+        if not self.finished:
             log.info("Dropping a 2026-07-28 stream: its client stopped reading")
             metrics = self.resource.host.metrics
             if metrics is not None:
