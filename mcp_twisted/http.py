@@ -973,6 +973,8 @@ class MCPHTTPResource(Resource):
         self.log_replay_gap = RepeatedEventLog(
             log, host.clock, "Resumed {count} stream(s) whose missed events were partly given up to the "
             "replay limits (--max-replay-events, --max-replay-size, --replay-ttl); last: session {session}")
+        self._log_malformed = RepeatedEventLog(
+            log, host.clock, "Refused {count} malformed POST(s); last: {peer}, HTTP {status}: {why}")
 
     # -- entry --------------------------------------------------------------
 
@@ -987,6 +989,10 @@ class MCPHTTPResource(Resource):
             return self._admitted(request, self._delete)
         if method == b"OPTIONS":
             return self._admitted(request, self._preflight, credentials=False)
+        # Admitted first, as every method is: an unknown path is 404, a foreign Host 421.
+        return self._admitted(request, self._not_allowed, credentials=False)
+
+    def _not_allowed(self, request: server.Request, identity: Any, head: _Head) -> bytes:
         request.setHeader(b"Allow", _ALLOW)
         return _plain(request, 405, "Method Not Allowed")
 
@@ -1092,14 +1098,17 @@ class MCPHTTPResource(Resource):
 
     def _post(self, request: server.Request, identity: Any, head: _Head) -> bytes | int:
         if not _is_json(head(_CONTENT_TYPE)):
+            self._malformed(request, 415, "not application/json")
             return _plain(request, 415, "Unsupported Media Type: send application/json")
         if not _accepts(head.joined(_ACCEPT), _POST_TYPES):
+            self._malformed(request, 406, "Accept lacks application/json or text/event-stream")
             return _error_body(request, 406, INVALID_REQUEST,
                                "Not Acceptable: Accept must include application/json and text/event-stream")
         try:
             body = request.content.getvalue()  # type: ignore[union-attr]  # BoundedRequest always makes it
             message = jsonrpc.parse(body)
         except MessageError as e:
+            self._malformed(request, 400, e.message)
             return _error_body(request, 400, e.code, e.message)
         if self._scopes is not None:
             refusal = self._scopes.refusal(identity, message)
@@ -1165,6 +1174,10 @@ class MCPHTTPResource(Resource):
             request.setResponseCode(202)
             return b""
         return self._reply(request, exchange, http_session)
+
+    def _malformed(self, request: server.Request, status: int, why: str) -> None:
+        """Log a POST refused for its form, once per interval with a count."""
+        self._log_malformed(peer=self._peer(request), status=status, why=jsonrpc.clip(why))
 
     def _stateless(
         self, request: server.Request, identity: Any, message: jsonrpc.Message | list[jsonrpc.BatchItem],

@@ -250,3 +250,35 @@ def test_a_batch_with_no_request_gets_the_errors_it_is_owed_on_its_post(batch, o
     # Notifications alone are owed nothing: 202, as before.
     assert server.post([notification("notifications/roots/list_changed")], session,
                        version="2025-03-26").status == 202
+
+
+# -- the status table's order, and its log ---------------------------------------
+
+
+@pytest.mark.parametrize(("path", "host", "status"), [
+    ("/mcp", "127.0.0.1:8080", 405), ("/other", "127.0.0.1:8080", 404), ("/mcp", "evil.example", 421),
+])
+def test_an_unknown_method_is_admitted_first_as_every_method_is(path, host, status):
+    # 405 says the path exists: a path the server does not serve is 404, and
+    # a foreign Host 421, whatever the method.
+    server = Served(http_app()[0])
+    wire = server.open()
+    wire.send(raw_request("PUT", path, JSON_HEADERS, b"{}", host=host))
+    assert wire.reply.status == status
+    assert (wire.reply.header("allow") is not None) == (status == 405)
+
+
+def test_malformed_posts_are_logged_once_per_interval(events):
+    server = Served(http_app()[0])
+    session = server.initialize()
+    statuses = [server.post(b"{not json", session).status,
+                server.post(init_message(), headers={"Content-Type": "text/plain"}).status,
+                server.post(init_message(), headers={"Accept": "text/html"}).status]
+    for _ in range(100):
+        server.post(b"[", session)
+    assert statuses == [400, 415, 406]
+    assert [e["count"] for e in find(events, "Refused {count} malformed POST")] == [1]
+    server.clock.advance(10)
+    lines = find(events, "Refused {count} malformed POST")
+    assert [e["count"] for e in lines] == [1, 102] and lines[-1]["status"] == 400
+    assert failures(events) == []
