@@ -129,12 +129,17 @@ class MessageError(RPCError):
     """A text that is not a valid JSON-RPC message.
 
     ``request_id`` is the id of the offending request when it could be read,
-    so that the error response can still be correlated.
+    so that the error response can still be correlated. ``answers``: the text
+    is a malformed response to our request ``request_id``; that request
+    fails, and nothing is sent back (a response gets no response).
     """
 
-    def __init__(self, code: int, message: str, request_id: RequestId | None = None) -> None:
+    def __init__(
+        self, code: int, message: str, request_id: RequestId | None = None, *, answers: bool = False
+    ) -> None:
         super().__init__(code, message)
         self.request_id = request_id
+        self.answers = answers
 
 
 # The message classes are plain (not frozen) slotted dataclasses: a frozen
@@ -212,14 +217,20 @@ def _to_message(obj: object) -> Message:
             )
         return Request(known_id, method, params)
     if "result" in obj:
-        if known_id is None or "error" in obj:
-            raise MessageError(INVALID_REQUEST, "Invalid Response: bad id or both result and error")
+        if known_id is None:
+            raise MessageError(INVALID_REQUEST, "Invalid Response: bad id")
+        if "error" in obj:
+            raise MessageError(INVALID_REQUEST, "Invalid Response: both result and error", known_id,
+                               answers=True)
         return Response(known_id, obj["result"])
     error = obj.get("error")
     if isinstance(error, dict) and "id" in obj and (known_id is not None or raw_id is None):
         code, message = error.get("code"), error.get("message")
         if type(code) is int and isinstance(message, str):
             return ErrorResponse(known_id, RemoteError(code, message, error.get("data")))
+    if "error" in obj and known_id is not None:
+        raise MessageError(INVALID_REQUEST, "Invalid Response: the error is not an object with an integer "
+                           "code and a message", known_id, answers=True)
     raise MessageError(INVALID_REQUEST, "Invalid Request: not a request, notification or response")
 
 

@@ -491,6 +491,9 @@ class Session:
                     return
             message = jsonrpc.decode(obj)
         except MessageError as e:
+            if e.answers:
+                self._on_response(e)
+                return
             log.debug("Refused message: {error}", error=e.message)
             self._write(jsonrpc.error_response(e.request_id, e), e.request_id, answer=True)
             return
@@ -526,7 +529,8 @@ class Session:
                 INVALID_REQUEST, f"Batch too large: {len(items)} messages (limit {self.max_batch_size})",
                 {"limit": self.max_batch_size})), related, answer=True)
             return
-        requests = sum(1 for item in items if type(item) in (Request, MessageError))
+        requests = sum(1 for item in items
+                       if type(item) is Request or (type(item) is MessageError and not item.answers))
         batch = _Batch(self, requests, related) if requests else None
         # A batch counts against the in-flight limit as a whole: answers of
         # quick handlers wait in the batch, so they hold their slots too.
@@ -544,7 +548,10 @@ class Session:
                     slots -= 1
                     self._on_request(item, batch)
             elif type(item) is MessageError:
-                self._reply(batch, jsonrpc.error_response(item.request_id, item))
+                if item.answers:
+                    self._on_response(item)
+                else:
+                    self._reply(batch, jsonrpc.error_response(item.request_id, item))
             elif type(item) is Notification:
                 self._on_notification(item)
             else:
@@ -868,16 +875,23 @@ class Session:
         except Exception:
             log.failure("Progress callback for {method!r} raised", method=outgoing.method)
 
-    def _on_response(self, message: Response | jsonrpc.ErrorResponse) -> None:
-        outgoing = self._outgoing.pop(message.id, None) if message.id is not None else None
+    def _on_response(self, message: Response | jsonrpc.ErrorResponse | MessageError) -> None:
+        """An answer to one of our requests; a malformed one (``MessageError``
+        with ``answers``) fails it, as the peer's answer cannot be read."""
+        request_id = message.request_id if type(message) is MessageError else message.id
+        outgoing = self._outgoing.pop(request_id, None) if request_id is not None else None
         if outgoing is None:
-            if type(message) is jsonrpc.ErrorResponse:
-                self._report("peer_error", error=clip(str(message.error)))
+            if type(message) is not Response:
+                self._report("peer_error", error=clip(str(message if type(message) is MessageError
+                                                          else message.error)))
             return  # a late answer to a request we gave up on
         if outgoing.timer is not None and outgoing.timer.active():
             outgoing.timer.cancel()
         if type(message) is Response:
             outgoing.deferred.callback(message.result)
+        elif type(message) is MessageError:
+            outgoing.deferred.errback(LocalProtocolError(
+                f"Malformed answer to {outgoing.method}: {message.message}"))
         else:
             outgoing.deferred.errback(message.error)
 

@@ -37,7 +37,7 @@ from mcp_twisted.session import (
     State,
 )
 from mcp_twisted.testing import Peer, failure_of, result_of
-from tests.support import FakeHandler, error_code, result, waiting_route
+from tests.support import FakeHandler, error_code, find, result, waiting_route
 
 # -- lifecycle -------------------------------------------------------------------
 
@@ -818,6 +818,29 @@ def test_error_response_fails_with_rpc_error() -> None:
     error = failure_of(d).value
     assert isinstance(error, RPCError)
     assert (error.code, error.message, error.data) == (-32602, "Unknown tool", {"name": "x"})
+
+
+@pytest.mark.parametrize("answer", [
+    {"error": "boom"}, {"error": {"code": "1", "message": "x"}}, {"error": {"code": 1}},
+    {"result": {}, "error": {"code": 1, "message": "x"}},
+])
+def test_a_malformed_answer_fails_its_request_and_gets_no_reply(answer: dict[str, Any], events) -> None:
+    # Its id can be read: the request it answers fails now, not at its
+    # timeout (or never), and a response is not answered with an error.
+    peer = ready_client()
+    peer.session.protocol_version = "2025-03-26"  # the revision with batches
+    d = peer.session.request("tools/call", timeout=None)
+    other = peer.session.request("ping", timeout=None)
+    peer.take()
+    peer.send({"jsonrpc": "2.0", "id": 0, **answer})
+    error = failure_of(d).value
+    assert isinstance(error, LocalProtocolError) and str(error).startswith("Malformed answer to tools/call")
+    assert not other.called and peer.take() == []
+    # In a batch too; id 7 answers nothing of ours.
+    peer.send([{"jsonrpc": "2.0", "id": 1, **answer}, {"jsonrpc": "2.0", "id": 7, **answer}])
+    assert isinstance(failure_of(other).value, LocalProtocolError)
+    assert peer.take() == [] and peer.session.waiting == 0
+    assert len(find(events, "Peer reported an error")) == 1
 
 
 def test_outgoing_request_times_out_and_sends_cancelled() -> None:
