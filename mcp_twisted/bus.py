@@ -203,4 +203,8 @@ class AppChannel:
             return
         if not isinstance(event, dict) or event.get("origin") == self.origin:
             return
-        self.deliver(event)
+        try:
+            self.deliver(event)
+        except Exception:  # the bus's other subscribers must still get it
+            log.failure("Event bus {bus}: handling an event on {channel} failed", bus=self.bus.name,
+                        channel=self.channel)

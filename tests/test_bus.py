@@ -82,10 +82,29 @@ def test_bus_events_from_a_buggy_publisher_are_ignored():
     bus = LocalBus()
     server = instance(bus)
     peer = subscribed(server)
+    other = instance(bus)  # the same app in another process: it subscribed after this one
+    on_other = subscribed(other)
     for message in ('{"method": "notifications/resources/updated", "uri": 5}',
-                    '{"method": "tools/call"}'):
-        bus.publish("mcp:shared", message)
-    assert methods(peer) == []
+                    '{"method": "tools/call"}', '{"method": ["x"]}', '{"method": {"a": 1}}'):
+        assert bus.publish("mcp:shared", message).called  # nothing raised out of delivery
+    assert methods(peer) == [] and methods(on_other) == []
+    server.notify_resource_updated(URI)  # and the bus still delivers
+    assert methods(on_other) == [("notifications/resources/updated", {"uri": URI})]
+
+
+def test_a_subscriber_that_fails_does_not_stop_the_others(events):
+    bus = LocalBus()
+    delivered: list[dict[str, Any]] = []
+
+    def broken(event: dict[str, Any]) -> None:
+        raise RuntimeError("an app's bug")
+
+    AppChannel(bus, "app", broken, lambda: None)
+    AppChannel(bus, "app", delivered.append, lambda: None)
+    bus.publish("mcp:app", '{"method": "y", "origin": "elsewhere"}')
+    assert delivered == [{"method": "y", "origin": "elsewhere"}]
+    failed = [e for e in events if (e.get("log_format") or "").startswith("Event bus {bus}: handling")]
+    assert len(failed) == 1
 
 
 def test_a_server_uses_one_bus():

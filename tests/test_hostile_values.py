@@ -385,3 +385,17 @@ def test_deeply_nested_input_responses_are_invalid_params(logged):
         "_meta": MODERN, "name": "book", "arguments": {"city": "Oslo"}}}))
     client.clock.advance(0)
     assert client.answer("plain")["result"]["resultType"] == "input_required"
+
+
+@pytest.mark.parametrize("name", [["echo"], {"x": 1}, 7, None])
+def test_scopes_of_a_request_whose_name_is_no_string_are_none(name):
+    # Over HTTP the step-up check asks this before the app sees the request:
+    # a list as params.name (unhashable) was a 500 there; the app's own
+    # -32602 is the answer.
+    server = hostile_server()
+    server.add_tool(lambda: "x", name="guarded", scopes=["admin"])
+    for method in ("tools/call", "prompts/get"):
+        assert server.required_scopes(method, {"name": name}) == ()
+    assert list(server.required_scopes("tools/call", {"name": "guarded"})) == ["admin"]
+    error = initialized(server).error("tools/call", {"name": name})
+    assert error["code"] == -32602

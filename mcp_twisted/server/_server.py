@@ -347,10 +347,11 @@ class MCPServer:
         if not isinstance(params, dict):
             return ()
         entry: Any = None
-        if method == Method.TOOLS_CALL:
-            entry = self._tools.get(params.get("name"))  # type: ignore[arg-type]  # any key: a miss is None
-        elif method == Method.PROMPTS_GET:
-            entry = self._prompts.get(params.get("name"))  # type: ignore[arg-type]
+        name = params.get("name")  # the peer's: not a string (unhashable, even) is the request's own error
+        if method == Method.TOOLS_CALL and isinstance(name, str):
+            entry = self._tools.get(name)
+        elif method == Method.PROMPTS_GET and isinstance(name, str):
+            entry = self._prompts.get(name)
         elif method in (Method.RESOURCES_READ, Method.RESOURCES_SUBSCRIBE):
             uri = params.get("uri")
             try:
@@ -393,6 +394,8 @@ class MCPServer:
 
     def _from_bus(self, event: dict[str, Any]) -> None:
         method = event.get("method")
+        if not isinstance(method, str):
+            return  # another process's (or a stranger's) malformed event: a list would not even hash
         if method == Notify.RESOURCES_UPDATED and isinstance(event.get("uri"), str):
             self._resource_updated(event["uri"])
         elif method in LIST_CHANGED_KIND:
