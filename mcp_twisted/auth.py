@@ -40,16 +40,24 @@ class TokenAuthenticator:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TokenAuthenticator:
-        """Read ``name:token`` lines; blank lines and ``#`` comments are skipped."""
+        """Read ``name:token`` lines; blank lines and ``#`` comments are skipped.
+        A name has one token: a second line for it is an error, not a silent
+        replacement of the first (whose holder would be refused unawares)."""
         tokens: dict[str, str] = {}
+        lines: dict[str, int] = {}
         for number, line in enumerate(Path(path).read_text().splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             name, sep, token = line.partition(":")
-            if not sep or not name.strip() or not token.strip():
+            name = name.strip()
+            if not sep or not name or not token.strip():
                 raise ValueError(f"{path}, line {number}: expected name:token")
-            tokens[name.strip()] = token.strip()
+            if name in lines:
+                raise ValueError(f"{path}, line {number}: {name!r} already has a token (line {lines[name]}); "
+                                 f"give each token its own name")
+            tokens[name] = token.strip()
+            lines[name] = number
         return cls(tokens)
 
     def authenticate(self, authorization: str | None) -> str | None:

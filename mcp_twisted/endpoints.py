@@ -62,6 +62,7 @@ __all__ = [
     "reuse_port_reactor",
     "server_from_string",
     "server_tls_options",
+    "unwrap_description",
 ]
 
 FORWARD_SECRET_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
@@ -262,6 +263,16 @@ def server_from_string(reactor: Any, description: str) -> IStreamServerEndpoint:
 # Endpoint types that listen on every address when no interface= is given,
 # and the loopback address to use instead (escaped as endpoint strings need).
 _WILDCARD_BY_DEFAULT = {"tcp": "127.0.0.1", "ssl": "127.0.0.1", "tcp6": r"\:\:1"}
+# Prefixes that wrap an endpoint string; the wrapped endpoint's options end the string.
+_WRAPPERS = ("haproxy:", "reuseport:")
+
+
+def unwrap_description(description: str) -> str:
+    """The endpoint string inside the ``haproxy:`` and ``reuseport:`` wrappers:
+    ``tcp:8080`` for ``haproxy:reuseport:tcp:8080``."""
+    while description.startswith(_WRAPPERS):
+        description = description.partition(":")[2]
+    return description
 
 
 def loopback_by_default(description: str) -> str:
@@ -270,9 +281,10 @@ def loopback_by_default(description: str) -> str:
 
     The values of ``tcp``, ``tcp6`` and ``ssl`` options are numbers, addresses
     and file names, so a colon-separated part that starts with ``interface=``
-    is that option.
+    is that option. Wrapped endpoints are looked into: their options are the
+    wrapped endpoint's, so the interface goes at the end all the same.
     """
-    kind, _, rest = description.partition(":")
+    kind, _, rest = unwrap_description(description).partition(":")
     loopback = _WILDCARD_BY_DEFAULT.get(kind)
     if loopback is None or any(part.startswith("interface=") for part in rest.split(":")):
         return description

@@ -970,6 +970,10 @@ class MCPHTTPResource(Resource):
         self.sessions: dict[str, HTTPSession] = {}
         self.replay_budget = ReplayBudget(self.settings.max_replay_total)
         self._scopes = _ScopeCheck.of(host)
+        # Requests whose token is being checked, and who waits for there to be none:
+        # at shutdown each must still get its answer before the process ends.
+        self._admitting: dict[server.Request, _Head] = {}
+        self._admitted_waiters: list[Deferred[None]] = []
         self.log_replay_gap = RepeatedEventLog(
             log, host.clock, "Resumed {count} stream(s) whose missed events were partly given up to the "
             "replay limits (--max-replay-events, --max-replay-size, --replay-ttl); last: session {session}")
@@ -1006,8 +1010,10 @@ class MCPHTTPResource(Resource):
             # The token is checked elsewhere first (keys to fetch, an
             # introspection endpoint). Not cancelled if the client leaves:
             # other requests may be waiting for the same fetch.
+            self._admitting[request] = head
             identity.addCallbacks(self._admitted_later, self._refused_later,
                                   callbackArgs=(request, handler, head), errbackArgs=(request, head))
+            identity.addBoth(self._admission_ended, request)
             return server.NOT_DONE_YET
         return self._render_admitted(request, handler, head, identity)
 
@@ -1045,6 +1051,24 @@ class MCPHTTPResource(Resource):
             log.failure("Checking a token failed", failure)
             refusal = Refusal(500, "auth", "Internal Server Error")
         _finish_with(request, self._refused(request, head, refusal))
+
+    def _admission_ended(self, result: object, request: server.Request) -> object:
+        self._admitting.pop(request, None)
+        if not self._admitting:
+            waiters, self._admitted_waiters = self._admitted_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        return result
+
+    def admissions_settled(self) -> Deferred[None]:
+        """Fires once no request waits for its token check (the shutdown's
+        drain waits for this too, within its timeout)."""
+        waiter: Deferred[None] = Deferred()
+        if self._admitting:
+            self._admitted_waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
 
     def _admission_request(self, request: server.Request, head: _Head, credentials: bool) -> AdmissionRequest:
         channel = request.channel
@@ -1281,9 +1305,15 @@ class MCPHTTPResource(Resource):
     # -- shutdown -------------------------------------------------------------
 
     def close_all(self) -> None:
-        """End every session (after the drain): streams finish, handlers stop."""
+        """End every session (after the drain): streams finish, handlers stop.
+        Requests whose token check outlived the drain are answered 503 now
+        (the check, when it ends, finds them finished)."""
         for http_session in list(self.sessions.values()):
             http_session.end()
+        draining = Refusal(503, "draining", "Service Unavailable: shutting down")
+        for request, head in list(self._admitting.items()):
+            if not (request.finished or request._disconnected):
+                _finish_with(request, self._refused(request, head, draining))
 
 
 # Twisted releases since twisted#12413 (2025) can leave form parsing off; older

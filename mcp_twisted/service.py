@@ -71,7 +71,9 @@ class MCPService(MultiService):
     1. stop accepting connections;
     2. drain: new requests are refused (``-32003``) while requests already
        running may finish, for up to ``drain_timeout`` seconds; those still
-       running then are cancelled and answered with ``-32003`` too;
+       running then are cancelled and answered with ``-32003`` too. HTTP
+       requests whose token is still being checked are waited for likewise,
+       then answered 503;
     3. close every WebSocket connection with 1001 (going away), so clients
        reconnect at once instead of waiting for a timeout, and end every HTTP
        session (its streams end after their answers); wait up to
@@ -106,7 +108,8 @@ class MCPService(MultiService):
         :param reuse_port: the listeners share their port with other
             processes: close them as soon as the drain starts.
         :param extra: more twisted.web resources on the main listeners, by
-            exact path (the OAuth protected-resource metadata).
+            exact path (the OAuth protected-resource metadata); served
+            without ``http`` too, beside WebSocket.
         """
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's MultiService, unannotated
         self.factory = factory
@@ -118,16 +121,21 @@ class MCPService(MultiService):
         self.listeners.setServiceParent(self)
         self.http = http
         listening: Any = factory
-        if http is not None:
+        # WebSocket alone needs no HTTP server, unless there are pages beside
+        # it: the OAuth metadata that a 401's challenge names must be served.
+        if http is not None or extra:
             from autobahn.twisted.resource import WebSocketResource
 
             from mcp_twisted.http import MCPSite
             from mcp_twisted.metrics import Health
 
-            # /healthz on the port the balancer sends clients to: it sees the drain there.
+            pages = dict(extra or {})
+            if http is not None:
+                # /healthz on the port the balancer sends clients to: it sees the drain there.
+                pages["/healthz"] = Health(factory)
             listening = MCPSite(http, WebSocketResource(factory) if websocket else None,
                                 max_body_size=factory.host.limits.max_message_size,
-                                extra={**(extra or {}), "/healthz": Health(factory)})
+                                reactor=factory.host.clock, extra=pages)
         named = endpoints.items() if isinstance(endpoints, Mapping) else ((repr(e), e) for e in endpoints)
         for description, endpoint in named:
             _Listener(endpoint, listening, description).setServiceParent(self.listeners)
@@ -157,6 +165,11 @@ class MCPService(MultiService):
             log.info("Draining: waiting up to {timeout}s for {count} running requests",
                      timeout=self.drain_timeout, count=host.in_flight)
         drained = host.drain()
+        if self.http is not None:
+            # HTTP requests whose token is still being checked are waited
+            # for too (a session's would be refused -32003, a new one 503);
+            # close_all answers 503 to those the timeout leaves.
+            drained = DeferredList([drained, self.http.admissions_settled()])
         drained.addTimeout(self.drain_timeout, self.factory.clock)
         with contextlib.suppress(TimeoutError):
             yield drained

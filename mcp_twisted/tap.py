@@ -301,9 +301,12 @@ def _oauth_server(options: Options) -> Any:
         if not secret_file:
             raise StartupError("--oauth-introspection-client-id needs --oauth-introspection-secret-file")
         try:
-            secret = Path(secret_file).read_text().strip()
+            secret = Path(secret_file).read_text(encoding="utf-8").strip()
         except OSError as e:
             raise StartupError(f"--oauth-introspection-secret-file: {e}") from None
+        except UnicodeDecodeError as e:
+            raise StartupError(f"--oauth-introspection-secret-file {secret_file!r}: not UTF-8 text "
+                               f"(byte {e.start})") from None
         introspection = IntrospectionCredentials(options["oauth-introspection-client-id"], secret)
     try:
         return OAuthResourceServer(OAuthSettings(
@@ -348,10 +351,15 @@ class TwistdService(MCPWebSocketService):
             raise StartupError(str(e)) from None
 
 
+# Endpoint types whose listeners --workers can share (SO_REUSEPORT).
+_TCP_TYPES = frozenset({"tcp", "tcp6", "ssl", "mtls"})
+
+
 def make_workers(reactor: Any, options: Options) -> IService:
-    """The ``--workers`` parent. Endpoint strings are checked here, once, so a
-    mistake is one line instead of N children failing in a loop."""
-    from mcp_twisted.endpoints import reuse_port_reactor
+    """The ``--workers`` parent. What the children would fail on at once (the
+    app, the endpoint strings) is checked here, once, so a mistake is one
+    line instead of N children restarted in a loop."""
+    from mcp_twisted.endpoints import reuse_port_reactor, unwrap_description
     from mcp_twisted.workers import WORKER_NUMBER, WorkersService, child_arguments, twistd_command
 
     try:
@@ -359,6 +367,13 @@ def make_workers(reactor: Any, options: Options) -> IService:
     except ValueError as e:
         raise StartupError(f"--workers: {e}") from None
     make_endpoints(reusing, options["endpoints"])
+    for description in options["endpoints"]:
+        # The workers share each port through SO_REUSEPORT, which only TCP
+        # has: a second worker could never bind a unix socket, for one.
+        if unwrap_description(description).partition(":")[0] not in _TCP_TYPES:
+            raise StartupError(f"--endpoint {description!r}: with --workers every endpoint must be TCP "
+                               f"({', '.join(sorted(_TCP_TYPES))}), for the workers to share its port")
+    load_app(options["app"], options["app-dir"])
     for option in ("metrics-endpoint", "health-endpoint"):
         description = options[option]
         if description and WORKER_NUMBER not in description:

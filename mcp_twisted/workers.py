@@ -14,6 +14,7 @@ units in ``etc/`` do the same job without this parent.
 from __future__ import annotations
 
 import contextlib
+import getopt
 import os
 import signal
 import sys
@@ -40,16 +41,26 @@ WORKER_NUMBER = "{worker}"
 
 def child_arguments(arguments: Sequence[str]) -> list[str]:
     """The ``mcpws`` arguments of a child: the parent's, without ``--workers``,
-    with ``--reuse-port``."""
+    with ``--reuse-port``.
+
+    They are parsed as the parent's were, so that ``--workers`` goes however
+    it was spelled (getopt takes ``--work 2`` and ``--worker=2`` too: a child
+    given either would start workers of its own, without end), and no value
+    that looks like an option is mistaken for one.
+    """
+    from mcp_twisted.tap import Options
+
+    parser = Options()
+    parsed, _ = getopt.getopt(list(arguments), parser.shortOpt, parser.longOpt)  # none positional
     result: list[str] = []
-    skip_next = False
-    for argument in arguments:
-        if skip_next:
-            skip_next = False
-        elif argument == "--workers":
-            skip_next = True
-        elif not argument.startswith("--workers="):
-            result.append(argument)
+    for option, value in parsed:
+        if option == "--workers":
+            continue
+        result.append(option)
+        takes_value = (option[2:] + "=" in parser.longOpt if option.startswith("--")
+                       else option[1:] + ":" in parser.shortOpt)
+        if takes_value:
+            result.append(value)
     if "--reuse-port" not in result:
         result.append("--reuse-port")
     return result

@@ -9,9 +9,10 @@ introspection request carries a token).
 from __future__ import annotations
 
 import base64
+import ipaddress
 from io import BytesIO
 from typing import Any, cast
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import quote_plus, urlencode, urlsplit
 
 import orjson
 from twisted.internet.defer import Deferred, succeed
@@ -27,6 +28,21 @@ from mcp_twisted.oauth._errors import ServerUnavailable
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_SIZE = 1024 * 1024
+
+
+def check_url(name: str, url: str) -> None:
+    """An absolute https URL (http only on a loopback host, for development
+    and tests) with no fragment: tokens and keys must not cross in clear."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError(f"{name} must be an https URL (http only on loopback), not {url!r}")
+    if not host or parts.fragment:
+        raise ValueError(f"{name} must be an absolute URL without a fragment, not {url!r}")
 
 
 class _BoundedBody(Protocol):

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcp_twisted.oauth._errors import ServerUnavailable
-from mcp_twisted.oauth._http import JSONClient
+from mcp_twisted.oauth._http import JSONClient, check_url
 
 log = Logger()
 
@@ -117,6 +117,12 @@ class ServerMetadata:
             url = document.get(name)
             if not isinstance(url, str) or not url:
                 raise ServerUnavailable(f"{self.issuer}: the metadata has no {name}")
+            # As for the same URLs in the settings: a token or a client
+            # secret must not be sent, nor keys fetched, in clear.
+            try:
+                check_url(f"the metadata's {name}", url)
+            except ValueError as error:
+                raise ServerUnavailable(f"{self.issuer}: {error}") from None
             return url
 
         return self.get().addCallback(pick)

@@ -10,7 +10,7 @@ challenge RFC 6750 and RFC 9728 ask for (never the token).
 
 from __future__ import annotations
 
-import ipaddress
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ from twisted.web.iweb import IAgent
 
 from mcp_twisted.hosting import Refusal
 from mcp_twisted.oauth._errors import ServerUnavailable, TokenError
-from mcp_twisted.oauth._http import JSONClient
+from mcp_twisted.oauth._http import JSONClient, check_url
 from mcp_twisted.oauth._keys import DEFAULT_ALGORITHMS, KeySet, ServerMetadata
 from mcp_twisted.oauth._tokens import (
     DEFAULT_LEEWAY,
@@ -32,27 +32,13 @@ from mcp_twisted.oauth._tokens import (
     Introspector,
     JWTValidator,
     OAuthIdentity,
+    check_leeway,
 )
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 # RFC 6750 2.1: b64token; longer than any provider's tokens, short enough to refuse junk early.
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_TOKEN_LENGTH = 16 * 1024
-
-
-def _check_url(name: str, url: str) -> None:
-    """An absolute https URL (http only on a loopback host, for development
-    and tests) with no fragment: tokens and keys must not cross in clear."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise ValueError(f"{name} must be an https URL (http only on loopback), not {url!r}")
-    if not host or parts.fragment:
-        raise ValueError(f"{name} must be an absolute URL without a fragment, not {url!r}")
 
 
 @dataclass(frozen=True)
@@ -128,7 +114,8 @@ class OAuthSettings:
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     leeway: float = DEFAULT_LEEWAY  # seconds of clock skew allowed on exp and nbf
     require_at_jwt: bool = False
-    jwks_min_refresh: float = 30.0  # also the wait before asking again for metadata that failed
+    # Also the wait before asking again for metadata or an introspection that failed.
+    jwks_min_refresh: float = 30.0
     jwks_max_age: float = 3600.0
     introspection_cache_ttl: float = 30.0
     introspection_cache_size: int = 1024
@@ -137,12 +124,17 @@ class OAuthSettings:
     authorization_servers: tuple[str, ...] = ()  # for the metadata; by default (issuer,)
 
     def __post_init__(self) -> None:
-        _check_url("the resource", self.resource)
-        _check_url("the issuer", self.issuer)
+        check_url("the resource", self.resource)
+        check_url("the issuer", self.issuer)
         for name, url in (("the JWKS URI", self.jwks_uri),
                           ("the introspection endpoint", self.introspection and self.introspection.endpoint)):
             if url:
-                _check_url(name, url)
+                check_url(name, url)
+        check_leeway(self.leeway)
+        for name in ("jwks_min_refresh", "jwks_max_age", "introspection_cache_ttl"):
+            seconds = getattr(self, name)
+            if not 0 <= seconds < math.inf:  # also refuses NaN
+                raise ValueError(f"{name} must be a finite number of seconds, not {seconds!r}")
         if not self.accept_jwt and self.introspection is None:
             raise ValueError("neither JWT access tokens nor introspection: no token could be accepted")
 
@@ -198,7 +190,7 @@ class OAuthResourceServer:
                     lambda: self.server_metadata.endpoint("introspection_endpoint")),
                 issuer=settings.issuer, audiences=audiences, client=self.client, clock=self.clock,
                 leeway=settings.leeway, cache_ttl=settings.introspection_cache_ttl,
-                cache_size=settings.introspection_cache_size,
+                cache_size=settings.introspection_cache_size, retry_after=settings.jwks_min_refresh,
             )
 
     # -- admission ------------------------------------------------------

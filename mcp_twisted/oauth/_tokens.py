@@ -9,17 +9,20 @@ and with a Deferred only when it must ask the authorization server.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeAlias, TypeGuard
 
 import jwt
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from mcp_twisted.oauth._errors import TokenError
+from mcp_twisted.oauth._errors import ServerUnavailable, TokenError
 from mcp_twisted.oauth._http import JSONClient
 from mcp_twisted.oauth._keys import DEFAULT_ALGORITHMS, KEY_TYPES, Coalescer, KeySet
 
@@ -31,7 +34,11 @@ __all__ = [
     "identity_from_claims",
 ]
 
+log = Logger()
+
 DEFAULT_LEEWAY = 60.0
+# Five minutes (Kerberos's default skew): more would let expired tokens live on.
+MAX_LEEWAY = 300.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +80,10 @@ class OAuthIdentity:
         return hash((self.issuer, self.subject))
 
 
+# What the introspection cache keeps for a token: its identity, or why there is none.
+_Answer: TypeAlias = "OAuthIdentity | TokenError | ServerUnavailable"
+
+
 def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
     """``scope`` (RFC 9068, RFC 7662: space-separated) or ``scp`` (Entra ID:
     space-separated; Okta: a list)."""
@@ -99,17 +110,32 @@ def identity_from_claims(claims: Mapping[str, Any], issuer: str) -> OAuthIdentit
                          claims=MappingProxyType(dict(claims)))
 
 
+def check_leeway(leeway: float) -> float:
+    """``leeway`` if it is a number of seconds from 0 to ``MAX_LEEWAY``, else ``ValueError``."""
+    if not 0 <= leeway <= MAX_LEEWAY:  # also refuses NaN
+        raise ValueError(f"the leeway must be from 0 to {MAX_LEEWAY:g} seconds, not {leeway!r}")
+    return leeway
+
+
+def _is_time(value: object) -> TypeGuard[float]:
+    """A NumericDate: an int (of any size: compared, never made a float) or a
+    finite float. PyJWT's JSON parser also reads NaN and Infinity, which
+    would never expire."""
+    return ((isinstance(value, int) and not isinstance(value, bool))
+            or (isinstance(value, float) and math.isfinite(value)))
+
+
 def check_times(claims: Mapping[str, Any], now: float, leeway: float, *, exp_required: bool = True) -> None:
     """``exp`` and ``nbf`` against the injected clock, with ``leeway`` seconds of skew."""
     exp = claims.get("exp")
     if exp is None and not exp_required:
         pass
-    elif not isinstance(exp, (int, float)) or isinstance(exp, bool):
+    elif not _is_time(exp):
         raise TokenError("token has no valid exp")
-    elif now >= exp + leeway:
+    elif now - leeway >= exp:  # not exp + leeway: a huge int does not convert to float
         raise TokenError("token expired")
     nbf = claims.get("nbf")
-    if nbf is not None and (not isinstance(nbf, (int, float)) or now + leeway < nbf):
+    if nbf is not None and (not _is_time(nbf) or now + leeway < nbf):
         raise TokenError("token not yet valid")
 
 
@@ -152,7 +178,7 @@ class JWTValidator:
         self.audiences = list(audiences)
         self.keys = keys
         self.clock = clock
-        self.leeway = leeway
+        self.leeway = check_leeway(leeway)
         self.require_at_jwt = require_at_jwt
 
     def validate(self, token: str) -> OAuthIdentity | Deferred[OAuthIdentity]:
@@ -162,10 +188,14 @@ class JWTValidator:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise TokenError("malformed token") from None
+        # Header values are the sender's JSON, of any type: each is checked
+        # to be a string before it is used (a list as set member raises).
         algorithm = header.get("alg")
-        if algorithm not in self.algorithms:
+        if not isinstance(algorithm, str) or algorithm not in self.algorithms:
             raise TokenError("signing algorithm not allowed")
-        if self.require_at_jwt and str(header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
+        typ = header.get("typ", "")
+        if self.require_at_jwt and (not isinstance(typ, str)
+                                    or typ.lower() not in ("at+jwt", "application/at+jwt")):
             raise TokenError("not an access token")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
@@ -204,7 +234,9 @@ class IntrospectionCredentials:
 class Introspector:
     """Opaque tokens, asked about at the RFC 7662 endpoint; answers are
     cached for ``cache_ttl`` seconds at most (and never past the token's
-    ``exp``), ``cache_size`` entries at most, keyed by a digest of the token."""
+    ``exp``), ``cache_size`` entries at most, keyed by a digest of the token.
+    When the endpoint cannot be asked, that too is cached, for
+    ``retry_after`` seconds: a client retrying does not hammer it."""
 
     def __init__(
         self,
@@ -218,6 +250,7 @@ class Introspector:
         leeway: float = DEFAULT_LEEWAY,
         cache_ttl: float = 30.0,
         cache_size: int = 1024,
+        retry_after: float = 30.0,
     ) -> None:
         """:param endpoint: where to ask (the configured URL, or the metadata's)."""
         self.credentials = credentials
@@ -226,16 +259,19 @@ class Introspector:
         self.audiences = frozenset(audiences)
         self.client = client
         self.clock = clock
-        self.leeway = leeway
+        self.leeway = check_leeway(leeway)
         self.cache_ttl = cache_ttl
         self.cache_size = cache_size
+        self.retry_after = retry_after
         self.requests = 0  # introspection requests made
-        # An inactive token's entry is the reason, so that it is not asked about again either.
-        self._cache: OrderedDict[bytes, tuple[float, OAuthIdentity | str]] = OrderedDict()
-        self._asking: Coalescer[bytes, OAuthIdentity | str] = Coalescer()
+        # A refused token's entry is its TokenError, an unreachable endpoint's
+        # a ServerUnavailable, so that neither is asked about again at once.
+        self._cache: OrderedDict[bytes, tuple[float, _Answer]] = OrderedDict()
+        self._asking: Coalescer[bytes, _Answer] = Coalescer()
 
     def validate(self, token: str) -> OAuthIdentity | Deferred[OAuthIdentity]:
-        """The token's identity, or ``TokenError`` (raised or the Deferred's failure)."""
+        """The token's identity, or ``TokenError`` or ``ServerUnavailable``
+        (raised or the Deferred's failure)."""
         digest = hashlib.sha256(token.encode()).digest()
         cached = self._cache.get(digest)
         if cached is not None:
@@ -246,28 +282,41 @@ class Introspector:
             del self._cache[digest]
         return self._asking.call(digest, lambda: self._ask(token, digest)).addCallback(_unwrap)
 
-    def _ask(self, token: str, digest: bytes) -> Deferred[OAuthIdentity | str]:
+    def _ask(self, token: str, digest: bytes) -> Deferred[_Answer]:
         self.requests += 1
         asked = self._endpoint().addCallback(lambda url: self.client.post_form(
             url, {"token": token, "token_type_hint": "access_token"},
             username=self.credentials.client_id, password=self.credentials.client_secret))
-        return asked.addCallback(self._answer, digest)
+        return asked.addCallbacks(self._answer, self._unavailable, callbackArgs=(digest,),
+                                  errbackArgs=(digest,))
 
-    def _answer(self, answer: dict[str, Any], digest: bytes) -> OAuthIdentity | str:
+    def _answer(self, answer: dict[str, Any], digest: bytes) -> _Answer:
         now = self.clock.seconds()
         until = now + self.cache_ttl
-        result: OAuthIdentity | str
+        result: _Answer
         try:
             result = self._identity(answer, now)
             exp = answer.get("exp")
-            if isinstance(exp, (int, float)):
+            if exp is not None:  # a valid time: _identity checked it
                 until = min(until, exp + self.leeway)
         except TokenError as error:
-            result = str(error)
-        self._cache[digest] = (until, result)
+            result = error
+        return self._remember(digest, until, result)
+
+    def _unavailable(self, failure: Failure, digest: bytes) -> _Answer:
+        # Per token rather than for every token (as the metadata and the
+        # keys are): a token that makes the endpoint fail must not shut out
+        # everyone else's for retry_after seconds.
+        failure.trap(ServerUnavailable)
+        log.warn("Could not introspect a token: {why}", why=failure.getErrorMessage())
+        return self._remember(digest, self.clock.seconds() + self.retry_after,
+                              ServerUnavailable(failure.getErrorMessage()))
+
+    def _remember(self, digest: bytes, until: float, answer: _Answer) -> _Answer:
+        self._cache[digest] = (until, answer)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return result
+        return answer
 
     def _identity(self, answer: dict[str, Any], now: float) -> OAuthIdentity:
         if answer.get("active") is not True:
@@ -279,13 +328,17 @@ class Introspector:
         audience = answer.get("aud")
         if audience is None:
             raise TokenError("token is not bound to an audience")
-        if self.audiences.isdisjoint([audience] if isinstance(audience, str) else audience):
+        # A string or a list of strings (RFC 7662 2.2); anything else is no audience of ours.
+        audiences = [audience] if isinstance(audience, str) else audience
+        if (not isinstance(audiences, list) or not all(isinstance(item, str) for item in audiences)
+                or self.audiences.isdisjoint(audiences)):
             raise TokenError("wrong audience")
         check_times(answer, now, self.leeway, exp_required=False)
         return identity_from_claims(answer, self.issuer)
 
 
-def _unwrap(answer: OAuthIdentity | str) -> OAuthIdentity:
-    if isinstance(answer, str):
-        raise TokenError(answer)
-    return answer
+def _unwrap(answer: _Answer) -> OAuthIdentity:
+    if isinstance(answer, OAuthIdentity):
+        return answer
+    # A new exception each time: raising the cached one would grow its traceback.
+    raise type(answer)(*answer.args)
