@@ -38,6 +38,7 @@ from mcp_twisted.client import (
     RequestTimedOut,
     backoff_policy,
 )
+from mcp_twisted.client._service import MIN_UPTIME
 from mcp_twisted.demo import server as demo_app
 from mcp_twisted.jsonrpc import RPCError
 from mcp_twisted.session import Session, State
@@ -267,7 +268,8 @@ def test_service_delays_grow_cap_and_reset_after_a_session():
     endpoint.pumps[-1].flush()
     assert answer.result == {}
 
-    # The session drops; delays start again from the initial delay.
+    # The session drops after MIN_UPTIME: delays start again from the initial delay.
+    clock.advance(MIN_UPTIME)
     endpoint.server = None
     dropped_at = clock.seconds()
     endpoint.pumps[-1].serverIO.loseConnection()

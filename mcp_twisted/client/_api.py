@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mcp_twisted import __version__
+from mcp_twisted._lograte import RepeatedEventLog
 from mcp_twisted.eras import (
     META_CLIENT_CAPABILITIES,
     META_CLIENT_INFO,
@@ -54,6 +55,9 @@ MAX_INPUT_ROUNDS = 10
 # (times the restarts in a row), at most this many times without an acknowledgement.
 LISTEN_RESTART_DELAY = 1.0
 MAX_LISTEN_RESTARTS = 5
+# Pages one walk of a list (``iter_tools`` and kin) follows before giving up:
+# a server that names a new ``nextCursor`` on every page would be followed forever.
+MAX_PAGES = 1000
 # How long ``auto`` waits for a server/discover answer before it tries
 # initialize: some handshake-era servers ignore requests before it.
 PROBE_TIMEOUT = 10.0
@@ -139,6 +143,9 @@ class MCPClient:
         self._ready_waiters: list[Deferred[MCPClient]] = []
         # Set when the transport gave up: nothing waits for a session after that.
         self._gave_up: Exception | None = None
+        # A server's malformed notifications are its mistake: a line now and then, no traceback.
+        self._log_malformed = RepeatedEventLog(
+            log, clock, "Ignored {count} malformed notification(s), the last: {method} {params}")
 
     # -- connection management (called by the transport) --------------------
 
@@ -339,6 +346,9 @@ class MCPClient:
             self.on_log(params)
         elif method == Notify.RESOURCES_UPDATED:
             uri = params.get("uri")
+            if not isinstance(uri, str):
+                self._log_malformed(method=method, params=brief(params))
+                return
             callback = self._subscriptions.get(uri)
             if callback is not None:
                 callback(uri)
@@ -402,8 +412,7 @@ class MCPClient:
             if _is_modern(self.session):
                 params = dict(params or {})
                 params["_meta"] = {**self._meta(self.session.protocol_version), **params.get("_meta", {})}
-            return self.session.request(
-                method, params, timeout=timeout, on_progress=on_progress)
+            return self.session.request(method, params, timeout=timeout, on_progress=on_progress)
         if self._gave_up is not None:
             return fail(self._gave_up)
         if not self.wait_for_connection:
@@ -448,9 +457,11 @@ class MCPClient:
         """One page: ``{"tools": [...], "nextCursor"?: str}``."""
         return self.request(Method.TOOLS_LIST, _cursor(cursor))
 
-    def iter_tools(self) -> AsyncIterator[dict[str, Any]]:
-        """Every tool, following ``nextCursor`` through all pages (``async for``)."""
-        return self._paginate(Method.TOOLS_LIST, "tools")
+    def iter_tools(self, *, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every tool, following ``nextCursor`` through all pages (``async for``);
+        ``timeout``: seconds for the whole walk (each page has ``request_timeout``).
+        A cursor named twice, or more than ``MAX_PAGES`` pages, raise ``LocalProtocolError``."""
+        return self._paginate(Method.TOOLS_LIST, "tools", timeout)
 
     def call_tool(
         self,
@@ -473,7 +484,7 @@ class MCPClient:
     async def _list_then_call(
         self, params: dict[str, Any], timeout: float | None, on_progress: ProgressCallback | None,
     ) -> dict[str, Any]:
-        async for _ in self.iter_tools():
+        async for _ in self.iter_tools(timeout=timeout):
             pass  # each page records its tools' headers
         result: dict[str, Any] = await self.request(
             Method.TOOLS_CALL, params, timeout=timeout, on_progress=on_progress)
@@ -482,8 +493,9 @@ class MCPClient:
     def list_resources(self, cursor: str | None = None) -> Deferred[dict[str, Any]]:
         return self.request(Method.RESOURCES_LIST, _cursor(cursor))
 
-    def iter_resources(self) -> AsyncIterator[dict[str, Any]]:
-        return self._paginate(Method.RESOURCES_LIST, "resources")
+    def iter_resources(self, *, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every resource; see ``iter_tools``."""
+        return self._paginate(Method.RESOURCES_LIST, "resources", timeout)
 
     def list_resource_templates(self, cursor: str | None = None) -> Deferred[dict[str, Any]]:
         return self.request(Method.RESOURCES_TEMPLATES_LIST, _cursor(cursor))
@@ -569,8 +581,9 @@ class MCPClient:
     def list_prompts(self, cursor: str | None = None) -> Deferred[dict[str, Any]]:
         return self.request(Method.PROMPTS_LIST, _cursor(cursor))
 
-    def iter_prompts(self) -> AsyncIterator[dict[str, Any]]:
-        return self._paginate(Method.PROMPTS_LIST, "prompts")
+    def iter_prompts(self, *, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every prompt; see ``iter_tools``."""
+        return self._paginate(Method.PROMPTS_LIST, "prompts", timeout)
 
     def get_prompt(self, name: str, arguments: dict[str, str] | None = None) -> Deferred[dict[str, Any]]:
         """``{"description"?, "messages": [{"role", "content"}]}``."""
@@ -603,15 +616,28 @@ class MCPClient:
             return succeed({})
         return self.request(Method.LOGGING_SET_LEVEL, {"level": level})
 
-    async def _paginate(self, method: str, key: str) -> AsyncIterator[dict[str, Any]]:
+    async def _paginate(self, method: str, key: str, timeout: float | None) -> AsyncIterator[dict[str, Any]]:
+        started = self.clock.seconds()
         cursor: str | None = None
-        while True:
-            page = await self.request(method, _cursor(cursor))
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            left = None
+            if timeout is not None:
+                left = timeout - (self.clock.seconds() - started)
+                if left <= 0:
+                    raise RequestTimedOut(method, timeout)
+            page = await self.request(method, _cursor(cursor), timeout=left)
             for item in page.get(key, []):
                 yield item
             cursor = page.get("nextCursor")
             if not cursor:
                 return
+            if not isinstance(cursor, str):
+                raise LocalProtocolError(f"{method}: nextCursor {brief(cursor)} is not a string")
+            if cursor in seen:
+                raise LocalProtocolError(f"{method}: the server named nextCursor {brief(cursor)} twice")
+            seen.add(cursor)
+        raise LocalProtocolError(f"{method} had more than {MAX_PAGES} pages")
 
 
 def _cursor(cursor: str | None) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
@@ -64,10 +64,16 @@ log = Logger()
 
 # Milliseconds before a dropped stream is resumed when the server named no ``retry``.
 DEFAULT_RETRY_MS = 1000
-# Resumptions of one stream in a row that bring no new event before giving up.
+# The least delay before a stream is resumed or reopened, whatever ``retry`` says:
+# a server's ``retry: 0`` would otherwise make a hot loop of GETs.
+MIN_RETRY_MS = 100
+# Resumptions of one stream in a row that bring no new message before giving up.
 MAX_RESUMES = 5
 # Standalone GET streams reopened in a row without an event before giving up.
 MAX_GET_REOPENS = 5
+# Seconds the server has to answer the standalone GET opened at initialize
+# when the client has no ``request_timeout``; the session goes on without it.
+GET_STREAM_TIMEOUT = 30.0
 ACCEPT_BOTH = "application/json, text/event-stream"
 
 
@@ -104,18 +110,17 @@ class _StreamReader(Protocol):
         self.request_id = request_id  # whose answer it carries; None: the standalone GET stream
         self.parser = parser
         self.resumable = resumable
-        self.events = 0
+        self.resumed_from = parser.last_event_id
+        self.progressed = False  # brought a message with an event id past ``resumed_from``
         self.aborted = False
 
     def dataReceived(self, data: bytes) -> None:
         try:
             events = self.parser.feed(data)
         except StreamTooLarge as e:
-            log.warn("Dropped an SSE stream from {url}: {error}", url=self.connection.target, error=str(e))
-            self.abort()
+            self.connection._stream_refused(self, str(e))
             return
         for event in events:
-            self.events += 1
             self.connection._event_received(self, event)
 
     def abort(self) -> None:
@@ -280,15 +285,26 @@ class HTTPConnection(SessionConnection):
             return
         if reader.request_id is None:
             self._get_reopens = 0
+        if event.id is not None and event.id != reader.resumed_from:
+            reader.progressed = True
         self._deliver(message)
-        if isinstance(reader.parser, _Resumed) and reader.request_id not in self._unanswered:
-            reader.abort()  # a resumption has served its purpose
+        if reader.request_id is not None and reader.request_id not in self._unanswered:
+            reader.abort()  # answered: a server that keeps the stream open would pile up sockets
+
+    def _stream_refused(self, reader: _StreamReader, error: str) -> None:
+        """A stream sent an event over the size limit: it is dropped, and the
+        request it carried fails now rather than wait for an answer that will not come."""
+        log.warn("Dropped an SSE stream from {url}: {error}", url=self.target, error=error)
+        reader.abort()
+        if reader.request_id in self._unanswered:
+            self._fail(reader.request_id, f"the stream carrying the answer was dropped: {error}")
 
     def _stream_ended(self, reader: _StreamReader) -> None:
         self._readers.discard(reader)
         if reader.aborted or not self.open:
             return
-        delay = (reader.parser.retry if reader.parser.retry is not None else DEFAULT_RETRY_MS) / 1000
+        retry = reader.parser.retry if reader.parser.retry is not None else DEFAULT_RETRY_MS
+        delay = max(retry, MIN_RETRY_MS) / 1000
         if reader.request_id is None:
             self._get_reopens += 1
             if self._get_reopens <= MAX_GET_REOPENS:
@@ -297,11 +313,14 @@ class HTTPConnection(SessionConnection):
         if reader.request_id not in self._unanswered:
             return  # answered, here or on another stream
         resumes = reader.parser.resumes if isinstance(reader.parser, _Resumed) else 0
-        if reader.events == 0:
-            resumes += 1  # no progress on this try
+        if not reader.progressed:
+            resumes += 1  # only priming events, or the same id again: no progress on this try
         if reader.resumable and reader.parser.last_event_id is not None and resumes <= MAX_RESUMES:
             resumed = _Resumed(reader.parser, resumes)
             self._later(delay, self._resume, reader.request_id, resumed)
+        elif resumes > MAX_RESUMES:
+            self._fail(reader.request_id, f"the stream ended before the answer, {MAX_RESUMES} resumptions "
+                       "in a row brought nothing new")
         else:
             self._fail(reader.request_id, "the stream ended before the answer")
 
@@ -352,7 +371,16 @@ class HTTPConnection(SessionConnection):
             elif response.code != 405:  # 405: the server offers no such stream
                 log.info("{url} refused the GET stream: HTTP {status}", url=self.target, status=response.code)
 
-        return self._stream_request(parser).addCallbacks(opened, self._failed)
+        def failed(failure: Failure) -> None:
+            # The stream is optional: the session goes on without it.
+            if self.open and not failure.check(CancelledError):
+                error = "no answer in time" if failure.check(TimeoutError) else failure.getErrorMessage()
+                log.info("Going on without a GET stream from {url}: {error}", url=self.target, error=error)
+
+        timeout = self.client.request_timeout
+        opening = self._stream_request(parser)
+        opening.addTimeout(GET_STREAM_TIMEOUT if timeout is None else timeout, self.client.clock)
+        return opening.addCallbacks(opened, failed)
 
     def _abort_request(self, request_id: object) -> None:
         posted = self._posts.pop(request_id, None) if jsonrpc.is_request_id(request_id) else None

@@ -37,6 +37,11 @@ __all__ = ["MCPClientService", "backoff_policy"]
 
 log = Logger()
 
+# Seconds a session must stay up for the failure count to start afresh: a
+# server that drops every session right after the handshake is retried with
+# growing delays.
+MIN_UPTIME = 10.0
+
 
 def backoff_policy(
     initial_delay: float = 0.5,
@@ -97,6 +102,7 @@ class _SessionEndpoint:
 
         def lost(_: None) -> None:
             assert connection.lost_reason is not None  # set before when_closed() fires
+            self.service._session_lost()  # before ClientService picks the delay
             stand_in.connectionLost(connection.lost_reason)
 
         ended = connection.when_closed().addCallback(lost)
@@ -190,6 +196,9 @@ class MCPClientService(ClientService):
         self.close_timeout = close_timeout
         self.failures = 0
         self.last_error: str | None = None
+        # When the current session came up, and the count its coming up reset.
+        self._up_since = 0.0
+        self._failures_before = 0
         super().__init__(_SessionEndpoint(self.connector, self), Factory.forProtocol(Protocol),
                          retryPolicy=self._retry_delay, clock=self.clock)
 
@@ -253,8 +262,13 @@ class MCPClientService(ClientService):
         return failure
 
     def _session_up(self) -> None:
-        self.failures = 0
+        self._up_since = self.clock.seconds()
+        self._failures_before, self.failures = self.failures, 0
         self.last_error = None
+
+    def _session_lost(self) -> None:
+        if self.clock.seconds() - self._up_since < MIN_UPTIME:
+            self.failures = self._failures_before  # a flapping server: the delays go on growing
 
     def _session_ended(self) -> None:
         # ClientService is waiting to reconnect by now: count the attempts afresh.

@@ -36,25 +36,34 @@ class SSEParser:
         self.max_event_size = max_event_size
         self.last_event_id: str | None = None
         self.retry: int | None = None
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0  # the start of the buffer already known to hold no line end
         self._data: list[str] = []
         self._size = 0
         self._type = ""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """The events that ``chunk`` completes, in order."""
-        self._buffer += chunk
+        buffer = self._buffer
+        buffer += chunk
         events: list[SSEEvent] = []
         start = 0
-        for match in _LINE_END.finditer(self._buffer):
-            if match.group() == b"\r" and match.end() == len(self._buffer):
-                break  # maybe the first half of a CRLF split across chunks
-            event = self._line(self._buffer[start:match.start()].decode("utf-8", "replace"))
+        scan = self._scanned  # go on where the last chunk left off: each byte is looked at once
+        while True:
+            match = _LINE_END.search(buffer, scan)
+            if match is None:
+                scan = len(buffer)
+                break
+            if match.group() == b"\r" and match.end() == len(buffer):
+                scan = match.start()  # maybe the first half of a CRLF split across chunks
+                break
+            event = self._line(buffer[start:match.start()].decode("utf-8", "replace"))
             if event is not None:
                 events.append(event)
-            start = match.end()
-        self._buffer = self._buffer[start:]
-        if len(self._buffer) + self._size > self.max_event_size:
+            start = scan = match.end()
+        del buffer[:start]
+        self._scanned = scan - start
+        if len(buffer) + self._size > self.max_event_size:
             raise StreamTooLarge(f"SSE event over {self.max_event_size} bytes")
         return events
 

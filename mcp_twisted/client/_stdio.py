@@ -4,8 +4,8 @@ Messages are lines of JSON on the child's stdin and stdout; what it writes
 on stderr is logged line by line (or handed to a callable). Closing the
 connection closes the child's stdin, which tells a well-behaved server to
 exit; one that has not exited after ``close_timeout`` seconds gets SIGTERM,
-and SIGKILL after as long again. A child that exits on its own is a lost
-connection: the service starts a new one, with backoff.
+and SIGKILL after as long again. A child that exits on its own, or closes its
+stdout, is a lost connection: the service starts a new one, with backoff.
 """
 
 from __future__ import annotations
@@ -72,6 +72,16 @@ class StdioConnection(SessionConnection, ProcessProtocol):
         for line in lines:
             self.connector.stderr(line.decode("utf-8", "replace").rstrip("\r"))
 
+    def outConnectionLost(self) -> None:
+        """A child that closed its stdout can answer nothing more, even if it
+        lives on: the connection is lost, and the child is ended as on close."""
+        if self.connection_state not in (ConnectionState.INITIALIZING, ConnectionState.READY):
+            return  # closing already
+        assert self.session is not None  # made when the child started (INITIALIZING)
+        # Its requests fail now; how the child ended is told when it has (processEnded).
+        self.session.close(self.failure_reason or "the server closed its stdout")
+        self._end_transport()
+
     def processEnded(self, reason: Failure) -> None:
         for timer in self._timers:
             if timer.active():
@@ -85,8 +95,8 @@ class StdioConnection(SessionConnection, ProcessProtocol):
         self._connection_gone(reason)
 
     def _end_transport(self) -> None:
-        if self.transport is None:
-            return
+        if self.transport is None or self._timers:
+            return  # no child, or being ended already
         self.transport.closeStdin()
         timeout = self.connector.close_timeout
         clock = self.client.clock

@@ -13,8 +13,8 @@ server's log messages go to stderr, and Ctrl-C cancels the request
 (``notifications/cancelled``) before exiting.
 
 Exit status: 0 success, 1 the server answered with an error (a JSON-RPC error
-or a tool result with ``isError``), 2 bad usage, 3 could not connect, 130
-interrupted.
+or a tool result with ``isError``) or with a malformed answer, 2 bad usage,
+3 could not connect, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -34,7 +35,7 @@ from mcp_twisted.auth import load_certificates
 from mcp_twisted.client._api import ERAS, ConnectionFailed, MCPClient
 from mcp_twisted.client._http import HTTPError
 from mcp_twisted.client._service import MCPClientService
-from mcp_twisted.jsonrpc import RPCError
+from mcp_twisted.jsonrpc import LocalProtocolError, RPCError, brief
 from mcp_twisted.protocol import LOG_LEVELS
 from mcp_twisted.session import ConnectionLost, RequestTimedOut
 
@@ -67,7 +68,8 @@ def build_parser(prog: str = NAMES[0], stdio: bool = False) -> argparse.Argument
         prog=prog, description="Call an MCP server: a URL (http(s):// or ws(s)://), "
         "or a command to launch after --, spoken to over stdio.",
         usage=f"{prog} [options] URL COMMAND [ARGS] | {prog} [options] COMMAND [ARGS] -- SERVER [ARGS...]",
-        epilog="Exit status: 0 success, 1 server error, 2 usage, 3 connection failure, 130 interrupted.",
+        epilog="Exit status: 0 success, 1 server error or malformed answer, 2 usage, 3 connection failure, "
+        "130 interrupted.",
     )
     if not stdio:
         parser.add_argument("url", help="e.g. http://127.0.0.1:8080/mcp or wss://host/mcp")
@@ -110,8 +112,10 @@ class Progress:
         self.drawn = False
 
     def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        if not _finite(progress) or not (total is None or _finite(total)):
+            return  # a server's malformed notification: nothing to show
         label = f"{progress:g}/{total:g}" if total else f"{progress:g}"
-        if message:
+        if isinstance(message, str) and message:
             label += f" {message}"
         if not self.tty:
             print(f"progress {label}", file=self.stream)
@@ -127,6 +131,10 @@ class Progress:
             self.drawn = False
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def show_log(params: dict[str, Any]) -> None:
     """A server's ``notifications/message`` as one stderr line."""
     data = params.get("data")
@@ -138,22 +146,22 @@ def show_log(params: dict[str, Any]) -> None:
 async def run_command(client: MCPClient, args: argparse.Namespace, progress: Progress) -> tuple[Any, bool]:
     """The result of the command, and whether it reports a failure."""
     if args.command == "tools":
-        return {"tools": await _collect(client.iter_tools())}, False
+        return {"tools": await _collect(client.iter_tools(timeout=args.timeout))}, False
     if args.command == "call":
         try:
             result = await client.call_tool(args.name, args.arguments, timeout=args.timeout,
                                             on_progress=progress)
         finally:
             progress.finish()
-        return result, bool(result.get("isError"))
+        return result, isinstance(result, dict) and bool(result.get("isError"))
     if args.command == "resources":
         templates = await client.list_resource_templates()
-        resources = await _collect(client.iter_resources())
+        resources = await _collect(client.iter_resources(timeout=args.timeout))
         return {"resources": resources, "resourceTemplates": templates.get("resourceTemplates", [])}, False
     if args.command == "read":
         return await client.read_resource(args.uri), False
     if args.command == "prompts":
-        return {"prompts": await _collect(client.iter_prompts())}, False
+        return {"prompts": await _collect(client.iter_prompts(timeout=args.timeout))}, False
     if args.command in ("get", "prompt"):
         return await client.get_prompt(args.name, args.arguments), False
     return await client.ping(timeout=args.timeout), False
@@ -239,9 +247,17 @@ async def _main(reactor: Any, args: argparse.Namespace, prog: str) -> int:
     except (ConnectionFailed, ConnectionLost, RequestTimedOut) as e:
         print(f"{prog}: connection failed: {e}", file=sys.stderr)
         return EXIT_CONNECTION
+    except LocalProtocolError as e:
+        print(f"{prog}: malformed answer: {e}", file=sys.stderr)
+        return EXIT_SERVER_ERROR
     finally:
         await service.stopService()
-    print(json.dumps(result, indent=2) if args.json else render(args.command, result))
+    try:
+        text = json.dumps(result, indent=2) if args.json else render(args.command, result)
+    except (KeyError, TypeError, AttributeError, ValueError):  # a result of the wrong shape
+        print(f"{prog}: malformed answer: {brief(result)}", file=sys.stderr)
+        return EXIT_SERVER_ERROR
+    print(text)
     return EXIT_SERVER_ERROR if failed else EXIT_OK
 
 
