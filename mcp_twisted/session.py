@@ -354,6 +354,8 @@ _REPORTS = {
     "too_large": "Answer to {method} is {size} bytes, over the {limit}-byte message limit: "
                  "sent an error instead ({count} since the last report)",
     "peer_error": "Peer reported an error ({count} since the last report): {error}",
+    "notification_failed": "Handler for notification {method} raised again ({count} since the last report)",
+    "progress_failed": "Progress callback for {method} raised again ({count} since the last report)",
 }
 
 # The answer to a request whose id is too large to send back.
@@ -432,13 +434,28 @@ class Session:
 
     def _report(self, kind: str, times: int = 1, **fields: Any) -> None:
         """Log a repeated event of one of the ``_REPORTS`` kinds, at most once per interval."""
+        self._reporter(kind)(times, **fields)
+
+    def _reporter(self, kind: str) -> RepeatedEventLog:
         reports = self._reports
         if reports is None:
             reports = self._reports = {}
         report = reports.get(kind)
         if report is None:
             report = reports[kind] = RepeatedEventLog(log, self.clock, _REPORTS[kind])
-        report(times, **fields)
+        return report
+
+    def _callback_failed(self, kind: str, first: str, **fields: Any) -> None:
+        """An application callback raised on a peer's message (call it in the
+        ``except``): the first time with the traceback (``first``); after
+        that, as the peer may repeat the message, once per interval with a
+        count."""
+        if self._reports is not None and kind in self._reports:
+            self._reports[kind](**fields)
+            return
+        log.failure(first, level=LogLevel.error, **fields)
+        report = self._reporter(kind)
+        report.next_line_at = self.clock.seconds() + report.interval  # this one was logged just now
 
     def _advance(self, event: Event) -> None:
         """Move to the state ``TRANSITIONS`` gives for ``event``; the one place
@@ -846,7 +863,8 @@ class Session:
             try:
                 self.handler.handle_notification(self, method, params)
             except Exception:
-                log.failure("Handler for notification {method} raised", method=brief(method))
+                self._callback_failed("notification_failed", "Handler for notification {method} raised",
+                                      method=brief(method))
 
     def _peer_cancelled(self, request_id: object) -> None:
         # Unknown or finished ids are ignored, as the spec allows. initialize
@@ -873,7 +891,8 @@ class Session:
             progress: Any = params.get("progress")  # the peer's values are passed on unchecked
             outgoing.on_progress(progress, params.get("total"), params.get("message"))
         except Exception:
-            log.failure("Progress callback for {method!r} raised", method=outgoing.method)
+            self._callback_failed("progress_failed", "Progress callback for {method} raised",
+                                  method=brief(outgoing.method))
 
     def _on_response(self, message: Response | jsonrpc.ErrorResponse | MessageError) -> None:
         """An answer to one of our requests; a malformed one (``MessageError``

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.logger import LogLevel
 
 from mcp_twisted import jsonrpc
 from mcp_twisted.jsonrpc import (
@@ -917,15 +918,37 @@ def test_progress_notifications_reach_on_progress_and_reset_the_timeout() -> Non
     assert isinstance(failure_of(d).value, RequestTimedOut)
 
 
-def test_a_raising_progress_callback_does_not_break_the_session() -> None:
+def test_a_raising_progress_callback_does_not_break_the_session(events) -> None:
     def boom(*args: Any) -> None:
         raise RuntimeError("callback bug")
 
     peer = ready_client()
     d = peer.session.request("x", on_progress=boom)
-    peer.notify("notifications/progress", {"progressToken": 0, "progress": 1})
+    for _ in range(100):  # the peer decides how often the callback runs
+        peer.notify("notifications/progress", {"progressToken": 0, "progress": 1})
     peer.send(jsonrpc.response(0, "ok"))
     assert result_of(d) == "ok"
+    # The first failure with its traceback, the rest counted once per interval.
+    (first,) = find(events, "Progress callback for {method} raised")
+    assert first["log_failure"] is not None and first["log_level"] is LogLevel.error
+    assert find(events, "Progress callback for {method} raised again") == []
+    peer.clock.advance(10)
+    assert [e["count"] for e in find(events, "Progress callback for {method} raised again")] == [99]
+
+
+def test_a_raising_notification_handler_is_logged_once_per_interval(events) -> None:
+    class Raising(FakeHandler):
+        def handle_notification(self, session: Any, method: str, params: Any) -> None:
+            raise RuntimeError("handler bug")
+
+    peer = Peer(Raising())
+    peer.initialize()
+    for _ in range(50):
+        peer.notify("notifications/roots/list_changed")
+    assert len(find(events, "Handler for notification {method} raised")) == 1
+    peer.clock.advance(10)
+    assert [e["count"] for e in find(events, "Handler for notification {method} raised again")] == [49]
+    assert peer.session.state is State.READY
 
 
 # -- close ---------------------------------------------------------------------------
