@@ -81,7 +81,10 @@ def _header(request: server.Request, name: str) -> str | None:
         # Intermediaries may route or authorize on another of the values than the one checked here.
         raise _mismatch(f"{name} header is sent more than once")
     try:
-        text = raw[0].decode("utf-8").strip()
+        # Only HTTP's own whitespace: str.strip() also drops characters
+        # (no-break spaces, separators) that make the bytes an intermediary
+        # routes on differ from the value checked here.
+        text = raw[0].decode("utf-8").strip(" \t")
     except UnicodeDecodeError:
         raise _mismatch(f"{name} header is not UTF-8 text") from None
     return _header_value(text)

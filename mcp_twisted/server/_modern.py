@@ -21,8 +21,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 
 from mcp_twisted.eras import META_SUBSCRIPTION_ID, MISSING_CLIENT_CAPABILITY
 from mcp_twisted.jsonrpc import RPCError
@@ -80,17 +79,12 @@ class Rounds:
         self.answers: dict[str, Any] = sealer.open(state, self.bound_to, now) if state is not None else {}
         responses = request.params.get("inputResponses")
         if isinstance(responses, dict):  # anything else answers nothing: the questions come again
-            # The answers are sealed again when the round ends, in a timer:
-            # one orjson cannot write (nested past its depth) would leave the
-            # request unanswered there, so it is refused here.
-            try:
-                orjson.dumps(responses)
-            except TypeError:
-                raise invalid_params("inputResponses are nested too deeply") from None
             self.answers.update(responses)
+            sealer.check(self.answers, request.session.max_message_size)  # sealed when the round ends
         self.questions: dict[str, dict[str, Any]] = {}
         self._numbers = itertools.count(1)
         self._ending = False
+        self._ended = False
 
     def ask(
         self, capability: str, method: str, params: dict[str, Any] | None, key: str | None
@@ -98,6 +92,10 @@ class Rounds:
         """The answer to a question, at once if the client gave it; else the
         question waits for the end of this round (the Deferred never fires:
         the handler is cancelled when the round ends)."""
+        if self._ended:
+            # The round was answered and the handler cancelled: one that caught
+            # that and asks again would wait forever, its request unanswered.
+            return fail(CancelledError())
         if capability not in (self.request.client_capabilities or {}):
             raise MissingCapability(capability)
         key = key if key is not None else f"{capability}-{next(self._numbers)}"
@@ -115,6 +113,7 @@ class Rounds:
         return Deferred()
 
     def _end_round(self) -> None:
+        self._ended = True
         if self.request.done:
             return
         now = self.request.session.clock.seconds()
