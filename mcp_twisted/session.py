@@ -681,7 +681,8 @@ class Session:
             # Still running (possibly "fired" but waiting on a chained Deferred):
             # make it cancellable and bound its time.
             request.deferred = d
-            if self.handler_timeout is not None:
+            # A listen stream (2026-07-28) runs until the client or the drain ends it, by design.
+            if self.handler_timeout is not None and request.method != Method.SUBSCRIPTIONS_LISTEN:
                 request._timer = self.clock.callLater(self.handler_timeout, self._handler_expired, request)
 
     def _lifecycle_allows(self, message: Request, batch: _Batch | None, modern: Modern | None) -> bool:

@@ -14,7 +14,7 @@ from mcp_twisted.server import Context
 from mcp_twisted.testing import Peer
 from tests.http_support import Served
 from tests.test_http_hostile import modern_app, modern_post
-from tests.test_stateless import SCHEMA, app, round_trip
+from tests.test_stateless import SCHEMA, app, envelope, round_trip
 
 
 def nested(depth: int) -> Any:
@@ -71,3 +71,19 @@ def test_a_handler_that_catches_the_round_ending_and_asks_again_still_answers():
 
     result = round_trip(Peer(server), "fallback")["result"]
     assert result["resultType"] == "input_required" and list(result["inputRequests"]) == ["who"]
+
+
+def test_a_listen_stream_outlives_the_handler_timeout():
+    # --handler-timeout bounds handlers that compute an answer; a listen
+    # stream has none to compute: it runs until the client or the drain ends it.
+    server = app()
+    peer = Peer(server, handler_timeout=30)
+    listen_id = peer.request("subscriptions/listen",
+                             {"_meta": envelope(), "notifications": {"toolsListChanged": True}})
+    peer.take()  # the acknowledgement
+    peer.clock.advance(31)
+    assert peer.take() == []
+    server.add_tool(lambda: "x", name="later")
+    (changed,) = peer.take()
+    assert changed["method"] == "notifications/tools/list_changed"
+    assert peer.session.running(listen_id)
