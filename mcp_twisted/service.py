@@ -152,6 +152,8 @@ class MCPService(MultiService):
     def stopService(self) -> Generator[Deferred[Any], Any, None]:
         host = self.factory.host
         host.draining = True
+        # Upgrades still waiting for their token check could only end in 503 now: answer them at once.
+        self.factory.refuse_pending_upgrades()
         if self.reuse_port:
             yield self.listeners.stopService()
         if self.drain_delay:

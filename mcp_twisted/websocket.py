@@ -99,6 +99,8 @@ log = Logger()
 # lookup through the class and its bases on every read and send.
 _OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSED = WebSocketProtocol.STATE_CLOSED
+# How Autobahn's failHandshake reason starts for an Origin it cannot parse.
+_ORIGIN_INVALID = "HTTP Origin header invalid"
 
 
 def tls_failure_text(error: SSL.Error) -> str:
@@ -206,6 +208,8 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
     session: Session | None = None
     identity: Any = None
     _deny_headers: list[tuple[str, str]] | None = None
+    # The answer Autobahn waits for while the token is checked elsewhere.
+    _admission: Deferred[Any] | None = None
     opened_at: float | None = None
     _metrics: Metrics | None = None
     # The factory's Keepalive (None: ping is off), the tick this connection
@@ -214,10 +218,57 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
     _heard = 0
     _ping_tick: int | None = None
     _due_tick = 0
+    # Frames of the message being read. Set here too: a continuation frame
+    # with no message begun (a protocol error, which Autobahn's failByDrop=False
+    # closes with 1002 and then keeps parsing) reaches the count first.
+    _fragments = 0
 
     def onConnect(  # type: ignore[override]  # Autobahn takes a Deferred too (txaio.as_future)
         self, request: ConnectionRequest
     ) -> str | Deferred[str | None] | None:
+        identity = self._admit(request)
+        if isinstance(identity, Deferred):
+            # The token is checked elsewhere first (OAuth keys to fetch): the
+            # upgrade waits, as Autobahn lets onConnect, for ``answer``. The
+            # peer is not read meanwhile: a client must wait for the 101, and
+            # what it sent early would pile up in Autobahn's buffer and be
+            # parsed as one more upgrade request (another 101, another session).
+            answer: Deferred[Any] = Deferred()
+            self._admission = answer
+            self.factory.admitting.add(self)
+            self.transport.pauseProducing()
+            identity.addBoth(self._settle_admission)
+            return answer.addCallbacks(self._admitted, self._denied_later,
+                                       callbackArgs=(request,), errbackArgs=(request,))
+        return self._admitted(identity, request)
+
+    def _settle_admission(self, result: Any) -> None:
+        """The pending upgrade's answer: the token check's result, or the
+        drain's 503. Only the first counts; none once the client has left
+        (a 101 then would open a session nobody would ever close)."""
+        answer, self._admission = self._admission, None
+        self.factory.admitting.discard(self)
+        if answer is None or self.state == _CLOSED:
+            return  # answered already, or the client left or was dropped (handshake timeout)
+        self.transport.resumeProducing()
+        if isinstance(result, Failure):
+            answer.errback(result)
+        else:
+            answer.callback(result)
+
+    def refuse_pending(self, refusal: Refusal) -> None:
+        """Answer a pending upgrade with ``refusal`` now, whatever its token check says later."""
+        self._settle_admission(Failure(refusal))
+
+    def processHandshake(self) -> None:
+        # Autobahn calls this for every read until the upgrade is answered:
+        # while the token is checked, what arrives waits in its buffer.
+        if self._admission is None:
+            super().processHandshake()
+
+    def _admit(self, request: ConnectionRequest, credentials: bool = True) -> Any:
+        """The hosting layer's admission: the identity (or a Deferred of it),
+        or ``ConnectionDeny`` with the refusal's status, logged and counted."""
         headers = request.headers
         # The client's real address, for the logs: a PROXY protocol header has
         # been read by now (Autobahn took the peer before it arrived), and a
@@ -232,19 +283,14 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         try:
             # Only sessions hold slots (the capacity check); connections still
             # in the handshake have their own, smaller table (connectionMade).
-            identity = self.factory.host.admit(AdmissionRequest(
+            return self.factory.host.admit(AdmissionRequest(
                 path=request.path, host=headers.get("host", ""), origin=headers.get("origin"),
                 authorization=headers.get("authorization"),
                 on_loopback=listener_is_loopback(self.transport.getHost()), tls_transport=self.transport,
+                credentials=credentials,
             ))
         except Refusal as refusal:
             raise self._deny(request, refusal) from None
-        if isinstance(identity, Deferred):
-            # The token is checked elsewhere first (OAuth keys to fetch): the
-            # upgrade waits, as Autobahn lets onConnect.
-            return identity.addCallbacks(self._admitted, self._denied_later,
-                                         callbackArgs=(request,), errbackArgs=(request,))
-        return self._admitted(identity, request)
 
     def _admitted(self, identity: Any, request: ConnectionRequest) -> str | None:
         self.identity = identity
@@ -292,6 +338,9 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.handshaking.pop(self, None)
+        if self._admission is not None:
+            self._admission = None  # its token check may end later: nobody to answer
+            self.factory.admitting.discard(self)
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
         if isinstance(reason.value, SSL.Error) and self.session is None:
@@ -378,6 +427,19 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         self.failHandshake("Request Header Fields Too Large", 431)
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        if reason.startswith(_ORIGIN_INVALID) and code == 400:
+            # Autobahn parses Origin before onConnect and answers 400 for one
+            # it cannot parse (an unclosed "[", a port out of range). Admission
+            # decides instead, as over HTTP: 403 (or 404, 503, 421 before it),
+            # logged and counted as any refusal. Without the token check: an
+            # Origin is refused before it, and there is no answer to wait for.
+            request = ConnectionRequest(
+                self.peer, self.http_headers, self.http_request_host, self.http_request_path,
+                self.http_request_params, self.websocket_version, self.websocket_origin, [], [])
+            try:
+                self._admit(request, credentials=False)
+            except ConnectionDeny as deny:
+                reason, code = deny.reason or reason, deny.code
         # ConnectionDeny cannot carry headers: a refusal's own (an OAuth
         # challenge) were kept by _deny; RFC 6750: a 401 names its scheme.
         if responseHeaders is None:
@@ -433,9 +495,16 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
 
     def resumeProducing(self) -> None:
         self.paused = False
+        if self._stall_timer is not None:
+            # The peer read everything: the stall clock starts again from the
+            # next send that finds it over the limit, as StallLimit's does.
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self._writable_waiters.release()
         backlog = self._backlog
-        while backlog and not self.paused and self.session is not None:
+        # Not once our close frame is out (a limit, a binary frame): what the
+        # backlog holds would run for answers that cannot be sent.
+        while backlog and not self.paused and self.state == _OPEN:
             self._receive(backlog.popleft())
         if not self.paused:
             self.transport.resumeProducing()
@@ -591,6 +660,18 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         self.onPong(payload)
         return True
 
+    def processControlFrame(self) -> bool:
+        if self.current_frame.opcode == 10 and self.autoPingPending is not None:
+            payload = b"".join(self.control_frame_data)
+            if payload != self.autoPingPending:
+                # RFC 6455 allows unsolicited pongs (a one-way heartbeat);
+                # Autobahn would log a warning for each while our ping is
+                # pending, as many lines as the peer cares to send.
+                self.control_frame_data = None
+                self._onPong(payload)
+                return True
+        return super().processControlFrame()
+
     def onAutoPong(self, ping_sent: int, ping_seq: int, pong_received: int, pong_rtt: int,
                    payload: bytes) -> None:
         if self._keepalive is not None:
@@ -734,8 +815,10 @@ class MCPWebSocketServerFactory(FastFactoryMixin, WebSocketServerFactory):
         self.max_fragments = max_fragments
         self.max_output_buffer = max_output_buffer
         self.output_stall_timeout = output_stall_timeout
-        # Connections in the HTTP handshake, oldest first (a dict keeps order).
+        # Connections in the HTTP handshake, oldest first (a dict keeps order),
+        # and those of them whose upgrade waits for its token check.
         self.handshaking: dict[MCPWebSocketServerProtocol, None] = {}
+        self.admitting: set[MCPWebSocketServerProtocol] = set()
         self.log_evicted = RepeatedEventLog(
             log, self.clock, "Dropped {count} connection(s) idle in the handshake ({peer} last): "
             "the handshake table is full")
@@ -762,6 +845,17 @@ class MCPWebSocketServerFactory(FastFactoryMixin, WebSocketServerFactory):
         if self.keepalive is not None:
             self.keepalive.stop()
 
+    def refuse_pending_upgrades(self) -> None:
+        """Answer 503 now to every upgrade whose token is still being checked.
+
+        For the shutdown, once the drain has begun: the check could only end
+        in a 503 (the drain is checked before the token, and again after it),
+        so its client need not wait for it, nor go unanswered when the
+        process exits first.
+        """
+        draining = Refusal(503, "draining", "Service Unavailable: shutting down")
+        for connection in list(self.admitting):
+            connection.refuse_pending(draining)
 
     # What the host holds, under the names this factory always had.
     @property
