@@ -171,7 +171,7 @@ class MCPService(MultiService):
             # HTTP requests whose token is still being checked are waited
             # for too (a session's would be refused -32003, a new one 503);
             # close_all answers 503 to those the timeout leaves.
-            drained = DeferredList([drained, self.http.admissions_settled()])
+            drained = DeferredList([drained, self.http.admissions_settled()], consumeErrors=True)
         drained.addTimeout(self.drain_timeout, self.factory.clock)
         with contextlib.suppress(TimeoutError):
             yield drained

@@ -826,11 +826,14 @@ class Session:
             batch.add(request_id, encoded)
 
     def _too_large(self, method: object, request_id: RequestId | None, size: int) -> bytes:
-        """The encoded error answer that replaces one the transport cannot carry."""
+        """The encoded error answer that replaces one the transport cannot carry;
+        without the id when the id alone is too large to carry."""
         self._report("too_large", limit=self.max_message_size, method=brief(method), size=size)
-        return jsonrpc.encode(jsonrpc.error_response(request_id, RPCError(
+        encoded = jsonrpc.encode(jsonrpc.error_response(request_id, RPCError(
             INTERNAL_ERROR, f"Result too large to send: {size} bytes (limit {self.max_message_size})",
             {"size": size, "limit": self.max_message_size})))
+        limit = self.max_message_size
+        return _ID_TOO_LARGE if limit is not None and len(encoded) > limit else encoded
 
     def _finish(self, request: IncomingRequest) -> bool:
         """Release a request's slot; True if an answer is still owed."""
@@ -952,8 +955,6 @@ class Session:
             return encoded
         if "method" not in message:
             encoded = self._too_large("an answer", message.get("id"), len(encoded))
-            if len(encoded) > limit:
-                encoded = _ID_TOO_LARGE
             if len(encoded) <= limit:
                 return encoded
         log.warn("Dropped {method}: {size} bytes, over the {limit}-byte message limit",

@@ -143,6 +143,10 @@ def test_a_request_whose_id_is_too_large_to_send_back_is_answered_without_it(eve
     assert reply["id"] is None and error_code(reply) == INTERNAL_ERROR
     assert "id alone" in reply["error"]["message"]
     assert routed[-1] == (huge_id, True)  # the transport still knows which request it ends
+    # A handler's error answer (an unknown method) takes the same way.
+    peer.send({"jsonrpc": "2.0", "id": huge_id, "method": "nope", "params": {}})
+    (reply,) = peer.take()
+    assert reply["id"] is None and "id alone" in reply["error"]["message"]
     peer.request("echo", {"small": True}, id=2)
     assert result(peer.take()[0]) == {"small": True}
 
