@@ -62,12 +62,6 @@ def binding(method: str, params: dict[str, Any], identity: Any) -> str:
     return _b64(hashlib.sha256(material).digest())
 
 
-def _sealed_length(payload_length: int) -> int:
-    """How long a state with a payload of this many bytes is: unpadded
-    base64 of the payload, a dot, then of the 32-byte MAC."""
-    return -(-4 * payload_length // 3) + 1 + 43
-
-
 def _payload(answers: dict[str, Any], bound_to: str, expires: float) -> bytes:
     """What a state signs; answers orjson cannot write (nested past its
     depth, which the wrapping here counts too) are ``-32602``."""
@@ -90,13 +84,13 @@ class StateSealer:
         self.key = key if key is not None else secrets.token_bytes(32)
         self.ttl = ttl
 
-    def check(self, answers: dict[str, Any], max_length: int | None) -> None:
-        """Raise ``RPCError`` (-32602) unless ``answers`` can be sealed, in a
-        state of at most ``max_length`` characters (None: any). A round is
-        sealed in a timer, where a failure would leave its request
-        unanswered, and a state over the message limit could be neither
-        sent nor sent back: the client's answers are refused with its request."""
-        length = _sealed_length(len(_payload(answers, "", 0.0)))
+    def check(self, answers: dict[str, Any], bound_to: str, now: float, max_length: int | None) -> None:
+        """Raise ``RPCError`` (-32602) unless ``answers`` can be sealed (as
+        ``seal`` would, now), in a state of at most ``max_length`` characters
+        (None: any). A round is sealed in a timer, where a failure would leave
+        its request unanswered, and a state over the message limit could be
+        neither sent nor sent back: the round is refused before it ends."""
+        length = len(self.seal(answers, bound_to, now))
         if max_length is not None and length > max_length:
             raise RPCError(INVALID_PARAMS, f"inputResponses are too large to carry in requestState: {length} "
                            f"characters sealed, over the {max_length}-byte message limit",

@@ -56,6 +56,16 @@ def test_answers_too_large_to_seal_are_invalid_params_not_an_internal_error():
     assert error["code"] == -32602 and error["data"]["limit"] == 5000
 
 
+def test_a_last_round_with_large_answers_is_answered_as_nothing_is_sealed():
+    # Answers that complete the handler are never sealed: only a round that
+    # ends with them is bounded by what a state can carry.
+    peer = Peer(app(), max_message_size=5000)
+    name = "n" * 4000
+    accepted = {"action": "accept", "content": {"name": name}}
+    answer = round_trip(peer, "greet", inputResponses={"who": accepted})
+    assert answer["result"]["content"][0]["text"] == f"Hello {name}"
+
+
 def test_a_handler_that_catches_the_round_ending_and_asks_again_still_answers():
     # The round ends by cancelling the handler; one that took that for a
     # failed question and asked another way waited forever, unanswered.

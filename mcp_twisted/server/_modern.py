@@ -80,7 +80,6 @@ class Rounds:
         responses = request.params.get("inputResponses")
         if isinstance(responses, dict):  # anything else answers nothing: the questions come again
             self.answers.update(responses)
-            sealer.check(self.answers, request.session.max_message_size)  # sealed when the round ends
         self.questions: dict[str, dict[str, Any]] = {}
         self._numbers = itertools.count(1)
         self._ending = False
@@ -107,6 +106,11 @@ class Rounds:
             question["params"] = params
         self.questions[key] = question
         if not self._ending:
+            # The round will end with these answers sealed: one that cannot be
+            # is refused here, in the handler (then its request's error), not
+            # in the timer that ends the round.
+            session = self.request.session
+            self.sealer.check(self.answers, self.bound_to, session.clock.seconds(), session.max_message_size)
             # Questions asked in the same turn (concurrent ones) join this round.
             self._ending = True
             self.request.session.clock.callLater(0, self._end_round)
