@@ -389,3 +389,39 @@ async def test_the_cli_reports_a_malformed_answer_in_one_line_and_exits_1():
     for code, out, err in runs:
         assert (code, out) == (1, "")  # it used to be a traceback and 3, "could not connect"
         assert err.startswith("mcp-call: malformed answer") and err.count("\n") == 1, err
+
+
+@pytest_twisted.ensureDeferred
+async def test_streams_a_server_ends_keep_their_pooled_connection():
+    # Only a stream the server leaves open after its answer is aborted (after
+    # ANSWERED_STREAM_GRACE): aborting at once cost a TCP connection a call.
+    from autobahn.twisted.resource import WebSocketResource
+    from twisted.internet import endpoints
+
+    from mcp_twisted.client import MCPClientService
+    from mcp_twisted.http import HTTPSettings, MCPHTTPResource, MCPSite
+
+    app = MCPServer("pooled")
+
+    @app.tool()
+    def echo(text: str) -> str:
+        return text
+
+    factory = MCPServerFactory(app, ping_interval=0)
+    streaming = MCPHTTPResource(factory.host, HTTPSettings(always_stream=True))
+    site = MCPSite(streaming, WebSocketResource(factory), max_body_size=1 << 20)
+    built = []
+    build = site.buildProtocol
+    site.buildProtocol = lambda addr: built.append(addr) or build(addr)  # type: ignore[method-assign]
+    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    service = MCPClientService(reactor, url=f"http://127.0.0.1:{port.getHost().port}/mcp")
+    service.startService()
+    try:
+        client = await service.when_ready()
+        before = len(built)
+        for _ in range(5):
+            assert (await client.call_tool("echo", {"text": "x"}))["content"][0]["text"] == "x"
+        assert len(built) - before <= 1
+    finally:
+        await service.stopService()
+        await port.stopListening()

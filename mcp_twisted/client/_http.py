@@ -71,6 +71,10 @@ MIN_RETRY_MS = 100
 MAX_RESUMES = 5
 # Standalone GET streams reopened in a row without an event before giving up.
 MAX_GET_REOPENS = 5
+# Seconds a request's stream may stay open after its answer came, for the
+# server to end it (the connection then goes back to the pool) before it is
+# aborted (a server that never ends it would pile up sockets).
+ANSWERED_STREAM_GRACE = 1.0
 # Seconds the server has to answer the standalone GET opened at initialize
 # when the client has no ``request_timeout``; the session goes on without it.
 GET_STREAM_TIMEOUT = 30.0
@@ -113,6 +117,7 @@ class _StreamReader(Protocol):
         self.resumed_from = parser.last_event_id
         self.progressed = False  # brought a message with an event id past ``resumed_from``
         self.aborted = False
+        self.ended = False
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -124,11 +129,14 @@ class _StreamReader(Protocol):
             self.connection._event_received(self, event)
 
     def abort(self) -> None:
+        if self.ended:
+            return
         self.aborted = True
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]  # a response body's transport is a producer
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008  # Twisted's signature
+        self.ended = True
         self.connection._stream_ended(self)
 
 
@@ -289,7 +297,7 @@ class HTTPConnection(SessionConnection):
             reader.progressed = True
         self._deliver(message)
         if reader.request_id is not None and reader.request_id not in self._unanswered:
-            reader.abort()  # answered: a server that keeps the stream open would pile up sockets
+            self._later(ANSWERED_STREAM_GRACE, reader.abort)  # answered: see ANSWERED_STREAM_GRACE
 
     def _stream_refused(self, reader: _StreamReader, error: str) -> None:
         """A stream sent an event over the size limit: it is dropped, and the
