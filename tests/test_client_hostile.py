@@ -335,6 +335,36 @@ async def test_a_child_that_closes_its_stdout_is_a_lost_connection():
         await service.stopService()
 
 
+CRASHER = """
+import json, sys
+request = json.loads(sys.stdin.readline())
+print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": {
+    "protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "f", "version": "0"}}}),
+    flush=True)
+sys.stdin.readline()  # notifications/initialized
+sys.stdin.readline()  # the ping it crashes on
+sys.exit(3)
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_child_that_crashes_is_reported_by_its_exit_status():
+    # It closes stdout as it ends: that alone is not the reason to give.
+    service = MCPClientService(reactor, command=[sys.executable, "-c", CRASHER], era="legacy",
+                               request_timeout=20, close_timeout=0.2, max_attempts=1)
+    service.startService()
+    try:
+        client = await ready(service)
+        try:
+            await client.ping().addTimeout(5, reactor)
+        except ConnectionLost as e:
+            assert "exit code 3" in str(e)
+        else:
+            raise AssertionError("the ping was answered")
+    finally:
+        await service.stopService()
+
+
 # -- malformed notifications and results ---------------------------------------------
 
 

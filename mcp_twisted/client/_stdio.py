@@ -31,6 +31,11 @@ __all__ = ["StdioConnection", "StdioConnector"]
 
 log = Logger()
 
+# Seconds between a child's stdout closing and its connection being given up
+# for lost: a child that crashed closes stdout just before it ends, and how it
+# ended (its exit status) is the better reason to give.
+STDOUT_GRACE = 0.5
+
 
 class StdioConnection(SessionConnection, ProcessProtocol):
     """One child process carrying one client session."""
@@ -45,6 +50,7 @@ class StdioConnection(SessionConnection, ProcessProtocol):
         self._buffer = b""
         self._stderr = b""
         self._timers: list[IDelayedCall] = []
+        self._stdout_closed: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self._open_session(self._write)
@@ -74,7 +80,12 @@ class StdioConnection(SessionConnection, ProcessProtocol):
 
     def outConnectionLost(self) -> None:
         """A child that closed its stdout can answer nothing more, even if it
-        lives on: the connection is lost, and the child is ended as on close."""
+        lives on: unless it ends within ``STDOUT_GRACE``, the connection is
+        lost, and the child is ended as on close."""
+        self._stdout_closed = self.client.clock.callLater(STDOUT_GRACE, self._stdout_gone)
+
+    def _stdout_gone(self) -> None:
+        self._stdout_closed = None
         if self.connection_state not in (ConnectionState.INITIALIZING, ConnectionState.READY):
             return  # closing already
         assert self.session is not None  # made when the child started (INITIALIZING)
@@ -83,6 +94,9 @@ class StdioConnection(SessionConnection, ProcessProtocol):
         self._end_transport()
 
     def processEnded(self, reason: Failure) -> None:
+        if self._stdout_closed is not None and self._stdout_closed.active():
+            self._stdout_closed.cancel()
+        self._stdout_closed = None
         for timer in self._timers:
             if timer.active():
                 timer.cancel()
