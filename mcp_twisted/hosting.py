@@ -217,6 +217,11 @@ class StallLimit:
         self._expired = expired
         self._call: IDelayedCall | None = None
 
+    @property
+    def running(self) -> bool:
+        """Whether the clock runs (the client is over the limit)."""
+        return self._call is not None
+
     def wrote(self) -> None:
         """After a write to the paused transport: start the clock if the client is over the limit."""
         if self._call is None and self._timeout and self._unsent() > self._limit:

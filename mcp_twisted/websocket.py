@@ -53,6 +53,7 @@ from mcp_twisted.hosting import (
     OriginPolicy,
     Refusal,
     SessionHost,
+    StallLimit,
     WriteWaiters,
     is_ip_literal,
     is_loopback_host,
@@ -320,7 +321,7 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         self._head: bytearray | None = bytearray()
         self._head_lines = 0
         self._init_timer: IDelayedCall | None = None
-        self._stall_timer: IDelayedCall | None = None
+        self._stall: StallLimit | None = None  # made on the first pause: most clients keep up
         self._abort_timer: IDelayedCall | None = None
         self._writable_waiters = WriteWaiters()
         handshaking = factory.handshaking
@@ -491,15 +492,16 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
     # read's worth), so their answers do not pile up in the buffer either.
     def pauseProducing(self) -> None:
         self.paused = True
+        if self._stall is None:
+            factory = self.factory
+            self._stall = StallLimit(factory.clock, factory.max_output_buffer, factory.output_stall_timeout,
+                                     self.buffered_bytes, self._output_stalled)
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if self._stall_timer is not None:
-            # The peer read everything: the stall clock starts again from the
-            # next send that finds it over the limit, as StallLimit's does.
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        if self._stall is not None:
+            self._stall.stop()  # the peer read everything
         self._writable_waiters.release()
         backlog = self._backlog
         # Not once our close frame is out (a limit, a binary frame): what the
@@ -521,9 +523,6 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
 
     def _output_stalled(self) -> None:
         """The peer stayed over the output limit for the whole stall timeout."""
-        self._stall_timer = None
-        if self.buffered_bytes() <= self.factory.max_output_buffer:
-            return  # it caught up; the next send over the limit starts a new timer
         log.info("Closing {peer}: {size} bytes of output unread for {timeout:g} s", peer=self.peer,
                  size=self.buffered_bytes(), timeout=self.factory.output_stall_timeout)
         if self.factory.metrics is not None:
@@ -631,9 +630,9 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
             self.sendMessage(data)
             if self._metrics is not None:
                 self._metrics.messages_sent.inc()
-            if self.paused and self._stall_timer is None and self.congested():
-                self._stall_timer = self.factory.clock.callLater(
-                    self.factory.output_stall_timeout, self._output_stalled)
+            if self.paused:
+                assert self._stall is not None  # made by the pause
+                self._stall.wrote()
 
     def _send_keepalive_ping(self, tick: int) -> None:
         """A ping whose payload (send time in ns, sequence number) Autobahn's
@@ -684,10 +683,11 @@ class MCPWebSocketServerProtocol(FastPathMixin, WebSocketServerProtocol):  # typ
         super().onAutoPingTimeout()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        for timer in (self._init_timer, self._stall_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._init_timer = self._stall_timer = None
+        if self._init_timer is not None and self._init_timer.active():
+            self._init_timer.cancel()
+        self._init_timer = None
+        if self._stall is not None:
+            self._stall.stop()
         if self.session is None:
             return  # the upgrade never finished: a refusal, already logged
         self.session.close(f"WebSocket closed ({code}): {reason}")

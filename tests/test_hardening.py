@@ -146,7 +146,7 @@ async def test_a_client_over_the_output_limit_for_too_long_is_closed_1008(served
     for i in (2, 3):
         greedy.send_json({"jsonrpc": "2.0", "id": i, "method": "tools/call",
                           "params": {"name": "blob", "arguments": {"size": 512 * KIB}}})
-    await until(lambda: server_side._stall_timer is not None)  # over the limit: the stall clock runs
+    await until(lambda: server_side._stall is not None and server_side._stall.running)  # over the limit
     clock.advance(0.4)
     assert not find(events, "Closing {peer}: {size} bytes of output unread")
     clock.advance(0.1)

@@ -152,7 +152,7 @@ async def test_the_stall_clock_stops_when_the_client_catches_up(served, events, 
     monkeypatch.setattr(connection, "buffered_bytes", lambda: unsent["bytes"])
 
     def fall_behind() -> None:
-        connection.paused = True
+        connection.pauseProducing()  # as the transport does when its buffer fills
         connection._send_message(b'{"jsonrpc": "2.0", "method": "notifications/message"}')
 
     fall_behind()
