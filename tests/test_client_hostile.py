@@ -305,64 +305,48 @@ def test_a_server_that_drops_every_session_at_once_is_retried_with_growing_delay
 
 # -- stdio ------------------------------------------------------------------------
 
-STDOUT_CLOSER = """
+def stdio_server(then: str) -> str:
+    """A child that answers initialize, reads notifications/initialized, then runs ``then``."""
+    return """
 import json, os, sys, time
 request = json.loads(sys.stdin.readline())
 print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": {
     "protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "f", "version": "0"}}}),
     flush=True)
 sys.stdin.readline()  # notifications/initialized
-os.close(1)
-time.sleep(30)
-"""
+""" + then
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_child_that_closes_its_stdout_is_a_lost_connection():
-    service = MCPClientService(reactor, command=[sys.executable, "-c", STDOUT_CLOSER], era="legacy",
+async def lost_ping(script: str) -> tuple[ConnectionLost, Any]:
+    """Serve ``script`` over stdio, ping it; the ping's ConnectionLost and the connection."""
+    service = MCPClientService(reactor, command=[sys.executable, "-c", script], era="legacy",
                                request_timeout=20, close_timeout=0.2, max_attempts=1)
     service.startService()
     try:
         client = await ready(service)
-        first = service.connector.current
+        connection = service.connector.current
         try:
             await client.ping().addTimeout(5, reactor)  # it used to wait for its timeout: nothing reads
         except ConnectionLost as e:
-            assert "closed its stdout" in str(e)
-        await first.when_closed().addTimeout(5, reactor)  # the child is ended, not left running
-        assert first.connection_state is ConnectionState.CLOSED
+            await connection.when_closed().addTimeout(5, reactor)  # the child is ended, not left running
+            return e, connection
+        raise AssertionError("the ping was answered")
     finally:
         await service.stopService()
 
 
-CRASHER = """
-import json, sys
-request = json.loads(sys.stdin.readline())
-print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": {
-    "protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "f", "version": "0"}}}),
-    flush=True)
-sys.stdin.readline()  # notifications/initialized
-sys.stdin.readline()  # the ping it crashes on
-sys.exit(3)
-"""
+@pytest_twisted.ensureDeferred
+async def test_a_child_that_closes_its_stdout_is_a_lost_connection():
+    error, connection = await lost_ping(stdio_server("os.close(1)\ntime.sleep(30)\n"))
+    assert "closed its stdout" in str(error)
+    assert connection.connection_state is ConnectionState.CLOSED
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_child_that_crashes_is_reported_by_its_exit_status():
     # It closes stdout as it ends: that alone is not the reason to give.
-    service = MCPClientService(reactor, command=[sys.executable, "-c", CRASHER], era="legacy",
-                               request_timeout=20, close_timeout=0.2, max_attempts=1)
-    service.startService()
-    try:
-        client = await ready(service)
-        try:
-            await client.ping().addTimeout(5, reactor)
-        except ConnectionLost as e:
-            assert "exit code 3" in str(e)
-        else:
-            raise AssertionError("the ping was answered")
-    finally:
-        await service.stopService()
+    error, _ = await lost_ping(stdio_server("sys.stdin.readline()  # the ping\nsys.exit(3)\n"))
+    assert "exit code 3" in str(error)
 
 
 # -- malformed notifications and results ---------------------------------------------
