@@ -42,6 +42,11 @@ class RepeatedEventLog:
         elif self._flush_call is None:
             self._flush_call = self.clock.callLater(self.next_line_at - now, self._flush)
 
+    def logged_elsewhere(self) -> None:
+        """The caller logged an occurrence itself (with more detail, such as
+        a traceback): the next are counted from now, as after a line of ours."""
+        self.next_line_at = self.clock.seconds() + self.interval
+
     def _flush(self) -> None:
         self._flush_call = None
         if self.count:

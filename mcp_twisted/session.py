@@ -454,8 +454,7 @@ class Session:
             self._reports[kind](**fields)
             return
         log.failure(first, level=LogLevel.error, **fields)
-        report = self._reporter(kind)
-        report.next_line_at = self.clock.seconds() + report.interval  # this one was logged just now
+        self._reporter(kind).logged_elsewhere()
 
     def _advance(self, event: Event) -> None:
         """Move to the state ``TRANSITIONS`` gives for ``event``; the one place
@@ -809,21 +808,11 @@ class Session:
     ) -> None:
         """Send a request's answer, encoded here even inside a batch: an answer
         JSON cannot carry becomes an internal error instead of losing the batch."""
-        try:
-            encoded = jsonrpc.encode(reply)
-        except TypeError:
-            log.failure("Answer to {method} is not JSON", method=brief(method))
-            reply = jsonrpc.error_response(
-                request_id, RPCError(INTERNAL_ERROR, "Internal error: result is not JSON")
-            )
-            encoded = jsonrpc.encode(reply)
-        limit = self.max_message_size
-        if limit is not None and len(encoded) > limit:
-            encoded = self._too_large(method, request_id, len(encoded))
-        if batch is None:
-            self._send(encoded, request_id, True)
-        else:
+        encoded = self._encoded(reply, method)
+        if batch is not None:
             batch.add(request_id, encoded)
+        elif encoded is not None:  # None only under a limit too small for any error
+            self._send(encoded, request_id, True)
 
     def _too_large(self, method: object, request_id: RequestId | None, size: int) -> bytes:
         """The encoded error answer that replaces one the transport cannot carry;
@@ -927,23 +916,24 @@ class Session:
         if encoded is not None:
             self._send(encoded, related, answer)
 
-    def _encoded(self, message: dict[str, Any]) -> bytes | None:
-        """``message`` as JSON, fitted to the message limit (``_fit``). One
-        JSON cannot carry (a value not of a JSON type, or nested past the
+    def _encoded(self, message: dict[str, Any], answering: str | None = None) -> bytes | None:
+        """``message`` as JSON, fitted to the message limit (``_fit``); an
+        answer names the method it answers (``answering``) in logs. One JSON
+        cannot carry (a value not of a JSON type, or nested past the
         encoder's depth) must not end the session: an answer becomes an
         internal error, a notification or request is dropped."""
+        what = answering if answering is not None else message.get("method", "an answer")
         try:
             encoded = jsonrpc.encode(message)
         except TypeError:
-            log.failure("Could not send {what}: not JSON", level=LogLevel.error,
-                        what=brief(message.get("method", "an answer")))
+            log.failure("Could not send {what}: not JSON", level=LogLevel.error, what=brief(what))
             if "method" in message:
                 return None
             encoded = jsonrpc.encode(jsonrpc.error_response(
                 message.get("id"), RPCError(INTERNAL_ERROR, "Internal error: answer is not JSON")))
-        return self._fit(message, encoded)
+        return self._fit(message, encoded, what)
 
-    def _fit(self, message: dict[str, Any], encoded: bytes) -> bytes | None:
+    def _fit(self, message: dict[str, Any], encoded: bytes, what: object) -> bytes | None:
         """``encoded``, or what replaces it when it is over the message limit:
         an answer becomes a "too large" error (every request gets one answer),
         a notification or request is dropped. An answer whose id alone is too
@@ -954,11 +944,11 @@ class Session:
         if limit is None or len(encoded) <= limit:
             return encoded
         if "method" not in message:
-            encoded = self._too_large("an answer", message.get("id"), len(encoded))
+            encoded = self._too_large(what, message.get("id"), len(encoded))
             if len(encoded) <= limit:
                 return encoded
         log.warn("Dropped {method}: {size} bytes, over the {limit}-byte message limit",
-                 method=brief(message.get("method", "an answer")), size=len(encoded), limit=limit)
+                 method=brief(what), size=len(encoded), limit=limit)
         return None
 
     def _write_batch(self, replies: list[tuple[RequestId | None, bytes]], related: RequestId | None) -> None:
