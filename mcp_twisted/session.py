@@ -808,7 +808,15 @@ class Session:
     ) -> None:
         """Send a request's answer, encoded here even inside a batch: an answer
         JSON cannot carry becomes an internal error instead of losing the batch."""
-        encoded = self._encoded(reply, method)
+        # The common answer in one step; one JSON cannot carry, or too large,
+        # goes the way of everything else sent (_encoded).
+        try:
+            encoded: bytes | None = jsonrpc.encode(reply)
+        except TypeError:
+            encoded = None
+        limit = self.max_message_size
+        if encoded is None or (limit is not None and len(encoded) > limit):
+            encoded = self._encoded(reply, method)
         if batch is not None:
             batch.add(request_id, encoded)
         elif encoded is not None:  # None only under a limit too small for any error
